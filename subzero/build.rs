@@ -1,0 +1,35 @@
+//! Assembles the embedded guests in guests/*.S into flat binaries with the
+//! system's GNU binutils (`as`, `objcopy`), into OUT_DIR.
+
+use std::path::Path;
+use std::process::Command;
+
+fn run(cmd: &mut Command) {
+    let shown = format!("{cmd:?}");
+    match cmd.status() {
+        Ok(s) if s.success() => {}
+        Ok(s) => panic!("{shown} failed with {s}"),
+        Err(e) => panic!(
+            "cannot run {shown}: {e}. Subzero's embedded guests need GNU binutils \
+             (`apt-get install binutils`)"
+        ),
+    }
+}
+
+fn main() {
+    let out = std::env::var("OUT_DIR").expect("cargo sets OUT_DIR");
+    assemble(&out, "exerciser");
+}
+
+/// guests/NAME.S -> OUT_DIR/NAME.bin (the .text section, flat).
+fn assemble(out: &str, name: &str) {
+    let src = format!("guests/{name}.S");
+    println!("cargo:rerun-if-changed={src}");
+    let obj = Path::new(out).join(format!("{name}.o"));
+    let bin = Path::new(out).join(format!("{name}.bin"));
+    run(Command::new("as").args(["--64", "-o"]).arg(&obj).arg(&src));
+    run(Command::new("objcopy")
+        .args(["-O", "binary", "-j", ".text"])
+        .arg(&obj)
+        .arg(&bin));
+}

@@ -1,0 +1,339 @@
+//! Loading what the user gave into guest memory: the kernel (bzImage or ELF
+//! vmlinux), the initrd and the command line. Every failure names the file
+//! and says what to do.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use linux_loader::cmdline::Cmdline;
+use linux_loader::loader::bootparam::setup_header;
+use linux_loader::loader::elf::PvhBootCapability;
+use linux_loader::loader::{BzImage, Elf, KernelLoader};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use super::layout::{CMDLINE_MAX_SIZE, CMDLINE_START, HIMEM_START};
+
+/// Offset of the setup header's "HdrS" magic in a bzImage.
+const BZIMAGE_MAGIC_OFFSET: usize = 0x202;
+/// The 64-bit entry is this far into the protected-mode kernel.
+const BZIMAGE_64BIT_ENTRY_OFFSET: u64 = 0x200;
+/// xloadflags: the kernel has the 64-bit entry point.
+const XLF_KERNEL_64: u16 = 1 << 0;
+/// Oldest boot protocol with the fields we fill (cmdline_size, initrd_addr_max...).
+const MIN_BOOT_PROTOCOL: u16 = 0x0206;
+/// Highest initrd address for a kernel that has no setup header (ELF).
+const ELF_INITRD_ADDR_MAX: u64 = 0x7fff_ffff;
+const PAGE_SIZE: u64 = 4096;
+const MIB: u64 = 1 << 20;
+
+/// How the kernel is entered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelKind {
+    /// bzImage, 64-bit boot protocol.
+    BzImage,
+    /// ELF vmlinux with a PVH note: 32-bit PVH entry.
+    ElfPvh,
+    /// ELF vmlinux without a PVH note: its 64-bit entry.
+    Elf64,
+}
+
+/// A kernel in guest memory.
+#[derive(Debug, Clone)]
+pub struct LoadedKernel {
+    /// The image format and entry protocol.
+    pub kind: KernelKind,
+    /// Guest address to start executing at.
+    pub entry: u64,
+    /// First byte after the kernel (including the room it unpacks into).
+    pub end: u64,
+    /// The bzImage setup header.
+    pub header: Option<setup_header>,
+    /// Longest command line the kernel accepts, without the NUL.
+    pub cmdline_max: usize,
+    /// Highest address the initrd may end at.
+    pub initrd_addr_max: u64,
+}
+
+/// Why loading failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    /// The file could not be opened or read.
+    #[error("cannot read {what} {}: {source}", path.display())]
+    Read {
+        /// "kernel" or "initrd".
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The kernel file is not a kernel.
+    #[error(
+        "{} is not a Linux kernel: expected a bzImage (\"HdrS\" at offset 0x202) or an ELF \
+         vmlinux. Pass the vmlinuz/bzImage from /boot or the build's vmlinux, not an initrd \
+         or a compressed archive", path.display()
+    )]
+    NotAKernel {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The bzImage lacks what Subzero needs.
+    #[error("kernel {}: {reason}", path.display())]
+    Unsupported {
+        /// The file.
+        path: PathBuf,
+        /// What is missing.
+        reason: String,
+    },
+    /// linux-loader rejected the image.
+    #[error("kernel {} is corrupt or truncated: {source}", path.display())]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// The loader's verdict.
+        source: linux_loader::loader::Error,
+    },
+    /// The kernel does not fit in guest memory.
+    #[error(
+        "kernel {} needs {need_mib} MiB of guest memory to unpack, but the guest has \
+         {have_mib} MiB: raise --memory", path.display()
+    )]
+    KernelTooBig {
+        /// The file.
+        path: PathBuf,
+        /// MiB needed.
+        need_mib: u64,
+        /// MiB available.
+        have_mib: u64,
+    },
+    /// The initrd does not fit between the kernel and the kernel's limit.
+    #[error(
+        "initrd {} is {size_mib} MiB but only {room_mib} MiB fit between the kernel and the \
+         highest address this kernel accepts: raise --memory or use a smaller initrd",
+        path.display()
+    )]
+    InitrdTooBig {
+        /// The file.
+        path: PathBuf,
+        /// Its size in MiB (rounded up).
+        size_mib: u64,
+        /// Room in MiB.
+        room_mib: u64,
+    },
+    /// The command line is too long for this kernel.
+    #[error("the kernel command line is {len} bytes; this kernel accepts at most {max}")]
+    CmdlineTooLong {
+        /// Its length.
+        len: usize,
+        /// The kernel's limit.
+        max: usize,
+    },
+    /// The command line has characters the kernel cannot take.
+    #[error("invalid kernel command line: {0} (use printable ASCII, no NUL or newline)")]
+    CmdlineInvalid(linux_loader::cmdline::Error),
+    /// Writing guest memory failed.
+    #[error("writing the {0} into guest memory failed: {1}")]
+    GuestMemory(&'static str, #[source] vm_memory::GuestMemoryError),
+}
+
+fn open(what: &'static str, path: &Path) -> Result<(File, u64), BootError> {
+    let read_err = |source| BootError::Read {
+        what,
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = File::open(path).map_err(read_err)?;
+    let meta = file.metadata().map_err(read_err)?;
+    if meta.is_dir() {
+        return Err(read_err(std::io::Error::other("it is a directory")));
+    }
+    Ok((file, meta.len()))
+}
+
+/// Kernel image formats Subzero loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelFormat {
+    /// A bzImage.
+    BzImage,
+    /// An ELF vmlinux.
+    Elf,
+}
+
+/// Checks that `path` is a readable kernel image and says which format.
+/// Cheap: reads only the header. Used before any KVM call.
+pub fn probe_kernel(path: &Path) -> Result<KernelFormat, BootError> {
+    let (mut file, _) = open("kernel", path)?;
+    detect(&mut file, path)
+}
+
+/// Checks that `path` is a readable regular file (the initrd).
+pub fn probe_initrd(path: &Path) -> Result<(), BootError> {
+    open("initrd", path).map(|_| ())
+}
+
+fn detect(file: &mut File, path: &Path) -> Result<KernelFormat, BootError> {
+    let mut head = [0u8; BZIMAGE_MAGIC_OFFSET + 4];
+    let got = read_up_to(file, &mut head).map_err(|source| BootError::Read {
+        what: "kernel",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if got >= 4 && head[..4] == *b"\x7fELF" {
+        Ok(KernelFormat::Elf)
+    } else if got == head.len() && head[BZIMAGE_MAGIC_OFFSET..] == *b"HdrS" {
+        Ok(KernelFormat::BzImage)
+    } else {
+        Err(BootError::NotAKernel {
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+/// Loads the kernel at `path` into `mem`, whose RAM below 4 GiB ends at
+/// `low_ram_end`.
+pub fn load_kernel(
+    mem: &GuestMemoryMmap,
+    path: &Path,
+    low_ram_end: u64,
+) -> Result<LoadedKernel, BootError> {
+    let (mut file, len) = open("kernel", path)?;
+    let format = detect(&mut file, path)?;
+    let too_big = |need: u64| BootError::KernelTooBig {
+        path: path.to_path_buf(),
+        need_mib: need.div_ceil(MIB),
+        have_mib: low_ram_end / MIB,
+    };
+    if len.saturating_add(HIMEM_START) > low_ram_end {
+        return Err(too_big(len + HIMEM_START));
+    }
+    let corrupt = |source| BootError::Corrupt {
+        path: path.to_path_buf(),
+        source,
+    };
+    let himem = Some(GuestAddress(HIMEM_START));
+    if format == KernelFormat::Elf {
+        let loaded = Elf::load(mem, None, &mut file, himem).map_err(corrupt)?;
+        let (kind, entry) = match loaded.pvh_boot_cap {
+            PvhBootCapability::PvhEntryPresent(addr) => (KernelKind::ElfPvh, addr.0),
+            _ => (KernelKind::Elf64, loaded.kernel_load.0),
+        };
+        return Ok(LoadedKernel {
+            kind,
+            entry,
+            end: loaded.kernel_end,
+            header: None,
+            cmdline_max: CMDLINE_MAX_SIZE - 1,
+            initrd_addr_max: ELF_INITRD_ADDR_MAX,
+        });
+    }
+    let loaded = BzImage::load(mem, himem, &mut file, himem).map_err(corrupt)?;
+    let Some(hdr) = loaded.setup_header else {
+        return Err(BootError::NotAKernel {
+            path: path.to_path_buf(),
+        });
+    };
+    let unsupported = |reason: String| BootError::Unsupported {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let version = hdr.version;
+    if version < MIN_BOOT_PROTOCOL {
+        return Err(unsupported(format!(
+            "boot protocol {}.{:02} is too old; Subzero needs 2.06 or newer",
+            version >> 8,
+            version & 0xff
+        )));
+    }
+    if hdr.xloadflags & XLF_KERNEL_64 == 0 {
+        return Err(unsupported(
+            "this bzImage has no 64-bit entry point (a 32-bit kernel?); use an x86_64 kernel"
+                .into(),
+        ));
+    }
+    // The kernel unpacks in place and needs init_size bytes from its load address.
+    let end = HIMEM_START + u64::from(hdr.init_size).max(loaded.kernel_end - HIMEM_START);
+    if end > low_ram_end {
+        return Err(too_big(end));
+    }
+    Ok(LoadedKernel {
+        kind: KernelKind::BzImage,
+        entry: loaded.kernel_load.0 + BZIMAGE_64BIT_ENTRY_OFFSET,
+        end,
+        header: Some(hdr),
+        cmdline_max: (hdr.cmdline_size as usize).min(CMDLINE_MAX_SIZE - 1),
+        initrd_addr_max: u64::from(hdr.initrd_addr_max),
+    })
+}
+
+/// Loads the initrd as high as the kernel allows, below `low_ram_end` and
+/// above the kernel. Returns its (address, size).
+pub fn load_initrd(
+    mem: &GuestMemoryMmap,
+    path: &Path,
+    kernel: &LoadedKernel,
+    low_ram_end: u64,
+) -> Result<(u64, u64), BootError> {
+    let (mut file, size) = open("initrd", path)?;
+    let top = low_ram_end.min(kernel.initrd_addr_max.saturating_add(1));
+    let bottom = kernel.end.next_multiple_of(PAGE_SIZE);
+    let room = top.saturating_sub(bottom);
+    if size > room {
+        return Err(BootError::InitrdTooBig {
+            path: path.to_path_buf(),
+            size_mib: size.div_ceil(MIB),
+            room_mib: room / MIB,
+        });
+    }
+    let addr = (top - size) & !(PAGE_SIZE - 1);
+    let count = usize::try_from(size).map_err(|_| BootError::InitrdTooBig {
+        path: path.to_path_buf(),
+        size_mib: size.div_ceil(MIB),
+        room_mib: room / MIB,
+    })?;
+    mem.read_exact_volatile_from(GuestAddress(addr), &mut file, count)
+        .map_err(|e| match e {
+            vm_memory::GuestMemoryError::IOError(source) => BootError::Read {
+                what: "initrd",
+                path: path.to_path_buf(),
+                source,
+            },
+            other => BootError::GuestMemory("initrd", other),
+        })?;
+    Ok((addr, size))
+}
+
+/// Writes the command line at [`CMDLINE_START`]. Returns its length.
+pub fn load_cmdline(
+    mem: &GuestMemoryMmap,
+    cmdline: &str,
+    kernel: &LoadedKernel,
+) -> Result<u32, BootError> {
+    if cmdline.len() > kernel.cmdline_max {
+        return Err(BootError::CmdlineTooLong {
+            len: cmdline.len(),
+            max: kernel.cmdline_max,
+        });
+    }
+    let mut line = Cmdline::new(kernel.cmdline_max + 1).map_err(BootError::CmdlineInvalid)?;
+    if !cmdline.trim().is_empty() {
+        line.insert_str(cmdline.trim())
+            .map_err(BootError::CmdlineInvalid)?;
+    }
+    let text = line.as_cstring().map_err(BootError::CmdlineInvalid)?;
+    mem.write_slice(text.as_bytes_with_nul(), GuestAddress(CMDLINE_START))
+        .map_err(|e| BootError::GuestMemory("command line", e))?;
+    Ok(text.as_bytes().len() as u32)
+}
+
+/// Reads until `buf` is full or the file ends; returns the bytes read.
+fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match file.read(&mut buf[got..])? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    Ok(got)
+}

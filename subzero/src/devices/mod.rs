@@ -1,0 +1,7 @@
+//! Emulated devices. Each implements [`crate::bus::BusDevice`] and sees only
+//! offsets into its own range.
+
+pub mod acpi_pm;
+pub mod i8042;
+pub mod probe;
+pub mod serial;

@@ -1,0 +1,209 @@
+//! The 16550A UART at COM1 (vm-superio), wired to the console.
+//!
+//! Guest output goes to a [`ConsoleOut`], which also watches for the kernel's
+//! panic banner so that a guest that panics and then reboots (`panic=-1`) is
+//! reported as a panic, not as a clean reboot.
+
+use std::io::{self, Write};
+use std::sync::{Arc, Mutex};
+
+use vm_superio::{Serial, Trigger};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::bus::{BusDevice, DeviceAction};
+
+/// The line Linux prints when it panics.
+const PANIC_BANNER: &str = "Kernel panic - not syncing";
+/// Longest console line kept for panic matching; longer lines are cut.
+const MAX_LINE: usize = 512;
+
+/// How the UART raises its interrupt.
+pub enum IrqTrigger {
+    /// Through an eventfd registered as a KVM irqfd.
+    Eventfd(EventFd),
+    /// No interrupt controller (the demo VM): interrupts are dropped.
+    None,
+}
+
+impl Trigger for IrqTrigger {
+    type E = io::Error;
+    fn trigger(&self) -> io::Result<()> {
+        match self {
+            IrqTrigger::Eventfd(fd) => fd.write(1),
+            IrqTrigger::None => Ok(()),
+        }
+    }
+}
+
+/// The first panic line the guest printed, shared with the VMM.
+#[derive(Clone, Default)]
+pub struct PanicWatch(Arc<Mutex<Option<String>>>);
+
+impl PanicWatch {
+    /// The panic line, if the guest printed one.
+    pub fn message(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn record(&self, line: &str) {
+        let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = Some(line.trim().to_string());
+        }
+    }
+}
+
+/// Console sink: forwards guest bytes and watches lines for a panic.
+pub struct ConsoleOut {
+    out: Box<dyn Write + Send>,
+    line: Vec<u8>,
+    panic: PanicWatch,
+}
+
+impl ConsoleOut {
+    /// Forwards guest output to `out`.
+    pub fn new(out: Box<dyn Write + Send>, panic: PanicWatch) -> Self {
+        Self {
+            out,
+            line: Vec::with_capacity(MAX_LINE),
+            panic,
+        }
+    }
+
+    fn scan(&mut self, buf: &[u8]) {
+        for &b in buf {
+            if b == b'\n' {
+                let text = String::from_utf8_lossy(&self.line);
+                if let Some(at) = text.find(PANIC_BANNER) {
+                    self.panic.record(&text[at..]);
+                }
+                self.line.clear();
+            } else if self.line.len() < MAX_LINE {
+                self.line.push(b);
+            }
+        }
+    }
+}
+
+impl Write for ConsoleOut {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.scan(buf);
+        // A closed or failing console must not stop the guest: drop output.
+        if self.out.write_all(buf).is_err() {
+            log::debug!("console write failed; guest output dropped");
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        let _ = self.out.flush();
+        Ok(())
+    }
+}
+
+/// The UART as a bus device.
+pub struct SerialDevice {
+    uart: Serial<IrqTrigger, vm_superio::serial::NoEvents, ConsoleOut>,
+}
+
+impl SerialDevice {
+    /// A UART that writes to `out` and interrupts through `irq`.
+    pub fn new(irq: IrqTrigger, out: ConsoleOut) -> Self {
+        Self {
+            uart: Serial::new(irq, out),
+        }
+    }
+
+    /// Queues host input for the guest. Returns how many bytes fit (0 when
+    /// the receive FIFO is full; try again later).
+    pub fn enqueue_input(&mut self, bytes: &[u8]) -> usize {
+        self.uart.enqueue_raw_bytes(bytes).unwrap_or(0)
+    }
+}
+
+impl BusDevice for SerialDevice {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        if let (Ok(reg), Some(first)) = (u8::try_from(offset), data.first_mut()) {
+            *first = self.uart.read(reg);
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) -> DeviceAction {
+        if let (Ok(reg), Some(&value)) = (u8::try_from(offset), data.first()) {
+            if let Err(e) = self.uart.write(reg, value) {
+                log::warn!("serial: {e:?}");
+            }
+        }
+        DeviceAction::None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer tests can read back.
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn device() -> (SerialDevice, Shared, PanicWatch) {
+        let out = Shared::default();
+        let watch = PanicWatch::default();
+        let console = ConsoleOut::new(Box::new(out.clone()), watch.clone());
+        (SerialDevice::new(IrqTrigger::None, console), out, watch)
+    }
+
+    #[test]
+    fn transmit_register_reaches_console() {
+        let (mut dev, out, watch) = device();
+        for b in b"hi\n" {
+            dev.write(0, &[*b]);
+        }
+        assert_eq!(out.0.lock().unwrap().as_slice(), b"hi\n");
+        assert_eq!(watch.message(), None);
+    }
+
+    #[test]
+    fn panic_banner_is_recorded_once() {
+        let (mut dev, _out, watch) = device();
+        let text = b"[ 1.0] Kernel panic - not syncing: Attempted to kill init!\n\
+                     [ 1.1] Kernel panic - not syncing: second\n";
+        for b in text {
+            dev.write(0, &[*b]);
+        }
+        assert_eq!(
+            watch.message().as_deref(),
+            Some("Kernel panic - not syncing: Attempted to kill init!")
+        );
+    }
+
+    #[test]
+    fn input_is_readable_from_receive_register() {
+        let (mut dev, _out, _watch) = device();
+        assert_eq!(dev.enqueue_input(b"ok"), 2);
+        let mut lsr = [0u8];
+        dev.read(5, &mut lsr);
+        assert_eq!(lsr[0] & 1, 1, "data ready");
+        let mut rbr = [0u8];
+        dev.read(0, &mut rbr);
+        assert_eq!(rbr[0], b'o');
+    }
+
+    #[test]
+    fn full_fifo_accepts_nothing() {
+        let (mut dev, _out, _watch) = device();
+        let big = [b'x'; 100];
+        let first = dev.enqueue_input(&big);
+        assert!(first > 0 && first < 100);
+        assert_eq!(dev.enqueue_input(&big), 0);
+    }
+}

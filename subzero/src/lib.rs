@@ -1,0 +1,18 @@
+//! Subzero: a virtual machine monitor on Linux KVM that boots stock Linux
+//! kernels and accounts for every VM exit.
+//!
+//! Layers, bottom up:
+//! - [`kvm`]: opening `/dev/kvm` with clear errors, capability checks.
+//! - [`bus`]: port-I/O and MMIO address spaces that route accesses to devices.
+//! - [`devices`]: the emulated devices (serial, i8042, ACPI power management).
+//! - [`arch`]: the x86_64 memory map, boot protocol, firmware tables, CPUID, MSRs.
+//! - [`vmm`]: the builder that turns a [`vmm::VmConfig`] into a running VM,
+//!   the vCPU threads and the exit dispatcher.
+//! - [`demo`]: the embedded guest behind `subzero demo`.
+
+pub mod arch;
+pub mod bus;
+pub mod demo;
+pub mod devices;
+pub mod kvm;
+pub mod vmm;

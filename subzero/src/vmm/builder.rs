@@ -1,0 +1,269 @@
+//! From a [`VmConfig`] to a [`Machine`]: KVM VM, memory, devices, boot
+//! structures and configured vCPUs.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::config::{check_memory, check_vcpus, host_ram, ConfigError, VmConfig};
+use super::exit::Buses;
+use super::machine::Machine;
+use super::memory::{self, MemoryError};
+use crate::arch::x86_64::acpi::{create_acpi_tables, AcpiConfig, AcpiError};
+use crate::arch::x86_64::boot::{self, BootError, KernelKind};
+use crate::arch::x86_64::bootinfo::{self, BootInfo, BootInfoError};
+use crate::arch::x86_64::cpuid::{enable_tsc_deadline, setup_cpuid, CpuidError, VcpuTopology};
+use crate::arch::x86_64::e820::{low_ram_end, memory_map};
+use crate::arch::x86_64::layout::{self, ports, CMDLINE_START};
+use crate::arch::x86_64::mptable::{self, setup_mptable, MptableError};
+use crate::arch::x86_64::msr::{setup_msrs, MsrError};
+use crate::arch::x86_64::regs::{self, BootEntry, RegsError};
+use crate::bus::BusError;
+use crate::devices::acpi_pm::AcpiPm;
+use crate::devices::i8042::I8042;
+use crate::devices::serial::{ConsoleOut, IrqTrigger, PanicWatch, SerialDevice};
+use crate::kvm::{self, KvmError};
+
+/// Why a VM could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// KVM unavailable.
+    #[error(transparent)]
+    Kvm(#[from] KvmError),
+    /// A VM-level KVM call failed.
+    #[error("{0} failed: {1}")]
+    VmIoctl(&'static str, #[source] kvm_ioctls::Error),
+    /// Guest memory.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// Kernel, initrd or command line.
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    /// Zero page or PVH start info.
+    #[error(transparent)]
+    BootInfo(#[from] BootInfoError),
+    /// ACPI tables.
+    #[error("building the ACPI tables failed: {0}")]
+    Acpi(#[from] AcpiError),
+    /// MP table.
+    #[error("building the MP table failed: {0}")]
+    Mptable(#[from] MptableError),
+    /// CPUID.
+    #[error("vCPU {0}: {1}")]
+    Cpuid(usize, #[source] CpuidError),
+    /// MSRs.
+    #[error("vCPU {0}: {1}")]
+    Msr(usize, #[source] MsrError),
+    /// Registers.
+    #[error("vCPU {0}: {1}")]
+    Regs(usize, #[source] RegsError),
+    /// Device placement.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    /// Eventfd creation.
+    #[error("creating an eventfd failed: {0}")]
+    EventFd(#[source] std::io::Error),
+}
+
+fn ioctl<T>(what: &'static str, r: Result<T, kvm_ioctls::Error>) -> Result<T, BuildError> {
+    r.map_err(|e| BuildError::VmIoctl(what, e))
+}
+
+/// Creates a VM with the TSS and identity-map addresses set, and with the
+/// in-kernel IOAPIC/PIC/LAPIC and PIT when `irqchip` is true.
+pub fn create_vm(kvm: &Kvm, irqchip: bool) -> Result<VmFd, BuildError> {
+    let vm = ioctl("KVM_CREATE_VM", kvm.create_vm())?;
+    ioctl(
+        "KVM_SET_TSS_ADDR",
+        vm.set_tss_address(layout::KVM_TSS_ADDRESS as usize),
+    )?;
+    ioctl(
+        "KVM_SET_IDENTITY_MAP_ADDR",
+        vm.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDRESS),
+    )?;
+    if irqchip {
+        ioctl("KVM_CREATE_IRQCHIP", vm.create_irq_chip())?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        ioctl("KVM_CREATE_PIT2", vm.create_pit2(pit))?;
+    }
+    Ok(vm)
+}
+
+/// The devices every VM has: COM1 (interrupting through an irqfd on IRQ 4
+/// when `vm` is given), the i8042 reset line and the ACPI PM registers.
+pub fn legacy_devices(
+    vm: Option<&VmFd>,
+    console: Box<dyn Write + Send>,
+) -> Result<(Buses, Arc<Mutex<SerialDevice>>, PanicWatch), BuildError> {
+    let irq = match vm {
+        Some(vm) => {
+            let evt = EventFd::new(EFD_NONBLOCK).map_err(BuildError::EventFd)?;
+            ioctl(
+                "KVM_IRQFD (serial)",
+                vm.register_irqfd(&evt, ports::SERIAL_COM1_IRQ),
+            )?;
+            IrqTrigger::Eventfd(evt)
+        }
+        None => IrqTrigger::None,
+    };
+    let watch = PanicWatch::default();
+    let serial = Arc::new(Mutex::new(SerialDevice::new(
+        irq,
+        ConsoleOut::new(console, watch.clone()),
+    )));
+    let mut buses = Buses::default();
+    buses
+        .pio
+        .insert("serial", u64::from(ports::SERIAL_COM1), 8, serial.clone())?;
+    buses.pio.insert(
+        "i8042",
+        u64::from(ports::I8042_DATA),
+        u64::from(ports::I8042_COMMAND - ports::I8042_DATA + 1),
+        Arc::new(Mutex::new(I8042)),
+    )?;
+    buses.pio.insert(
+        "acpi-pm",
+        u64::from(ports::ACPI_PM_BASE),
+        u64::from(ports::ACPI_PM_LEN),
+        Arc::new(Mutex::new(AcpiPm)),
+    )?;
+    Ok((buses, serial, watch))
+}
+
+/// Creates vCPU `index` with CPUID, MSRs and FPU set up (and its LAPIC when
+/// the VM has an irqchip).
+pub fn create_vcpu(
+    vm: &VmFd,
+    supported: &kvm_bindings::CpuId,
+    index: usize,
+    num_vcpus: u8,
+    irqchip: bool,
+) -> Result<VcpuFd, BuildError> {
+    let fd = ioctl("KVM_CREATE_VCPU", vm.create_vcpu(index as u64))?;
+    let topo = VcpuTopology {
+        vcpu_index: index as u8,
+        num_vcpus,
+    };
+    setup_cpuid(&fd, supported, topo).map_err(|e| BuildError::Cpuid(index, e))?;
+    setup_msrs(&fd).map_err(|e| BuildError::Msr(index, e))?;
+    regs::setup_fpu(&fd).map_err(|e| BuildError::Regs(index, e))?;
+    if irqchip {
+        regs::setup_lapic(&fd).map_err(|e| BuildError::Regs(index, e))?;
+    }
+    Ok(fd)
+}
+
+/// Puts the boot vCPU at `entry`.
+pub fn setup_boot_vcpu(
+    mem: &GuestMemoryMmap,
+    fd: &VcpuFd,
+    entry: &BootEntry,
+) -> Result<(), BuildError> {
+    regs::setup_sregs(mem, fd, entry).map_err(|e| BuildError::Regs(0, e))?;
+    regs::setup_regs(fd, entry).map_err(|e| BuildError::Regs(0, e))?;
+    Ok(())
+}
+
+/// Loads the kernel, initrd and command line, writes the firmware tables
+/// and boot information, and returns how to enter the kernel.
+fn load_guest(cfg: &VmConfig, vcpus: u8, mem: &GuestMemoryMmap) -> Result<BootEntry, BuildError> {
+    let low_end = low_ram_end(cfg.memory);
+    let kernel = boot::load_kernel(mem, &cfg.kernel, low_end)?;
+    let initrd = match &cfg.initrd {
+        Some(path) => Some(boot::load_initrd(mem, path, &kernel, low_end)?),
+        None => None,
+    };
+    let cmdline_len = boot::load_cmdline(mem, &cfg.cmdline, &kernel)?;
+    // The MP table only matters with acpi=off, and its EBDA slot holds 40 CPUs.
+    if vcpus <= mptable::MAX_VCPUS {
+        setup_mptable(mem, vcpus)?;
+    } else {
+        log::info!(
+            "{vcpus} vCPUs: no MP table (it holds {}); CPUs are in the ACPI MADT",
+            mptable::MAX_VCPUS
+        );
+    }
+    let rsdp = create_acpi_tables(
+        mem,
+        &AcpiConfig {
+            num_vcpus: vcpus,
+            mmio_devices: &[],
+        },
+    )?;
+    let e820 = memory_map(cfg.memory);
+    let info = BootInfo {
+        cmdline_addr: CMDLINE_START,
+        cmdline_len,
+        initrd,
+        rsdp_addr: rsdp.0,
+        e820: &e820,
+    };
+    log::info!(
+        "kernel {:?} entry {:#x}, initrd {:x?}, {} vCPUs, {} MiB",
+        kernel.kind,
+        kernel.entry,
+        initrd,
+        vcpus,
+        cfg.memory >> 20
+    );
+    Ok(match kernel.kind {
+        KernelKind::ElfPvh => BootEntry::Pvh {
+            entry_addr: kernel.entry,
+            start_info_addr: bootinfo::write_pvh_start_info(mem, &info)?,
+        },
+        KernelKind::BzImage | KernelKind::Elf64 => BootEntry::Linux64 {
+            entry_addr: kernel.entry,
+            boot_params_addr: bootinfo::write_boot_params(mem, kernel.header, &info)?,
+        },
+    })
+}
+
+/// Builds a Linux VM whose console writes to `console`.
+pub fn build_linux(cfg: &VmConfig, console: Box<dyn Write + Send>) -> Result<Machine, BuildError> {
+    // Everything the user can get wrong is checked before KVM is touched.
+    check_memory(cfg.memory, host_ram())?;
+    if cfg.vcpus == 0 {
+        return Err(ConfigError::NoVcpus.into());
+    }
+    boot::probe_kernel(&cfg.kernel)?;
+    if let Some(initrd) = &cfg.initrd {
+        boot::probe_initrd(initrd)?;
+    }
+    let kvm = kvm::open(true)?;
+    let vcpus = check_vcpus(cfg.vcpus, kvm::max_vcpus(&kvm) as u64)?;
+    let vm = create_vm(&kvm, true)?;
+    let mem = memory::create(cfg.memory)?;
+    memory::register(&vm, &mem)?;
+    let entry = load_guest(cfg, vcpus, &mem)?;
+    let (buses, serial, panic_watch) = legacy_devices(Some(&vm), console)?;
+    let mut supported = ioctl(
+        "KVM_GET_SUPPORTED_CPUID",
+        kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES),
+    )?;
+    if kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer) {
+        enable_tsc_deadline(&mut supported);
+    }
+    let mut fds = Vec::with_capacity(usize::from(vcpus));
+    for index in 0..usize::from(vcpus) {
+        fds.push(create_vcpu(&vm, &supported, index, vcpus, true)?);
+    }
+    setup_boot_vcpu(&mem, &fds[0], &entry)?;
+    Ok(Machine {
+        vm,
+        memory: mem,
+        buses: Arc::new(buses),
+        vcpus: fds,
+        serial,
+        panic_watch,
+    })
+}

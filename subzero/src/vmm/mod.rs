@@ -1,0 +1,13 @@
+//! The VMM: configuration, the builder, vCPU threads and exit dispatch.
+
+pub mod builder;
+pub mod config;
+pub mod console;
+pub mod exit;
+pub mod machine;
+pub mod memory;
+pub mod vcpu;
+
+pub use builder::{build_linux, BuildError};
+pub use config::VmConfig;
+pub use machine::{Machine, RunReport};

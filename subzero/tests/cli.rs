@@ -1,0 +1,170 @@
+//! The `subzero` binary against bad input: every case gets a clear one-line
+//! error naming the file or flag, a non-zero exit, and never a panic.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn subzero(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_subzero"))
+        .args(args)
+        .output()
+        .expect("run subzero")
+}
+
+/// Asserts a clean failure whose stderr contains every one of `needles`.
+fn fails_with(out: &Output, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "exit status; stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    for n in needles {
+        assert!(stderr.contains(n), "stderr lacks {n:?}: {stderr}");
+    }
+}
+
+fn run_with(kernel: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["run", "--kernel", kernel.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    subzero(&args)
+}
+
+#[test]
+fn missing_kernel_is_named() {
+    let out = run_with(Path::new("/nonexistent/vmlinuz"), &[]);
+    fails_with(
+        &out,
+        &["cannot read kernel /nonexistent/vmlinuz", "No such file"],
+    );
+}
+
+#[test]
+fn directory_as_kernel_is_rejected() {
+    let out = run_with(Path::new("/"), &[]);
+    fails_with(&out, &["cannot read kernel /", "directory"]);
+}
+
+#[test]
+fn a_file_that_is_not_a_kernel_is_rejected() {
+    let dir = common::scratch("notakernel");
+    for (name, bytes) in [
+        ("text", b"just some text, not a kernel\n".to_vec()),
+        ("empty", Vec::new()),
+        ("gzip", vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3]),
+    ] {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        let out = run_with(&path, &[]);
+        fails_with(&out, &[path.to_str().unwrap(), "is not a Linux kernel"]);
+    }
+}
+
+#[test]
+fn missing_initrd_is_named() {
+    let dir = common::scratch("noinitrd");
+    let kernel = dir.join("bzImage");
+    common::fake_bzimage(&kernel, &[0xf4; 64]);
+    let out = run_with(&kernel, &["--initrd", "/nonexistent/initrd.img"]);
+    fails_with(&out, &["cannot read initrd /nonexistent/initrd.img"]);
+}
+
+#[test]
+fn bad_memory_sizes_are_explained() {
+    let k = Path::new("/nonexistent");
+    fails_with(
+        &run_with(k, &["--memory", "1M"]),
+        &["--memory 1 MiB is too small"],
+    );
+    fails_with(
+        &run_with(k, &["--memory", "1000T"]),
+        &["more than this host's"],
+    );
+    let out = run_with(k, &["--memory", "lots"]);
+    // clap reports value errors with status 2.
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a size"));
+}
+
+#[test]
+fn zero_vcpus_is_rejected() {
+    let dir = common::scratch("zerovcpu");
+    let kernel = dir.join("bzImage");
+    common::fake_bzimage(&kernel, &[0xf4; 64]);
+    fails_with(
+        &run_with(&kernel, &["--vcpus", "0"]),
+        &["--vcpus must be at least 1"],
+    );
+}
+
+#[test]
+fn too_many_vcpus_is_rejected() {
+    if !common::kvm_available() {
+        return;
+    }
+    let dir = common::scratch("manyvcpu");
+    let kernel = dir.join("bzImage");
+    common::fake_bzimage(&kernel, &[0xf4; 64]);
+    fails_with(
+        &run_with(&kernel, &["--vcpus", "100000"]),
+        &["--vcpus 100000", "at most"],
+    );
+}
+
+#[test]
+fn initrd_that_does_not_fit_is_explained() {
+    if !common::kvm_available() {
+        return;
+    }
+    let dir = common::scratch("biginitrd");
+    let kernel = dir.join("bzImage");
+    common::fake_bzimage(&kernel, &[0xf4; 64]);
+    let initrd = dir.join("initrd.img");
+    let f = std::fs::File::create(&initrd).unwrap();
+    f.set_len(48 << 20).unwrap(); // sparse 48 MiB
+    let out = run_with(
+        &kernel,
+        &["--memory", "32M", "--initrd", initrd.to_str().unwrap()],
+    );
+    fails_with(&out, &["initrd", "is 48 MiB but only", "raise --memory"]);
+}
+
+#[test]
+fn command_line_longer_than_the_kernel_accepts_is_rejected() {
+    if !common::kvm_available() {
+        return;
+    }
+    let dir = common::scratch("longcmdline");
+    let kernel = dir.join("bzImage");
+    common::fake_bzimage(&kernel, &[0xf4; 64]);
+    let long = "x".repeat(300);
+    let out = run_with(&kernel, &["--cmdline", &long]);
+    fails_with(&out, &["command line is 300 bytes", "at most 255"]);
+}
+
+#[test]
+fn truncated_bzimage_is_reported_as_corrupt() {
+    if !common::kvm_available() {
+        return;
+    }
+    let dir = common::scratch("truncated");
+    let kernel = dir.join("bzImage");
+    common::fake_bzimage(&kernel, &[]);
+    // Claim 30 setup sectors: the protected-mode part is missing.
+    let mut img = std::fs::read(&kernel).unwrap();
+    img[0x1f1] = 30;
+    std::fs::write(&kernel, img).unwrap();
+    let out = run_with(&kernel, &[]);
+    fails_with(&out, &["kernel", "corrupt or truncated"]);
+}
+
+#[test]
+fn version_and_help_work() {
+    let out = subzero(&["--version"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("subzero "));
+    let out = subzero(&["run", "--help"]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in ["--kernel", "--initrd", "--cmdline", "--memory", "--vcpus"] {
+        assert!(help.contains(flag), "{help}");
+    }
+}
