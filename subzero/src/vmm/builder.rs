@@ -22,6 +22,7 @@ use crate::arch::x86_64::layout::{self, ports, CMDLINE_START};
 use crate::arch::x86_64::mptable::{self, setup_mptable, MptableError};
 use crate::arch::x86_64::msr::{setup_msrs, MsrError};
 use crate::arch::x86_64::regs::{self, BootEntry, RegsError};
+use crate::arch::x86_64::reset_vector;
 use crate::bus::BusError;
 use crate::devices::acpi_pm::AcpiPm;
 use crate::devices::i8042::I8042;
@@ -200,6 +201,8 @@ fn load_guest(cfg: &VmConfig, vcpus: u8, mem: &GuestMemoryMmap) -> Result<BootEn
             mmio_devices: &[],
         },
     )?;
+    reset_vector::write_reset_stub(mem)
+        .map_err(|e| BootInfoError::GuestMemory("reset vector stub", e))?;
     let e820 = memory_map(cfg.memory);
     let info = BootInfo {
         cmdline_addr: CMDLINE_START,

@@ -99,6 +99,9 @@ pub enum Outcome {
 }
 
 fn device_outcome(action: Option<DeviceAction>, reset_how: &'static str) -> Outcome {
+    if let Some(a @ (DeviceAction::Reset | DeviceAction::PowerOff)) = action {
+        log::debug!("device asked for {a:?}");
+    }
     match action {
         Some(DeviceAction::Reset) => Outcome::Stop(StopReason::Reset(reset_how)),
         Some(DeviceAction::PowerOff) => Outcome::Stop(StopReason::PowerOff),
@@ -107,6 +110,7 @@ fn device_outcome(action: Option<DeviceAction>, reset_how: &'static str) -> Outc
 }
 
 fn io_out(buses: &Buses, port: u16, data: &[u8]) -> Outcome {
+    log::trace!("port write {port:#x} <- {data:02x?}");
     let action = buses.pio.write(u64::from(port), data);
     if action.is_none() {
         log::trace!("unclaimed port write {port:#x} <- {data:02x?}");

@@ -6,6 +6,7 @@
 //! 0x0000_8ff0  boot stack top              0x0000_9000  PML4, PDPT, 4 PDs (identity 0-4 GiB)
 //! 0x0002_0000  kernel command line         0x0009_fc00  MP table (start of EBDA)
 //! 0x000e_0000  ACPI: RSDP, then XSDT, FADT, MADT, DSDT
+//! 0x000f_fff0  reset vector: a stub that resets the VM through the i8042
 //! 0x0010_0000  kernel (bzImage protected-mode part, or ELF segments)
 //! ...          initrd, as high as the kernel allows
 //! 0xc000_0000  MMIO gap (devices, IOAPIC, LAPIC) up to 4 GiB; RAM resumes above
@@ -43,8 +44,10 @@ pub const LOW_MEM_END: u64 = 0xa_0000;
 pub const RSDP_START: u64 = 0xe_0000;
 /// Where the rest of the ACPI tables go (RSDP first, then these).
 pub const ACPI_TABLES_START: u64 = 0xe_0100;
-/// End of the ACPI table area.
-pub const ACPI_TABLES_END: u64 = 0x10_0000;
+/// End of the ACPI table area: the reset vector follows.
+pub const ACPI_TABLES_END: u64 = RESET_VECTOR;
+/// The x86 reset vector (F000:FFF0). Subzero puts a tiny reset stub here.
+pub const RESET_VECTOR: u64 = 0xf_fff0;
 /// Where the kernel is loaded: 1 MiB.
 pub const HIMEM_START: u64 = 0x10_0000;
 

@@ -12,3 +12,4 @@ pub mod mptable;
 pub mod msr;
 pub mod paging;
 pub mod regs;
+pub mod reset_vector;
