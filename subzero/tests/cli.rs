@@ -23,6 +23,13 @@ fn fails_with(out: &Output, needles: &[&str]) {
     }
 }
 
+/// A fake bzImage that passes header checks, in a scratch dir named `name`.
+fn fake_kernel(name: &str) -> std::path::PathBuf {
+    let kernel = common::scratch(name).join("bzImage");
+    common::fake_bzimage(&kernel, &[0xf4; 64]);
+    kernel
+}
+
 fn run_with(kernel: &Path, extra: &[&str]) -> Output {
     let mut args = vec!["run", "--kernel", kernel.to_str().unwrap()];
     args.extend_from_slice(extra);
@@ -61,9 +68,7 @@ fn a_file_that_is_not_a_kernel_is_rejected() {
 
 #[test]
 fn missing_initrd_is_named() {
-    let dir = common::scratch("noinitrd");
-    let kernel = dir.join("bzImage");
-    common::fake_bzimage(&kernel, &[0xf4; 64]);
+    let kernel = fake_kernel("noinitrd");
     let out = run_with(&kernel, &["--initrd", "/nonexistent/initrd.img"]);
     fails_with(&out, &["cannot read initrd /nonexistent/initrd.img"]);
 }
@@ -87,9 +92,7 @@ fn bad_memory_sizes_are_explained() {
 
 #[test]
 fn zero_vcpus_is_rejected() {
-    let dir = common::scratch("zerovcpu");
-    let kernel = dir.join("bzImage");
-    common::fake_bzimage(&kernel, &[0xf4; 64]);
+    let kernel = fake_kernel("zerovcpu");
     fails_with(
         &run_with(&kernel, &["--vcpus", "0"]),
         &["--vcpus must be at least 1"],
@@ -101,9 +104,7 @@ fn too_many_vcpus_is_rejected() {
     if !common::kvm_available() {
         return;
     }
-    let dir = common::scratch("manyvcpu");
-    let kernel = dir.join("bzImage");
-    common::fake_bzimage(&kernel, &[0xf4; 64]);
+    let kernel = fake_kernel("manyvcpu");
     fails_with(
         &run_with(&kernel, &["--vcpus", "100000"]),
         &["--vcpus 100000", "at most"],
@@ -115,10 +116,8 @@ fn initrd_that_does_not_fit_is_explained() {
     if !common::kvm_available() {
         return;
     }
-    let dir = common::scratch("biginitrd");
-    let kernel = dir.join("bzImage");
-    common::fake_bzimage(&kernel, &[0xf4; 64]);
-    let initrd = dir.join("initrd.img");
+    let kernel = fake_kernel("biginitrd");
+    let initrd = kernel.with_file_name("initrd.img");
     let f = std::fs::File::create(&initrd).unwrap();
     f.set_len(48 << 20).unwrap(); // sparse 48 MiB
     let out = run_with(
@@ -133,9 +132,7 @@ fn command_line_longer_than_the_kernel_accepts_is_rejected() {
     if !common::kvm_available() {
         return;
     }
-    let dir = common::scratch("longcmdline");
-    let kernel = dir.join("bzImage");
-    common::fake_bzimage(&kernel, &[0xf4; 64]);
+    let kernel = fake_kernel("longcmdline");
     let long = "x".repeat(300);
     let out = run_with(&kernel, &["--cmdline", &long]);
     fails_with(&out, &["command line is 300 bytes", "at most 255"]);

@@ -175,22 +175,24 @@ impl fmt::Display for ExerciserReport {
             guest::CODE.len(),
             self.run.elapsed.as_secs_f64() * 1e3
         )?;
-        writeln!(f, "  guest printed:  {:?}", self.console.trim_end())?;
-        writeln!(
-            f,
-            "  port {PROBE_PORT:#x}:     {} reads, {} writes, last value written {:#x}",
-            self.pio.reads, self.pio.writes, self.pio.last_written
-        )?;
-        writeln!(
-            f,
-            "  MMIO {PROBE_MMIO:#x}: {} reads, {} writes, last value written {:#x}",
-            self.mmio.reads, self.mmio.writes, self.mmio.last_written
-        )?;
-        writeln!(
-            f,
-            "  stop:           {}",
-            describe_stop(&self.run.stop.reason)
-        )?;
+        let probe = |c: &ProbeCounts| {
+            format!(
+                "{} reads, {} writes, last value written {:#x}",
+                c.reads, c.writes, c.last_written
+            )
+        };
+        let rows = [
+            (
+                "guest printed:".to_string(),
+                format!("{:?}", self.console.trim_end()),
+            ),
+            (format!("port {PROBE_PORT:#x}:"), probe(&self.pio)),
+            (format!("MMIO {PROBE_MMIO:#x}:"), probe(&self.mmio)),
+            ("stop:".to_string(), describe_stop(&self.run.stop.reason)),
+        ];
+        for (label, value) in rows {
+            writeln!(f, "  {label:<17} {value}")?;
+        }
         writeln!(f, "\n  {:<16} {:>8}", "exit reason", "count")?;
         for kind in ExitKind::ALL {
             let n = exits.get(kind);
