@@ -152,26 +152,33 @@ impl Bus {
         })
     }
 
-    /// Reads from the device at `addr`. Returns false (and fills `data` with
-    /// 0xff, as an open bus would) when no device is there.
-    pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
+    /// Reads from the device at `addr` and returns the base of its range.
+    /// Returns `None` (and fills `data` with 0xff, as an open bus would) when
+    /// no device is there.
+    pub fn read(&self, addr: u64, data: &mut [u8]) -> Option<u64> {
         match self.resolve(addr) {
             Some(r) => {
                 lock(r.device).read(r.offset, data);
-                true
+                Some(r.base)
             }
             None => {
                 data.fill(0xff);
-                false
+                None
             }
         }
     }
 
-    /// Writes to the device at `addr`. Returns `None` when no device is there.
-    pub fn write(&self, addr: u64, data: &[u8]) -> Option<DeviceAction> {
+    /// Writes to the device at `addr`. Returns the base of its range and what
+    /// the device asks for, or `None` when no device is there.
+    pub fn write(&self, addr: u64, data: &[u8]) -> Option<(u64, DeviceAction)> {
         let r = self.resolve(addr)?;
         let action = lock(r.device).write(r.offset, data);
-        Some(action)
+        Some((r.base, action))
+    }
+
+    /// The name of the device whose range starts at `base`.
+    pub fn name_at(&self, base: u64) -> Option<&str> {
+        self.entries.get(&base).map(|e| e.name.as_str())
     }
 
     /// The devices on this bus as (name, base, len), in address order.
@@ -220,9 +227,11 @@ mod tests {
         let dev = probe();
         bus.insert("probe", 0x3f8, 8, dev.clone()).unwrap();
         let mut data = [0u8; 1];
-        assert!(bus.read(0x3fd, &mut data));
+        assert_eq!(bus.read(0x3fd, &mut data), Some(0x3f8));
         assert_eq!(data, [5]);
-        assert_eq!(bus.write(0x3f9, &[0xab]), Some(DeviceAction::None));
+        assert_eq!(bus.write(0x3f9, &[0xab]), Some((0x3f8, DeviceAction::None)));
+        assert_eq!(bus.name_at(0x3f8), Some("probe"));
+        assert_eq!(bus.name_at(0x3f9), None);
         assert_eq!(dev.lock().unwrap().last_write, Some((1, vec![0xab])));
     }
 
@@ -231,9 +240,9 @@ mod tests {
         let mut bus = Bus::new();
         bus.insert("probe", 0x100, 0x10, probe()).unwrap();
         let mut data = [0u8; 4];
-        assert!(!bus.read(0x110, &mut data));
+        assert_eq!(bus.read(0x110, &mut data), None);
         assert_eq!(data, [0xff; 4]);
-        assert!(!bus.read(0xff, &mut data));
+        assert_eq!(bus.read(0xff, &mut data), None);
         assert_eq!(bus.write(0x110, &[1]), None);
     }
 

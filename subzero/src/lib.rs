@@ -8,6 +8,7 @@
 //! - [`arch`]: the x86_64 memory map, boot protocol, firmware tables, CPUID, MSRs.
 //! - [`vmm`]: the builder that turns a [`vmm::VmConfig`] into a running VM,
 //!   the vCPU threads and the exit dispatcher.
+//! - [`stats`]: exit accounting and the reports built from it.
 //! - [`demo`]: the embedded guest behind `subzero demo`.
 
 pub mod arch;
@@ -15,4 +16,5 @@ pub mod bus;
 pub mod demo;
 pub mod devices;
 pub mod kvm;
+pub mod stats;
 pub mod vmm;

@@ -1,6 +1,8 @@
 //! Thin wrappers over kvm-ioctls: open `/dev/kvm` with errors a user can act
 //! on, and check the capabilities Subzero depends on.
 
+pub mod stats;
+
 use kvm_ioctls::{Cap, Kvm};
 
 /// Why KVM cannot be used.

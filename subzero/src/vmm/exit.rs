@@ -98,46 +98,100 @@ pub enum Outcome {
     Stop(StopReason),
 }
 
-fn device_outcome(action: Option<DeviceAction>, reset_how: &'static str) -> Outcome {
-    if let Some(a @ (DeviceAction::Reset | DeviceAction::PowerOff)) = action {
-        log::debug!("device asked for {a:?}");
+/// Which bus an access went to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Space {
+    /// Port I/O.
+    Pio,
+    /// MMIO.
+    Mmio,
+}
+
+/// Where a port-I/O or MMIO exit went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Target {
+    /// The bus.
+    pub space: Space,
+    /// Base of the owning device's range, or the exact address when no
+    /// device claims it.
+    pub addr: u64,
+    /// Whether a device owns the address.
+    pub claimed: bool,
+    /// Write (true) or read (false).
+    pub write: bool,
+}
+
+/// What [`dispatch`] did with one exit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handled {
+    /// The exit's kind, for counting.
+    pub kind: ExitKind,
+    /// The device access, for port-I/O and MMIO exits.
+    pub target: Option<Target>,
+    /// What the vCPU does next.
+    pub outcome: Outcome,
+}
+
+impl Handled {
+    fn new(kind: ExitKind, outcome: Outcome) -> Self {
+        Handled {
+            kind,
+            target: None,
+            outcome,
+        }
     }
+}
+
+fn device_outcome(action: DeviceAction, reset_how: &'static str) -> Outcome {
     match action {
-        Some(DeviceAction::Reset) => Outcome::Stop(StopReason::Reset(reset_how)),
-        Some(DeviceAction::PowerOff) => Outcome::Stop(StopReason::PowerOff),
-        Some(DeviceAction::None) | None => Outcome::Continue,
+        DeviceAction::Reset => {
+            log::debug!("device asked for a reset");
+            Outcome::Stop(StopReason::Reset(reset_how))
+        }
+        DeviceAction::PowerOff => {
+            log::debug!("device asked for a power-off");
+            Outcome::Stop(StopReason::PowerOff)
+        }
+        DeviceAction::None => Outcome::Continue,
     }
 }
 
-fn io_out(buses: &Buses, port: u16, data: &[u8]) -> Outcome {
-    log::trace!("port write {port:#x} <- {data:02x?}");
-    let action = buses.pio.write(u64::from(port), data);
-    if action.is_none() {
-        log::trace!("unclaimed port write {port:#x} <- {data:02x?}");
-    }
-    device_outcome(action, "guest reset through a port write")
+fn write(bus: &Bus, space: Space, addr: u64, data: &[u8]) -> (Target, Outcome) {
+    log::trace!("{space:?} write {addr:#x} <- {data:02x?}");
+    let (target, outcome) = match bus.write(addr, data) {
+        Some((base, action)) => (
+            (base, true),
+            device_outcome(action, "guest reset through a device register"),
+        ),
+        None => {
+            log::debug!("unclaimed {space:?} write {addr:#x} <- {data:02x?}");
+            ((addr, false), Outcome::Continue)
+        }
+    };
+    let target = Target {
+        space,
+        addr: target.0,
+        claimed: target.1,
+        write: true,
+    };
+    (target, outcome)
 }
 
-fn io_in(buses: &Buses, port: u16, data: &mut [u8]) -> Outcome {
-    if !buses.pio.read(u64::from(port), data) {
-        log::trace!("unclaimed port read {port:#x}");
-    }
-    Outcome::Continue
-}
-
-fn mmio_write(buses: &Buses, addr: u64, data: &[u8]) -> Outcome {
-    let action = buses.mmio.write(addr, data);
-    if action.is_none() {
-        log::debug!("unclaimed MMIO write {addr:#x} <- {data:02x?}");
-    }
-    device_outcome(action, "guest reset through an MMIO write")
-}
-
-fn mmio_read(buses: &Buses, addr: u64, data: &mut [u8]) -> Outcome {
-    if !buses.mmio.read(addr, data) {
-        log::debug!("unclaimed MMIO read {addr:#x}");
-    }
-    Outcome::Continue
+fn read(bus: &Bus, space: Space, addr: u64, data: &mut [u8]) -> (Target, Outcome) {
+    let (addr, claimed) = match bus.read(addr, data) {
+        Some(base) => (base, true),
+        None => {
+            log::debug!("unclaimed {space:?} read {addr:#x}");
+            (addr, false)
+        }
+    };
+    let target = Target {
+        space,
+        addr,
+        claimed,
+        write: false,
+    };
+    (target, Outcome::Continue)
 }
 
 fn system_event(kind: u32, data: &[u64]) -> Outcome {
@@ -151,33 +205,60 @@ fn system_event(kind: u32, data: &[u64]) -> Outcome {
     }
 }
 
-/// Handles one exit. The caller counts it under the returned kind.
-pub fn dispatch(exit: VcpuExit, buses: &Buses) -> (ExitKind, Outcome) {
+/// Handles one exit: one small handler per kind.
+pub fn dispatch(exit: VcpuExit, buses: &Buses) -> Handled {
+    let (kind, (target, outcome)) = match exit {
+        VcpuExit::IoOut(port, data) => (
+            ExitKind::IoOut,
+            write(&buses.pio, Space::Pio, u64::from(port), data),
+        ),
+        VcpuExit::IoIn(port, data) => (
+            ExitKind::IoIn,
+            read(&buses.pio, Space::Pio, u64::from(port), data),
+        ),
+        VcpuExit::MmioWrite(addr, data) => (
+            ExitKind::MmioWrite,
+            write(&buses.mmio, Space::Mmio, addr, data),
+        ),
+        VcpuExit::MmioRead(addr, data) => (
+            ExitKind::MmioRead,
+            read(&buses.mmio, Space::Mmio, addr, data),
+        ),
+        other => return dispatch_other(other),
+    };
+    Handled {
+        kind,
+        target: Some(target),
+        outcome,
+    }
+}
+
+fn dispatch_other(exit: VcpuExit) -> Handled {
     match exit {
-        VcpuExit::IoOut(port, data) => (ExitKind::IoOut, io_out(buses, port, data)),
-        VcpuExit::IoIn(port, data) => (ExitKind::IoIn, io_in(buses, port, data)),
-        VcpuExit::MmioWrite(addr, data) => (ExitKind::MmioWrite, mmio_write(buses, addr, data)),
-        VcpuExit::MmioRead(addr, data) => (ExitKind::MmioRead, mmio_read(buses, addr, data)),
-        VcpuExit::Hlt => (ExitKind::Hlt, Outcome::Continue),
-        VcpuExit::Shutdown => (
+        VcpuExit::Hlt => Handled::new(ExitKind::Hlt, Outcome::Continue),
+        VcpuExit::Shutdown => Handled::new(
             ExitKind::Shutdown,
             Outcome::Stop(StopReason::Reset("triple fault (KVM_EXIT_SHUTDOWN)")),
         ),
-        VcpuExit::SystemEvent(kind, data) => (ExitKind::SystemEvent, system_event(kind, data)),
-        VcpuExit::InternalError => (
+        VcpuExit::SystemEvent(kind, data) => {
+            Handled::new(ExitKind::SystemEvent, system_event(kind, data))
+        }
+        VcpuExit::InternalError => Handled::new(
             ExitKind::InternalError,
             Outcome::Stop(StopReason::Unhandled(
                 "KVM_EXIT_INTERNAL_ERROR (KVM could not emulate an instruction)".into(),
             )),
         ),
-        VcpuExit::FailEntry(reason, cpu) => (
+        VcpuExit::FailEntry(reason, cpu) => Handled::new(
             ExitKind::FailEntry,
             Outcome::Stop(StopReason::Unhandled(format!(
                 "KVM_EXIT_FAIL_ENTRY (hardware reason {reason:#x}, host cpu {cpu})"
             ))),
         ),
-        VcpuExit::IrqWindowOpen | VcpuExit::Intr => (ExitKind::Interrupted, Outcome::Continue),
-        other => (
+        VcpuExit::IrqWindowOpen | VcpuExit::Intr => {
+            Handled::new(ExitKind::Interrupted, Outcome::Continue)
+        }
+        other => Handled::new(
             ExitKind::Other,
             Outcome::Stop(StopReason::Unhandled(format!("unexpected exit {other:?}"))),
         ),
@@ -211,27 +292,40 @@ mod tests {
     #[test]
     fn port_writes_reach_devices_and_can_stop_the_vm() {
         let (b, _) = buses();
+        let reset = dispatch(VcpuExit::IoOut(0x64, &[0xfe]), &b);
+        assert_eq!(reset.kind, ExitKind::IoOut);
         assert_eq!(
-            dispatch(VcpuExit::IoOut(0x64, &[0xfe]), &b),
-            (
-                ExitKind::IoOut,
-                Outcome::Stop(StopReason::Reset("guest reset through a port write"))
-            )
+            reset.outcome,
+            Outcome::Stop(StopReason::Reset("guest reset through a device register"))
+        );
+        let want = Target {
+            space: Space::Pio,
+            addr: 0x60,
+            claimed: true,
+            write: true,
+        };
+        assert_eq!(
+            reset.target,
+            Some(want),
+            "target is the owning range's base"
         );
         assert_eq!(
-            dispatch(VcpuExit::IoOut(0x600, &[0x34]), &b).1,
+            dispatch(VcpuExit::IoOut(0x600, &[0x34]), &b).outcome,
             Outcome::Stop(StopReason::PowerOff)
         );
-        // Unclaimed ports are ignored, and read as all ones.
-        assert_eq!(
-            dispatch(VcpuExit::IoOut(0x80, &[1]), &b).1,
-            Outcome::Continue
-        );
+        // Unclaimed ports are ignored, read as all ones, and keep their address.
+        let ignored = dispatch(VcpuExit::IoOut(0x80, &[1]), &b);
+        assert_eq!(ignored.outcome, Outcome::Continue);
         let mut data = [0u8; 2];
-        assert_eq!(
-            dispatch(VcpuExit::IoIn(0x71, &mut data), &b),
-            (ExitKind::IoIn, Outcome::Continue)
-        );
+        let h = dispatch(VcpuExit::IoIn(0x71, &mut data), &b);
+        assert_eq!((h.kind, h.outcome), (ExitKind::IoIn, Outcome::Continue));
+        let want = Target {
+            space: Space::Pio,
+            addr: 0x71,
+            claimed: false,
+            write: false,
+        };
+        assert_eq!(h.target, Some(want));
         assert_eq!(data, [0xff, 0xff]);
     }
 
@@ -239,9 +333,11 @@ mod tests {
     fn mmio_round_trip() {
         let (b, probe) = buses();
         let mut data = [0u8; 4];
+        let h = dispatch(VcpuExit::MmioRead(0xd000_0010, &mut data), &b);
+        assert_eq!(h.kind, ExitKind::MmioRead);
         assert_eq!(
-            dispatch(VcpuExit::MmioRead(0xd000_0010, &mut data), &b).0,
-            ExitKind::MmioRead
+            h.target.map(|t| (t.space, t.addr)),
+            Some((Space::Mmio, 0xd000_0000))
         );
         assert_eq!(u32::from_le_bytes(data), 0xabcd);
         dispatch(VcpuExit::MmioWrite(0xd000_0000, &[7, 0, 0, 0]), &b);
@@ -255,28 +351,31 @@ mod tests {
     #[test]
     fn fatal_exits_stop_with_a_reason() {
         let (b, _) = buses();
-        let (kind, out) = dispatch(VcpuExit::InternalError, &b);
-        assert_eq!(kind, ExitKind::InternalError);
-        assert!(matches!(out, Outcome::Stop(StopReason::Unhandled(m)) if m.contains("INTERNAL")));
+        let h = dispatch(VcpuExit::InternalError, &b);
+        assert_eq!(h.kind, ExitKind::InternalError);
+        assert!(
+            matches!(h.outcome, Outcome::Stop(StopReason::Unhandled(m)) if m.contains("INTERNAL"))
+        );
         assert!(matches!(
-            dispatch(VcpuExit::FailEntry(0x7, 1), &b).1,
+            dispatch(VcpuExit::FailEntry(0x7, 1), &b).outcome,
             Outcome::Stop(StopReason::Unhandled(m)) if m.contains("0x7")
         ));
         assert_eq!(
-            dispatch(VcpuExit::Shutdown, &b).1,
+            dispatch(VcpuExit::Shutdown, &b).outcome,
             Outcome::Stop(StopReason::Reset("triple fault (KVM_EXIT_SHUTDOWN)"))
         );
         assert_eq!(
-            dispatch(VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_SHUTDOWN, &[]), &b).1,
+            dispatch(VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_SHUTDOWN, &[]), &b).outcome,
             Outcome::Stop(StopReason::PowerOff)
         );
         assert_eq!(
-            dispatch(VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_CRASH, &[]), &b).1,
+            dispatch(VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_CRASH, &[]), &b).outcome,
             Outcome::Stop(StopReason::Crash)
         );
+        let h = dispatch(VcpuExit::Hlt, &b);
         assert_eq!(
-            dispatch(VcpuExit::Hlt, &b),
-            (ExitKind::Hlt, Outcome::Continue)
+            (h.kind, h.target, h.outcome),
+            (ExitKind::Hlt, None, Outcome::Continue)
         );
     }
 }

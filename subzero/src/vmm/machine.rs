@@ -10,8 +10,9 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::signal::Killable;
 
 use super::exit::Buses;
-use super::vcpu::{self, ExitCounts, StopSignal, VmStop};
+use super::vcpu::{self, SharedStats, StopSignal, VmStop};
 use crate::devices::serial::{PanicWatch, SerialDevice};
+use crate::stats::VcpuStats;
 
 /// How long to wait for vCPU threads to leave KVM_RUN after the VM stopped.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -39,16 +40,16 @@ pub struct RunReport {
     pub stop: VmStop,
     /// The panic line, if the guest kernel printed one.
     pub panic: Option<String>,
-    /// Exit counts per vCPU (vCPUs that did not finish in time are missing).
-    pub per_vcpu: Vec<ExitCounts>,
+    /// Exit accounting per vCPU, in vCPU order.
+    pub per_vcpu: Vec<VcpuStats>,
     /// Wall time from the first KVM_RUN to the stop.
     pub elapsed: Duration,
 }
 
 impl RunReport {
-    /// Exit counts over all vCPUs.
-    pub fn total(&self) -> ExitCounts {
-        let mut all = ExitCounts::default();
+    /// Exit accounting over all vCPUs.
+    pub fn total(&self) -> VcpuStats {
+        let mut all = VcpuStats::default();
         for c in &self.per_vcpu {
             all.merge(c);
         }
@@ -57,18 +58,31 @@ impl RunReport {
 }
 
 impl Machine {
+    /// One accounting slot per vCPU, for [`Machine::run_with_stats`]; clone
+    /// them first to read the accounting while the VM runs.
+    pub fn new_stats(&self) -> Vec<SharedStats> {
+        self.vcpus.iter().map(|_| SharedStats::default()).collect()
+    }
+
     /// Runs the VM until a vCPU stops it.
     pub fn run(self) -> std::io::Result<RunReport> {
+        let stats = self.new_stats();
+        self.run_with_stats(stats)
+    }
+
+    /// Runs the VM, accounting vCPU *i*'s exits into `stats[i]`.
+    pub fn run_with_stats(self, stats: Vec<SharedStats>) -> std::io::Result<RunReport> {
         vcpu::install_kick_handler();
         let signal = Arc::new(StopSignal::default());
         let start = Instant::now();
         let mut threads = Vec::with_capacity(self.vcpus.len());
-        for (index, fd) in self.vcpus.into_iter().enumerate() {
+        for ((index, fd), slot) in self.vcpus.into_iter().enumerate().zip(stats.iter()) {
             let buses = self.buses.clone();
             let signal_for_thread = signal.clone();
+            let slot = slot.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("vcpu{index}"))
-                .spawn(move || vcpu::run(index, fd, buses, signal_for_thread));
+                .spawn(move || vcpu::run(index, fd, buses, signal_for_thread, slot));
             match spawned {
                 Ok(handle) => threads.push(handle),
                 Err(e) => {
@@ -79,7 +93,11 @@ impl Machine {
         }
         let stop = signal.wait();
         let elapsed = start.elapsed();
-        let per_vcpu = stop_all(&signal, threads);
+        stop_all(&signal, threads);
+        let per_vcpu = stats
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).clone())
+            .collect();
         Ok(RunReport {
             stop,
             panic: self.panic_watch.message(),
@@ -90,7 +108,7 @@ impl Machine {
 }
 
 /// Kicks every vCPU thread out of KVM_RUN until it exits, then joins it.
-fn stop_all(signal: &StopSignal, threads: Vec<JoinHandle<ExitCounts>>) -> Vec<ExitCounts> {
+fn stop_all(signal: &StopSignal, threads: Vec<JoinHandle<()>>) {
     if !signal.stopping() {
         signal.stop(VmStop {
             reason: super::exit::StopReason::Unhandled("VMM failed to start a vCPU".into()),
@@ -99,7 +117,6 @@ fn stop_all(signal: &StopSignal, threads: Vec<JoinHandle<ExitCounts>>) -> Vec<Ex
         });
     }
     let deadline = Instant::now() + JOIN_TIMEOUT;
-    let mut counts = Vec::with_capacity(threads.len());
     for handle in threads {
         // A signal may land just before the thread re-enters KVM_RUN, so
         // repeat it until the thread is gone.
@@ -108,12 +125,11 @@ fn stop_all(signal: &StopSignal, threads: Vec<JoinHandle<ExitCounts>>) -> Vec<Ex
             std::thread::sleep(Duration::from_millis(2));
         }
         if handle.is_finished() {
-            if let Ok(c) = handle.join() {
-                counts.push(c);
+            if handle.join().is_err() {
+                log::warn!("a vCPU thread panicked");
             }
         } else {
             log::warn!("a vCPU thread did not stop within {JOIN_TIMEOUT:?}");
         }
     }
-    counts
 }

@@ -2,38 +2,18 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Once};
+use std::time::Instant;
 
 use kvm_ioctls::VcpuFd;
 
-use super::exit::{dispatch, Buses, ExitKind, Outcome, StopReason};
+use super::exit::{dispatch, Buses, ExitKind, Handled, Outcome, StopReason};
+use crate::stats::VcpuStats;
 
-/// Exits of one vCPU, by kind.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ExitCounts([u64; ExitKind::ALL.len()]);
+/// Exits between two guest RIP samples (each sample costs a KVM_GET_REGS).
+pub const RIP_SAMPLE_PERIOD: u64 = 64;
 
-impl ExitCounts {
-    fn slot(kind: ExitKind) -> usize {
-        ExitKind::ALL.iter().position(|k| *k == kind).unwrap_or(0)
-    }
-    /// Counts one exit.
-    pub fn add(&mut self, kind: ExitKind) {
-        self.0[Self::slot(kind)] += 1;
-    }
-    /// Exits of `kind`.
-    pub fn get(&self, kind: ExitKind) -> u64 {
-        self.0[Self::slot(kind)]
-    }
-    /// All exits.
-    pub fn total(&self) -> u64 {
-        self.0.iter().sum()
-    }
-    /// Adds another vCPU's counts to these.
-    pub fn merge(&mut self, other: &ExitCounts) {
-        for (a, b) in self.0.iter_mut().zip(other.0) {
-            *a += b;
-        }
-    }
-}
+/// A vCPU's accounting, shared with readers while the VM runs.
+pub type SharedStats = Arc<Mutex<VcpuStats>>;
 
 /// Why and where the VM stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,23 +79,54 @@ pub fn install_kick_handler() {
     });
 }
 
-/// Runs one vCPU until the VM stops. Returns its exit counts.
-pub fn run(index: usize, mut fd: VcpuFd, buses: Arc<Buses>, signal: Arc<StopSignal>) -> ExitCounts {
-    let mut counts = ExitCounts::default();
+fn lock(stats: &SharedStats) -> std::sync::MutexGuard<'_, VcpuStats> {
+    stats.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Runs one vCPU until the VM stops, accounting every exit into `stats`.
+pub fn run(
+    index: usize,
+    mut fd: VcpuFd,
+    buses: Arc<Buses>,
+    signal: Arc<StopSignal>,
+    stats: SharedStats,
+) {
+    lock(&stats).rip_sample_period = RIP_SAMPLE_PERIOD;
+    let mut exits: u64 = 0;
+    let mut left_guest = Instant::now();
     while !signal.stopping() {
-        let outcome = match fd.run() {
-            Ok(exit) => {
-                let (kind, outcome) = dispatch(exit, &buses);
-                counts.add(kind);
-                outcome
-            }
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
-                counts.add(ExitKind::Interrupted);
-                Outcome::Continue
-            }
-            Err(e) => Outcome::Stop(StopReason::Unhandled(format!("KVM_RUN failed: {e}"))),
+        let entered = Instant::now();
+        let result = fd.run();
+        let exited = Instant::now();
+        let handled = match result {
+            Ok(exit) => dispatch(exit, &buses),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Handled {
+                kind: ExitKind::Interrupted,
+                target: None,
+                outcome: Outcome::Continue,
+            },
+            Err(e) => Handled {
+                kind: ExitKind::Other,
+                target: None,
+                outcome: Outcome::Stop(StopReason::Unhandled(format!("KVM_RUN failed: {e}"))),
+            },
         };
-        if let Outcome::Stop(reason) = outcome {
+        let handling_ns = exited.elapsed().as_nanos() as u64;
+        exits += 1;
+        let rip = (exits % RIP_SAMPLE_PERIOD == 0)
+            .then(|| fd.get_regs().ok().map(|r| r.rip))
+            .flatten();
+        {
+            let mut s = lock(&stats);
+            s.guest += exited - entered;
+            s.vmm += entered - left_guest;
+            s.record(handled.kind, handled.target, handling_ns);
+            if let Some(rip) = rip {
+                s.sample_rip(rip);
+            }
+        }
+        left_guest = exited;
+        if let Outcome::Stop(reason) = handled.outcome {
             let rip = match reason {
                 StopReason::Unhandled(_) | StopReason::Crash => fd.get_regs().ok().map(|r| r.rip),
                 _ => None,
@@ -127,5 +138,22 @@ pub fn run(index: usize, mut fd: VcpuFd, buses: Arc<Buses>, signal: Arc<StopSign
             });
         }
     }
-    counts
+    let lstar = read_lstar(&fd);
+    let mut s = lock(&stats);
+    s.vmm += left_guest.elapsed();
+    s.lstar = lstar;
+}
+
+/// The guest's MSR_LSTAR (its syscall entry point), if set.
+fn read_lstar(fd: &VcpuFd) -> Option<u64> {
+    const MSR_LSTAR: u32 = 0xc000_0082;
+    let mut msrs = kvm_bindings::Msrs::from_entries(&[kvm_bindings::kvm_msr_entry {
+        index: MSR_LSTAR,
+        ..Default::default()
+    }])
+    .ok()?;
+    match fd.get_msrs(&mut msrs) {
+        Ok(1) => Some(msrs.as_slice()[0].data).filter(|&v| v != 0),
+        _ => None,
+    }
 }

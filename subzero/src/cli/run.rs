@@ -1,0 +1,171 @@
+//! `subzero run`: boot a kernel, optionally with exit statistics.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use subzero::stats::live;
+use subzero::stats::report::StatsReport;
+use subzero::stats::symbols::Symbols;
+use subzero::vmm::config::{parse_size, DEFAULT_CMDLINE};
+use subzero::vmm::exit::StopReason;
+use subzero::vmm::{build_linux, console, RunReport, VmConfig};
+
+use subzero::stats::kvm::KvmStatsFds;
+
+/// Exit status when the guest kernel panicked.
+const EXIT_GUEST_PANIC: u8 = 2;
+/// Exit status when a vCPU hit an exit Subzero cannot handle.
+const EXIT_VCPU_ERROR: u8 = 3;
+
+/// Output formats of the stats report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum StatsFormat {
+    /// A table for people.
+    Table,
+    /// JSON (schema subzero.stats/v1, see docs/stats.md).
+    Json,
+    /// Prometheus text exposition format.
+    Prometheus,
+}
+
+/// Arguments of `subzero run`.
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// Kernel image: a bzImage (e.g. /boot/vmlinuz-*) or an ELF vmlinux.
+    #[arg(long, value_name = "PATH")]
+    kernel: PathBuf,
+    /// Initial ramdisk (initramfs) to load.
+    #[arg(long, value_name = "PATH")]
+    initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, default_value = DEFAULT_CMDLINE)]
+    cmdline: String,
+    /// Guest memory: a number with K, M, G or T (plain numbers are MiB).
+    #[arg(long, default_value = "256M", value_parser = parse_memory)]
+    memory: u64,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    vcpus: u64,
+    /// Print VM exit statistics when the VM ends.
+    #[arg(long)]
+    stats: bool,
+    /// Format of the --stats report.
+    #[arg(long, value_enum, default_value_t = StatsFormat::Table, requires = "stats")]
+    stats_format: StatsFormat,
+    /// Write the --stats report to this file instead of stderr.
+    #[arg(long, value_name = "PATH", requires = "stats")]
+    stats_out: Option<PathBuf>,
+    /// System.map (or kallsyms) of the guest kernel, to name sampled RIPs.
+    #[arg(long, value_name = "PATH")]
+    symbols: Option<PathBuf>,
+    /// Serve live statistics on this Unix socket (read with `subzero stat`).
+    #[arg(long, value_name = "PATH")]
+    stats_socket: Option<PathBuf>,
+}
+
+fn parse_memory(s: &str) -> Result<u64, String> {
+    parse_size(s).map_err(|e| e.to_string())
+}
+
+/// Runs `subzero run`.
+pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let symbols = args.symbols.as_deref().map(Symbols::load).transpose()?;
+    let cfg = VmConfig {
+        kernel: args.kernel,
+        initrd: args.initrd,
+        cmdline: args.cmdline,
+        memory: args.memory,
+        vcpus: args.vcpus,
+    };
+    let machine = build_linux(&cfg, Box::new(std::io::stdout()))?;
+    let stats = machine.new_stats();
+    let buses = machine.buses.clone();
+    let kvm = Arc::new(KvmStatsFds::open(&machine));
+    let started = Instant::now();
+    let _server = match &args.stats_socket {
+        Some(path) => {
+            let (stats, buses, kvm, symbols) =
+                (stats.clone(), buses.clone(), kvm.clone(), symbols.clone());
+            Some(live::serve(
+                path,
+                Box::new(move || {
+                    StatsReport::build(
+                        &live::current(&stats),
+                        started.elapsed(),
+                        &buses,
+                        kvm.read(),
+                        symbols.as_ref(),
+                    )
+                }),
+            )?)
+        }
+        None => None,
+    };
+    console::forward_stdin(machine.serial.clone());
+    console::setup_terminal();
+    let report = machine.run_with_stats(stats).context("running the VM");
+    console::restore_terminal();
+    let report = report?;
+    if args.stats {
+        let stats = StatsReport::build(
+            &report.per_vcpu,
+            report.elapsed,
+            &buses,
+            kvm.read(),
+            symbols.as_ref(),
+        );
+        let text = match args.stats_format {
+            StatsFormat::Table => stats.to_table(),
+            StatsFormat::Json => stats.to_json() + "\n",
+            StatsFormat::Prometheus => stats.to_prometheus(),
+        };
+        match &args.stats_out {
+            Some(path) => std::fs::write(path, text)
+                .with_context(|| format!("writing the stats report to {}", path.display()))?,
+            None => {
+                let _ = std::io::stderr().write_all(text.as_bytes());
+            }
+        }
+    }
+    Ok(outcome(&report))
+}
+
+/// Maps how the VM ended to a message and an exit status.
+fn outcome(report: &RunReport) -> ExitCode {
+    let stop = &report.stop;
+    let rip = stop
+        .rip
+        .map(|r| format!(" at RIP {r:#x}"))
+        .unwrap_or_default();
+    if let Some(panic) = &report.panic {
+        if matches!(stop.reason, StopReason::Reset(_) | StopReason::Crash) {
+            eprintln!("subzero: guest kernel panicked: {panic}");
+            return ExitCode::from(EXIT_GUEST_PANIC);
+        }
+    }
+    match &stop.reason {
+        StopReason::PowerOff => {
+            log::info!("guest powered off");
+            ExitCode::SUCCESS
+        }
+        StopReason::Reset(how) => {
+            log::info!("guest reset: {how}");
+            ExitCode::SUCCESS
+        }
+        StopReason::Crash => {
+            eprintln!(
+                "subzero: guest crashed (KVM crash event) on vCPU {}{rip}",
+                stop.vcpu
+            );
+            ExitCode::from(EXIT_GUEST_PANIC)
+        }
+        StopReason::Unhandled(what) => {
+            eprintln!("subzero: vCPU {} stopped: {what}{rip}", stop.vcpu);
+            ExitCode::from(EXIT_VCPU_ERROR)
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! Exit accounting and reports: what each VM exit was, where it went, and
+//! what it cost.
+
+pub mod exits;
+pub mod histogram;
+pub mod kvm;
+pub mod live;
+pub mod report;
+pub mod symbols;
+
+pub use exits::VcpuStats;

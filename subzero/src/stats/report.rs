@@ -1,0 +1,465 @@
+//! The stats report: built once from a run's accounting, then rendered as a
+//! table for people, JSON for scripts (schema in docs/stats.md) or the
+//! Prometheus text format.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::symbols::Symbols;
+use super::VcpuStats;
+use crate::vmm::exit::{Buses, ExitKind, Space, Target};
+
+/// Schema id of the JSON form.
+pub const SCHEMA: &str = "subzero.stats/v1";
+/// Rows shown in the "top" lists of the table.
+const TOP: usize = 12;
+
+/// Counters KVM keeps itself (KVM_GET_STATS_FD), by name.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct KvmCounters {
+    /// VM-wide counters.
+    pub vm: BTreeMap<String, u64>,
+    /// One map per vCPU.
+    pub vcpus: Vec<BTreeMap<String, u64>>,
+}
+
+/// One exit reason.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReasonRow {
+    /// Exit reason, e.g. "io-out".
+    pub reason: String,
+    /// Exits.
+    pub count: u64,
+    /// Share of all userspace exits, 0..1.
+    pub share: f64,
+    /// Total VMM handling time, ns.
+    pub total_ns: u64,
+    /// Mean handling time, ns.
+    pub mean_ns: f64,
+    /// Median handling time, ns.
+    pub p50_ns: u64,
+    /// 99th percentile, ns.
+    pub p99_ns: u64,
+    /// Longest, ns.
+    pub max_ns: u64,
+}
+
+/// Exits to one device range (or one unclaimed address), one direction.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TargetRow {
+    /// "pio" or "mmio".
+    pub space: String,
+    /// Range base (or the address, when unclaimed).
+    pub addr: u64,
+    /// Owning device, or null when no device claims the address.
+    pub device: Option<String>,
+    /// "read" or "write".
+    pub access: String,
+    /// Exits.
+    pub count: u64,
+    /// Total VMM handling time, ns.
+    pub total_ns: u64,
+    /// Mean handling time, ns.
+    pub mean_ns: f64,
+}
+
+/// Where one vCPU's time went.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VcpuRow {
+    /// vCPU index.
+    pub id: usize,
+    /// Userspace exits.
+    pub exits: u64,
+    /// Seconds inside KVM_RUN (guest, and exits KVM handled itself).
+    pub guest_s: f64,
+    /// Seconds in Subzero between runs.
+    pub vmm_s: f64,
+}
+
+/// A sampled guest instruction address.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RipRow {
+    /// Guest RIP.
+    pub rip: u64,
+    /// "function+0xoffset" when symbols were given and cover it.
+    pub symbol: Option<String>,
+    /// Samples at this RIP.
+    pub samples: u64,
+}
+
+/// Sampled RIPs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RipSamples {
+    /// One sample every this many exits per vCPU.
+    pub sample_period: u64,
+    /// Most sampled first.
+    pub top: Vec<RipRow>,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StatsReport {
+    /// Always [`SCHEMA`].
+    pub schema: String,
+    /// Wall time of the run, seconds.
+    pub elapsed_s: f64,
+    /// All userspace exits.
+    pub total_exits: u64,
+    /// By reason, most frequent first.
+    pub exits: Vec<ReasonRow>,
+    /// By target, most frequent first.
+    pub targets: Vec<TargetRow>,
+    /// Per vCPU.
+    pub vcpus: Vec<VcpuRow>,
+    /// KVM's own counters, when the host has KVM_GET_STATS_FD.
+    pub kvm: Option<KvmCounters>,
+    /// Sampled guest RIPs.
+    pub rips: RipSamples,
+}
+
+fn space_name(space: Space) -> &'static str {
+    match space {
+        Space::Pio => "pio",
+        Space::Mmio => "mmio",
+    }
+}
+
+fn target_row(t: &Target, timed: &super::exits::Timed, buses: &Buses) -> TargetRow {
+    let bus = match t.space {
+        Space::Pio => &buses.pio,
+        Space::Mmio => &buses.mmio,
+    };
+    TargetRow {
+        space: space_name(t.space).into(),
+        addr: t.addr,
+        device: t
+            .claimed
+            .then(|| bus.name_at(t.addr).unwrap_or("?").to_string()),
+        access: if t.write { "write" } else { "read" }.into(),
+        count: timed.count(),
+        total_ns: timed.latency.sum(),
+        mean_ns: timed.latency.mean(),
+    }
+}
+
+impl StatsReport {
+    /// Builds the report from per-vCPU accounting.
+    pub fn build(
+        per_vcpu: &[VcpuStats],
+        elapsed: Duration,
+        buses: &Buses,
+        kvm: Option<KvmCounters>,
+        symbols: Option<&Symbols>,
+    ) -> StatsReport {
+        let mut all = VcpuStats::default();
+        per_vcpu.iter().for_each(|v| all.merge(v));
+        let total = all.total();
+        let mut exits: Vec<ReasonRow> = ExitKind::ALL
+            .iter()
+            .map(|&k| (k, &all.kind(k).latency))
+            .filter(|(_, h)| h.count() > 0)
+            .map(|(k, h)| ReasonRow {
+                reason: k.name().into(),
+                count: h.count(),
+                share: h.count() as f64 / total.max(1) as f64,
+                total_ns: h.sum(),
+                mean_ns: h.mean(),
+                p50_ns: h.quantile(0.5),
+                p99_ns: h.quantile(0.99),
+                max_ns: h.max(),
+            })
+            .collect();
+        exits.sort_by(|a, b| b.count.cmp(&a.count).then(a.reason.cmp(&b.reason)));
+        let mut targets: Vec<TargetRow> = all
+            .by_target
+            .iter()
+            .map(|(t, timed)| target_row(t, timed, buses))
+            .collect();
+        targets.sort_by(|a, b| {
+            (b.count, &a.space, a.addr, &a.access).cmp(&(a.count, &b.space, b.addr, &b.access))
+        });
+        let vcpus = per_vcpu
+            .iter()
+            .enumerate()
+            .map(|(id, v)| VcpuRow {
+                id,
+                exits: v.total(),
+                guest_s: v.guest.as_secs_f64(),
+                vmm_s: v.vmm.as_secs_f64(),
+            })
+            .collect();
+        let mut symbols = symbols.cloned();
+        if let (Some(s), Some(lstar)) = (symbols.as_mut(), all.lstar) {
+            s.relocate_with_lstar(lstar);
+        }
+        let mut top: Vec<RipRow> = all
+            .rips
+            .iter()
+            .map(|(&rip, &samples)| RipRow {
+                rip,
+                symbol: symbols.as_ref().and_then(|s| s.name(rip)),
+                samples,
+            })
+            .collect();
+        top.sort_by(|a, b| b.samples.cmp(&a.samples).then(a.rip.cmp(&b.rip)));
+        top.truncate(50);
+        StatsReport {
+            schema: SCHEMA.into(),
+            elapsed_s: elapsed.as_secs_f64(),
+            total_exits: total,
+            exits,
+            targets,
+            vcpus,
+            kvm,
+            rips: RipSamples {
+                sample_period: all.rip_sample_period,
+                top,
+            },
+        }
+    }
+
+    /// JSON, one object (schema [`SCHEMA`]).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    }
+
+    /// Prometheus text exposition format.
+    pub fn to_prometheus(&self) -> String {
+        let mut o = String::new();
+        let mut family = |name: &str, kind: &str, help: &str, rows: Vec<(String, String)>| {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, value) in rows {
+                let _ = writeln!(o, "{name}{{{labels}}} {value}");
+            }
+        };
+        family(
+            "subzero_exits_total",
+            "counter",
+            "VM exits handled by Subzero in userspace, by reason.",
+            self.exits
+                .iter()
+                .map(|r| (format!("reason=\"{}\"", r.reason), r.count.to_string()))
+                .collect(),
+        );
+        family(
+            "subzero_exit_handling_seconds_total",
+            "counter",
+            "Time Subzero spent handling exits, by reason.",
+            self.exits
+                .iter()
+                .map(|r| (format!("reason=\"{}\"", r.reason), secs(r.total_ns)))
+                .collect(),
+        );
+        family(
+            "subzero_target_exits_total",
+            "counter",
+            "Port-I/O and MMIO exits by device range and direction.",
+            self.targets
+                .iter()
+                .map(|t| {
+                    let device = t.device.as_deref().unwrap_or("unclaimed");
+                    (
+                        format!(
+                            "space=\"{}\",addr=\"{:#x}\",device=\"{device}\",access=\"{}\"",
+                            t.space, t.addr, t.access
+                        ),
+                        t.count.to_string(),
+                    )
+                })
+                .collect(),
+        );
+        for (name, help, pick) in [
+            (
+                "subzero_vcpu_guest_seconds_total",
+                "Time inside KVM_RUN.",
+                0,
+            ),
+            (
+                "subzero_vcpu_vmm_seconds_total",
+                "Time in Subzero between runs.",
+                1,
+            ),
+        ] {
+            family(
+                name,
+                "counter",
+                help,
+                self.vcpus
+                    .iter()
+                    .map(|v| {
+                        let s = if pick == 0 { v.guest_s } else { v.vmm_s };
+                        (format!("vcpu=\"{}\"", v.id), format!("{s}"))
+                    })
+                    .collect(),
+            );
+        }
+        if let Some(kvm) = &self.kvm {
+            let mut rows: Vec<(String, String)> = Vec::new();
+            for (id, map) in kvm.vcpus.iter().enumerate() {
+                for (name, v) in map {
+                    rows.push((format!("vcpu=\"{id}\",stat=\"{name}\""), v.to_string()));
+                }
+            }
+            family(
+                "subzero_kvm_vcpu_stat",
+                "untyped",
+                "KVM's own per-vCPU statistics (KVM_GET_STATS_FD).",
+                rows,
+            );
+            family(
+                "subzero_kvm_vm_stat",
+                "untyped",
+                "KVM's own VM statistics (KVM_GET_STATS_FD).",
+                kvm.vm
+                    .iter()
+                    .map(|(n, v)| (format!("stat=\"{n}\""), v.to_string()))
+                    .collect(),
+            );
+        }
+        o
+    }
+
+    /// The human-readable table.
+    pub fn to_table(&self) -> String {
+        let mut o = String::new();
+        let _ = writeln!(
+            o,
+            "\n== subzero stats: {} userspace exits in {:.3} s on {} vCPU(s) ==\n",
+            self.total_exits,
+            self.elapsed_s,
+            self.vcpus.len()
+        );
+        let _ = writeln!(
+            o,
+            "{:<15} {:>10} {:>6} {:>10} {:>9} {:>9} {:>9} {:>10}",
+            "exit reason", "count", "share", "total ms", "mean us", "p50 us", "p99 us", "max us"
+        );
+        for r in &self.exits {
+            let _ = writeln!(
+                o,
+                "{:<15} {:>10} {:>5.1}% {:>10.3} {:>9.2} {:>9.2} {:>9.2} {:>10.2}",
+                r.reason,
+                r.count,
+                r.share * 100.0,
+                r.total_ns as f64 / 1e6,
+                r.mean_ns / 1e3,
+                r.p50_ns as f64 / 1e3,
+                r.p99_ns as f64 / 1e3,
+                r.max_ns as f64 / 1e3
+            );
+        }
+        let _ = writeln!(
+            o,
+            "\n{:<32} {:<6} {:>10} {:>10} {:>9}",
+            "target", "access", "count", "total ms", "mean us"
+        );
+        for t in self.targets.iter().take(TOP) {
+            let name = match &t.device {
+                Some(d) => format!("{d} {}", addr(t)),
+                None => format!("{} (unclaimed)", addr(t)),
+            };
+            let _ = writeln!(
+                o,
+                "{:<32} {:<6} {:>10} {:>10.3} {:>9.2}",
+                name,
+                t.access,
+                t.count,
+                t.total_ns as f64 / 1e6,
+                t.mean_ns / 1e3
+            );
+        }
+        if self.targets.len() > TOP {
+            let _ = writeln!(
+                o,
+                "  ... {} more targets (see --stats-format json)",
+                self.targets.len() - TOP
+            );
+        }
+        let _ = writeln!(
+            o,
+            "\n{:<6} {:>10} {:>10} {:>10} {:>7}",
+            "vcpu", "exits", "guest s", "vmm s", "guest%"
+        );
+        for v in &self.vcpus {
+            let total = (v.guest_s + v.vmm_s).max(f64::MIN_POSITIVE);
+            let _ = writeln!(
+                o,
+                "{:<6} {:>10} {:>10.3} {:>10.3} {:>6.1}%",
+                v.id,
+                v.exits,
+                v.guest_s,
+                v.vmm_s,
+                v.guest_s / total * 100.0
+            );
+        }
+        self.kvm_table(&mut o);
+        if !self.rips.top.is_empty() {
+            let _ = writeln!(
+                o,
+                "\ntop guest RIPs at exits (1 sample every {} exits per vCPU)",
+                self.rips.sample_period
+            );
+            for r in self.rips.top.iter().take(TOP) {
+                let sym = r.symbol.as_deref().unwrap_or("");
+                let _ = writeln!(o, "  {:#018x} {:>8}  {sym}", r.rip, r.samples);
+            }
+        }
+        o
+    }
+
+    fn kvm_table(&self, o: &mut String) {
+        let Some(kvm) = &self.kvm else {
+            let _ = writeln!(
+                o,
+                "\nKVM counters: unavailable (no KVM_GET_STATS_FD on this host)"
+            );
+            return;
+        };
+        let _ = writeln!(
+            o,
+            "\nKVM's own counters (include exits KVM handled without coming to userspace)"
+        );
+        let mut names: Vec<&String> = kvm
+            .vcpus
+            .iter()
+            .flat_map(|m| m.iter().filter(|(_, v)| **v > 0).map(|(n, _)| n))
+            .collect();
+        names.sort();
+        names.dedup();
+        let _ = write!(o, "{:<28}", "vcpu stat");
+        for id in 0..kvm.vcpus.len() {
+            let _ = write!(o, " {:>12}", format!("vcpu{id}"));
+        }
+        let _ = writeln!(o);
+        for name in names {
+            let _ = write!(o, "{name:<28}");
+            for m in &kvm.vcpus {
+                let _ = write!(o, " {:>12}", m.get(name).copied().unwrap_or(0));
+            }
+            let _ = writeln!(o);
+        }
+        let vm: Vec<String> = kvm
+            .vm
+            .iter()
+            .filter(|(_, v)| **v > 0)
+            .map(|(n, v)| format!("{n}={v}"))
+            .collect();
+        if !vm.is_empty() {
+            let _ = writeln!(o, "vm: {}", vm.join(" "));
+        }
+    }
+}
+
+fn addr(t: &TargetRow) -> String {
+    match t.space.as_str() {
+        "pio" => format!("{:#x}", t.addr),
+        _ => format!("mmio {:#x}", t.addr),
+    }
+}
+
+fn secs(ns: u64) -> String {
+    format!("{}", ns as f64 / 1e9)
+}
