@@ -12,6 +12,7 @@
 //! - [`demo`]: the embedded guest behind `subzero demo`.
 
 pub mod arch;
+pub mod bench;
 pub mod bus;
 pub mod demo;
 pub mod devices;

@@ -29,6 +29,8 @@ enum Command {
     Demo,
     /// Watch a running VM's exits live (its `run --stats-socket` socket).
     Stat(cli::stat::StatArgs),
+    /// Benchmarks: `subzero bench exits` measures what each VM exit costs.
+    Bench(cli::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +41,7 @@ fn main() -> ExitCode {
         Command::Run(args) => cli::run::run(args),
         Command::Demo => cli::demo::run(),
         Command::Stat(args) => cli::stat::run(args),
+        Command::Bench(args) => cli::bench::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,5 +1,6 @@
 //! The command-line front end: one module per command.
 
+pub mod bench;
 pub mod demo;
 pub mod run;
 pub mod stat;
