@@ -14,7 +14,14 @@ fn run_with_stats(params: &Params) -> StatsReport {
     let buses = vm.machine.buses.clone();
     let kvm = KvmStatsFds::open(&vm.machine);
     let run = vm.machine.run().expect("run");
-    StatsReport::build(&run.per_vcpu, run.elapsed, &buses, kvm.read(), None)
+    StatsReport::build(
+        &run.per_vcpu,
+        run.elapsed,
+        run.ns_per_tick,
+        &buses,
+        kvm.read(),
+        None,
+    )
 }
 
 #[test]

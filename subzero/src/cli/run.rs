@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
+use subzero::stats::clock::TickClock;
 use subzero::stats::live;
 use subzero::stats::report::StatsReport;
 use subzero::stats::symbols::Symbols;
@@ -86,6 +87,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let buses = machine.buses.clone();
     let kvm = Arc::new(KvmStatsFds::open(&machine));
     let started = Instant::now();
+    let clock = TickClock::start();
     let _server = match &args.stats_socket {
         Some(path) => {
             let (stats, buses, kvm, symbols) =
@@ -96,6 +98,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                     StatsReport::build(
                         &live::current(&stats),
                         started.elapsed(),
+                        clock.ns_per_tick(),
                         &buses,
                         kvm.read(),
                         symbols.as_ref(),
@@ -114,6 +117,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         let stats = StatsReport::build(
             &report.per_vcpu,
             report.elapsed,
+            report.ns_per_tick,
             &buses,
             kvm.read(),
             symbols.as_ref(),

@@ -1,16 +1,17 @@
 //! Per-vCPU exit accounting: counts and handling-time histograms by exit
 //! kind and by target, guest time against VMM time, and sampled guest RIPs.
+//! Times are in TSC ticks (see [`super::clock`]); reports convert them.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
+use super::clock::FnvBuild;
 use super::histogram::Histogram;
 use crate::vmm::exit::{ExitKind, Target};
 
 /// One row of accounting: how many exits and how long the VMM took.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Timed {
-    /// Handling time per exit, nanoseconds.
+    /// Handling time per exit, TSC ticks.
     pub latency: Histogram,
 }
 
@@ -26,13 +27,13 @@ impl Timed {
 pub struct VcpuStats {
     by_kind: [Timed; ExitKind::ALL.len()],
     /// Port-I/O and MMIO exits by target.
-    pub by_target: HashMap<Target, Timed>,
-    /// Time inside KVM_RUN: the guest running, plus exits KVM handled itself.
-    pub guest: Duration,
-    /// Time outside KVM_RUN: Subzero handling exits and accounting.
-    pub vmm: Duration,
+    pub by_target: HashMap<Target, Timed, FnvBuild>,
+    /// Ticks inside KVM_RUN: the guest running, plus exits KVM handled itself.
+    pub guest_ticks: u64,
+    /// Ticks outside KVM_RUN: Subzero handling exits and accounting.
+    pub vmm_ticks: u64,
     /// Sampled guest RIPs and how often each was seen.
-    pub rips: HashMap<u64, u64>,
+    pub rips: HashMap<u64, u64, FnvBuild>,
     /// Exits between two RIP samples.
     pub rip_sample_period: u64,
     /// The guest's MSR_LSTAR when the vCPU stopped (locates a KASLR kernel).
@@ -76,8 +77,8 @@ impl VcpuStats {
         self.by_kind.iter().map(Timed::count).sum()
     }
 
-    /// Total VMM handling time over all exits, nanoseconds.
-    pub fn handling_ns(&self) -> u64 {
+    /// Total VMM handling time over all exits, ticks.
+    pub fn handling_ticks(&self) -> u64 {
         self.by_kind.iter().map(|t| t.latency.sum()).sum()
     }
 
@@ -96,8 +97,8 @@ impl VcpuStats {
         for (rip, n) in &other.rips {
             *self.rips.entry(*rip).or_default() += n;
         }
-        self.guest += other.guest;
-        self.vmm += other.vmm;
+        self.guest_ticks += other.guest_ticks;
+        self.vmm_ticks += other.vmm_ticks;
         self.rip_sample_period = self.rip_sample_period.max(other.rip_sample_period);
         self.lstar = self.lstar.or(other.lstar);
     }
@@ -128,7 +129,7 @@ mod tests {
         assert_eq!(s.get(ExitKind::Hlt), 1);
         assert_eq!(s.total(), 11);
         assert_eq!(s.by_target[&serial_write()].count(), 10);
-        assert_eq!(s.handling_ns(), 10_045 + 50);
+        assert_eq!(s.handling_ticks(), 10_045 + 50);
     }
 
     #[test]
@@ -140,13 +141,13 @@ mod tests {
         b.record(ExitKind::MmioRead, None, 30);
         a.sample_rip(0xffff_1000);
         b.sample_rip(0xffff_1000);
-        a.guest = Duration::from_millis(5);
-        b.guest = Duration::from_millis(7);
+        a.guest_ticks = 5;
+        b.guest_ticks = 7;
         a.merge(&b);
         assert_eq!(a.get(ExitKind::IoOut), 2);
         assert_eq!(a.total(), 3);
         assert_eq!(a.by_target[&serial_write()].latency.sum(), 30);
         assert_eq!(a.rips[&0xffff_1000], 2);
-        assert_eq!(a.guest, Duration::from_millis(12));
+        assert_eq!(a.guest_ticks, 12);
     }
 }

@@ -1,6 +1,7 @@
 //! Exit accounting and reports: what each VM exit was, where it went, and
 //! what it cost.
 
+pub mod clock;
 pub mod exits;
 pub mod histogram;
 pub mod kvm;

@@ -127,7 +127,7 @@ fn space_name(space: Space) -> &'static str {
     }
 }
 
-fn target_row(t: &Target, timed: &super::exits::Timed, buses: &Buses) -> TargetRow {
+fn target_row(t: &Target, timed: &super::exits::Timed, buses: &Buses, ns: f64) -> TargetRow {
     let bus = match t.space {
         Space::Pio => &buses.pio,
         Space::Mmio => &buses.mmio,
@@ -140,16 +140,18 @@ fn target_row(t: &Target, timed: &super::exits::Timed, buses: &Buses) -> TargetR
             .then(|| bus.name_at(t.addr).unwrap_or("?").to_string()),
         access: if t.write { "write" } else { "read" }.into(),
         count: timed.count(),
-        total_ns: timed.latency.sum(),
-        mean_ns: timed.latency.mean(),
+        total_ns: (timed.latency.sum() as f64 * ns) as u64,
+        mean_ns: timed.latency.mean() * ns,
     }
 }
 
 impl StatsReport {
-    /// Builds the report from per-vCPU accounting.
+    /// Builds the report from per-vCPU accounting, whose times are TSC ticks
+    /// of `ns_per_tick` nanoseconds each.
     pub fn build(
         per_vcpu: &[VcpuStats],
         elapsed: Duration,
+        ns_per_tick: f64,
         buses: &Buses,
         kvm: Option<KvmCounters>,
         symbols: Option<&Symbols>,
@@ -161,22 +163,25 @@ impl StatsReport {
             .iter()
             .map(|&k| (k, &all.kind(k).latency))
             .filter(|(_, h)| h.count() > 0)
-            .map(|(k, h)| ReasonRow {
-                reason: k.name().into(),
-                count: h.count(),
-                share: h.count() as f64 / total.max(1) as f64,
-                total_ns: h.sum(),
-                mean_ns: h.mean(),
-                p50_ns: h.quantile(0.5),
-                p99_ns: h.quantile(0.99),
-                max_ns: h.max(),
+            .map(|(k, h)| {
+                let ns = |ticks: u64| (ticks as f64 * ns_per_tick) as u64;
+                ReasonRow {
+                    reason: k.name().into(),
+                    count: h.count(),
+                    share: h.count() as f64 / total.max(1) as f64,
+                    total_ns: ns(h.sum()),
+                    mean_ns: h.mean() * ns_per_tick,
+                    p50_ns: ns(h.quantile(0.5)),
+                    p99_ns: ns(h.quantile(0.99)),
+                    max_ns: ns(h.max()),
+                }
             })
             .collect();
         exits.sort_by(|a, b| b.count.cmp(&a.count).then(a.reason.cmp(&b.reason)));
         let mut targets: Vec<TargetRow> = all
             .by_target
             .iter()
-            .map(|(t, timed)| target_row(t, timed, buses))
+            .map(|(t, timed)| target_row(t, timed, buses, ns_per_tick))
             .collect();
         targets.sort_by(|a, b| {
             (b.count, &a.space, a.addr, &a.access).cmp(&(a.count, &b.space, b.addr, &b.access))
@@ -187,8 +192,8 @@ impl StatsReport {
             .map(|(id, v)| VcpuRow {
                 id,
                 exits: v.total(),
-                guest_s: v.guest.as_secs_f64(),
-                vmm_s: v.vmm.as_secs_f64(),
+                guest_s: v.guest_ticks as f64 * ns_per_tick / 1e9,
+                vmm_s: v.vmm_ticks as f64 * ns_per_tick / 1e9,
             })
             .collect();
         let mut symbols = symbols.cloned();

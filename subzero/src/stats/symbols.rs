@@ -21,6 +21,15 @@ pub enum SymbolsError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// Debian's kernel packages ship a placeholder System.map.
+    #[error(
+        "{} is a placeholder System.map: the real one is in the kernel's -dbg package \
+         (e.g. linux-image-$(uname -r)-dbg), or use the guest's /proc/kallsyms", path.display()
+    )]
+    Placeholder {
+        /// The file.
+        path: PathBuf,
+    },
     /// No line looked like "ADDRESS TYPE NAME".
     #[error(
         "{} has no text symbols: expected System.map lines like \
@@ -64,6 +73,11 @@ impl Symbols {
             source,
         })?;
         let symbols = Symbols::parse(&text);
+        if symbols.entries.is_empty() && text.contains("The real System.map is in") {
+            return Err(SymbolsError::Placeholder {
+                path: path.to_path_buf(),
+            });
+        }
         if symbols.entries.is_empty() {
             return Err(SymbolsError::Empty {
                 path: path.to_path_buf(),
@@ -161,6 +175,11 @@ garbage line
         std::fs::write(&path, "not a map\n").unwrap();
         let err = Symbols::load(&path).unwrap_err().to_string();
         assert!(err.contains("has no text symbols"), "{err}");
+        let debian =
+            "ffffffffffffffff B The real System.map is in the linux-image-6.1-dbg package\n";
+        std::fs::write(&path, debian).unwrap();
+        let err = Symbols::load(&path).unwrap_err().to_string();
+        assert!(err.contains("placeholder") && err.contains("-dbg"), "{err}");
         let _ = std::fs::remove_file(&path);
     }
 }

@@ -12,6 +12,7 @@ use vmm_sys_util::signal::Killable;
 use super::exit::Buses;
 use super::vcpu::{self, SharedStats, StopSignal, VmStop};
 use crate::devices::serial::{PanicWatch, SerialDevice};
+use crate::stats::clock::TickClock;
 use crate::stats::VcpuStats;
 
 /// How long to wait for vCPU threads to leave KVM_RUN after the VM stopped.
@@ -44,6 +45,8 @@ pub struct RunReport {
     pub per_vcpu: Vec<VcpuStats>,
     /// Wall time from the first KVM_RUN to the stop.
     pub elapsed: Duration,
+    /// Nanoseconds per TSC tick over the run, to convert the accounting.
+    pub ns_per_tick: f64,
 }
 
 impl RunReport {
@@ -75,6 +78,7 @@ impl Machine {
         vcpu::install_kick_handler();
         let signal = Arc::new(StopSignal::default());
         let start = Instant::now();
+        let clock = TickClock::start();
         let mut threads = Vec::with_capacity(self.vcpus.len());
         for ((index, fd), slot) in self.vcpus.into_iter().enumerate().zip(stats.iter()) {
             let buses = self.buses.clone();
@@ -93,6 +97,7 @@ impl Machine {
         }
         let stop = signal.wait();
         let elapsed = start.elapsed();
+        let ns_per_tick = clock.ns_per_tick();
         stop_all(&signal, threads);
         let per_vcpu = stats
             .iter()
@@ -103,6 +108,7 @@ impl Machine {
             panic: self.panic_watch.message(),
             per_vcpu,
             elapsed,
+            ns_per_tick,
         })
     }
 }

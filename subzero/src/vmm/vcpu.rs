@@ -1,12 +1,11 @@
 //! The vCPU thread: KVM_RUN, dispatch, count, repeat, until the VM stops.
 
+use kvm_ioctls::VcpuFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Once};
-use std::time::Instant;
-
-use kvm_ioctls::VcpuFd;
 
 use super::exit::{dispatch, Buses, ExitKind, Handled, Outcome, StopReason};
+use crate::stats::clock::ticks;
 use crate::stats::VcpuStats;
 
 /// Exits between two guest RIP samples (each sample costs a KVM_GET_REGS).
@@ -93,11 +92,11 @@ pub fn run(
 ) {
     lock(&stats).rip_sample_period = RIP_SAMPLE_PERIOD;
     let mut exits: u64 = 0;
-    let mut left_guest = Instant::now();
+    let mut left_guest = ticks();
     while !signal.stopping() {
-        let entered = Instant::now();
+        let entered = ticks();
         let result = fd.run();
-        let exited = Instant::now();
+        let exited = ticks();
         let handled = match result {
             Ok(exit) => dispatch(exit, &buses),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Handled {
@@ -111,16 +110,16 @@ pub fn run(
                 outcome: Outcome::Stop(StopReason::Unhandled(format!("KVM_RUN failed: {e}"))),
             },
         };
-        let handling_ns = exited.elapsed().as_nanos() as u64;
+        let handling = ticks().wrapping_sub(exited);
         exits += 1;
         let rip = (exits % RIP_SAMPLE_PERIOD == 0)
             .then(|| fd.get_regs().ok().map(|r| r.rip))
             .flatten();
         {
             let mut s = lock(&stats);
-            s.guest += exited - entered;
-            s.vmm += entered - left_guest;
-            s.record(handled.kind, handled.target, handling_ns);
+            s.guest_ticks += exited.wrapping_sub(entered);
+            s.vmm_ticks += entered.wrapping_sub(left_guest);
+            s.record(handled.kind, handled.target, handling);
             if let Some(rip) = rip {
                 s.sample_rip(rip);
             }
@@ -140,7 +139,7 @@ pub fn run(
     }
     let lstar = read_lstar(&fd);
     let mut s = lock(&stats);
-    s.vmm += left_guest.elapsed();
+    s.vmm_ticks += ticks().wrapping_sub(left_guest);
     s.lstar = lstar;
 }
 
