@@ -1,0 +1,638 @@
+//! The lab: boots real Linux under Subzero inside a nested-SVM QEMU VM.
+//!
+//! The host's /dev/kvm cannot boot Linux (see
+//! `shared/notes/kvm-on-these-machines.md`), but QEMU's TCG emulates AMD SVM
+//! with nested paging. So the lab boots an "L1" Linux VM under
+//! `qemu-system-x86_64 -accel tcg -cpu EPYC`, loads `kvm_amd` there, and runs
+//! a static `subzero` inside L1, which boots the same unmodified Debian
+//! kernel as "L2" once per [`scripts::Scenario`]. Everything comes from
+//! Debian packages; L1's console is read live and timestamped on the host.
+//!
+//! Scenarios (see [`scripts::SCENARIOS`]): `boot` (bzImage, `uname -r`),
+//! `smp` (4 vCPUs), `memory` (512 MiB), `panic` (sysrq-c; subzero must fail
+//! with a reason), `stdin` (a token fed through subzero's stdin is echoed
+//! back), `vmlinux-pvh` and `vmlinux-64` (the ELF vmlinux extracted from the
+//! bzImage with `lz4`, booted with its PVH note and with that note hidden).
+//!
+//! Host tools: `qemu-system-x86_64`, `/bin/busybox` (static), `gzip`,
+//! `apt-get`/`apt-cache`/`dpkg-deb` (until the kernel is cached), `lz4` (for
+//! the vmlinux scenarios), and cargo to build subzero.
+//!
+//! Environment knobs:
+//! - `SUBZERO_LAB_CACHE`: download/unpack cache (default `<workspace>/.lab-cache`).
+//! - `SUBZERO_LAB_BIN`: use this static subzero instead of building one.
+//! - `SUBZERO_LAB_SCENARIOS`: comma-separated subset of scenarios to run.
+//! - `SUBZERO_LAB_SCENARIO_TIMEOUT`: seconds per scenario inside L1 (default 60).
+//! - `SUBZERO_LAB_TIMEOUT`: overall seconds before QEMU is killed.
+//! - `SUBZERO_LAB_ACCEL`: QEMU `-accel` value (default `tcg,thread=multi`).
+//! - `SUBZERO_LAB_SMP`: L1 vCPUs (default 2).
+//! - `SUBZERO_LAB_KERNEL_PKG`: kernel package (default `linux-image-cloud-amd64`,
+//!   resolved to the versioned package it depends on).
+//! - `SUBZERO_LAB_VERBOSE=1`: echo every L1 console line live.
+//! - `CI=true`: missing prerequisites fail instead of skipping.
+
+pub mod cpio;
+pub mod elf;
+pub mod kernel;
+pub mod parse;
+pub mod qemu;
+pub mod scripts;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+pub use parse::{Line, ScenarioRun};
+pub use scripts::{Scenario, SCENARIOS};
+
+/// Why the lab did not produce a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LabError {
+    /// A prerequisite (qemu, busybox, apt-get, network) is missing: skip, or
+    /// fail under CI.
+    Unavailable(String),
+    /// Something that should work did not.
+    Failed(String),
+}
+
+impl std::fmt::Display for LabError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LabError::Unavailable(s) => write!(f, "lab prerequisites unavailable: {s}"),
+            LabError::Failed(s) => write!(f, "lab failed: {s}"),
+        }
+    }
+}
+
+/// The lab's settings, normally from the environment.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The cargo workspace root.
+    pub workspace: PathBuf,
+    /// Download/unpack cache.
+    pub cache: PathBuf,
+    /// Where logs and initramfs images go (`<workspace>/target/lab/run`).
+    pub out_dir: PathBuf,
+    /// A prebuilt static subzero to use instead of building one.
+    pub subzero_bin: Option<PathBuf>,
+    /// Scenarios to run, in order.
+    pub scenarios: Vec<Scenario>,
+    /// Per-scenario timeout inside L1.
+    pub scenario_timeout: Duration,
+    /// Overall timeout for the L1 QEMU process.
+    pub timeout: Duration,
+    /// QEMU `-accel` argument.
+    pub accel: String,
+    /// L1 vCPUs.
+    pub smp: u32,
+    /// Kernel (meta) package.
+    pub kernel_package: String,
+    /// Echo every console line live.
+    pub verbose: bool,
+    /// Running under CI (missing prerequisites are failures).
+    pub ci: bool,
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// True when `CI` is set to something other than `false`/`0`.
+pub fn is_ci() -> bool {
+    env("CI").is_some_and(|v| v != "false" && v != "0")
+}
+
+impl Config {
+    /// Reads the `SUBZERO_LAB_*` variables (see the crate docs).
+    pub fn from_env() -> Result<Config, LabError> {
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("lab/ has a parent")
+            .to_path_buf();
+        let scenarios = match env("SUBZERO_LAB_SCENARIOS") {
+            None => SCENARIOS.to_vec(),
+            Some(list) => {
+                let mut v = Vec::new();
+                for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                    let sc = SCENARIOS.iter().find(|s| s.name == name).ok_or_else(|| {
+                        LabError::Failed(format!(
+                            "SUBZERO_LAB_SCENARIOS: unknown scenario {name:?}"
+                        ))
+                    })?;
+                    v.push(*sc);
+                }
+                v
+            }
+        };
+        let secs = |name: &str, default: u64| -> Result<Duration, LabError> {
+            match env(name) {
+                None => Ok(Duration::from_secs(default)),
+                Some(v) => v.parse().map(Duration::from_secs).map_err(|_| {
+                    LabError::Failed(format!("{name}={v:?} is not a number of seconds"))
+                }),
+            }
+        };
+        let scenario_timeout = secs("SUBZERO_LAB_SCENARIO_TIMEOUT", 60)?;
+        let default_total = 180 + scenarios.len() as u64 * (scenario_timeout.as_secs() + 30);
+        Ok(Config {
+            cache: env("SUBZERO_LAB_CACHE")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| workspace.join(".lab-cache")),
+            out_dir: workspace.join("target/lab/run"),
+            subzero_bin: env("SUBZERO_LAB_BIN").map(PathBuf::from),
+            scenarios,
+            scenario_timeout,
+            timeout: secs("SUBZERO_LAB_TIMEOUT", default_total)?,
+            accel: env("SUBZERO_LAB_ACCEL").unwrap_or_else(|| "tcg,thread=multi".into()),
+            smp: env("SUBZERO_LAB_SMP")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(2),
+            kernel_package: env("SUBZERO_LAB_KERNEL_PKG")
+                .unwrap_or_else(|| "linux-image-cloud-amd64".into()),
+            verbose: env("SUBZERO_LAB_VERBOSE").is_some_and(|v| v != "0"),
+            ci: is_ci(),
+            workspace,
+        })
+    }
+}
+
+/// Whether `tool` is an executable on `PATH` (or an existing path).
+pub fn have_tool(tool: &str) -> bool {
+    find_tool(tool).is_some()
+}
+
+/// The path of `tool` on `PATH`.
+pub fn find_tool(tool: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let is_exe = |p: &Path| {
+        fs::metadata(p)
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    };
+    if tool.contains('/') {
+        return is_exe(Path::new(tool)).then(|| PathBuf::from(tool));
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(tool))
+        .find(|p| is_exe(p))
+}
+
+/// A finished lab run: one L1 boot with every scenario.
+#[derive(Debug)]
+pub struct LabRun {
+    /// The kernel used for both L1 and L2.
+    pub kernel: kernel::Kernel,
+    /// `subzero --version` on the host build (first line), if it ran.
+    pub subzero_bin: PathBuf,
+    /// The token the stdin scenario sends.
+    pub token: String,
+    /// Full L1 console log.
+    pub log_path: PathBuf,
+    /// Console lines.
+    pub lines: Vec<Line>,
+    /// Parsed facts about L1.
+    pub l1: parse::L1Facts,
+    /// Parsed scenarios.
+    pub scenarios: BTreeMap<String, ScenarioRun>,
+    /// Scenarios that were requested.
+    pub requested: Vec<Scenario>,
+    /// Time spent before QEMU started (kernel fetch, subzero build, initramfs).
+    pub prep: Duration,
+    /// QEMU spawn to exit.
+    pub qemu_wall: Duration,
+    /// Whole lab wall time.
+    pub total: Duration,
+    /// QEMU's exit status, as text.
+    pub qemu_status: String,
+    /// Whether QEMU was killed at the overall timeout.
+    pub timed_out: bool,
+    /// QEMU's stderr.
+    pub qemu_stderr: String,
+}
+
+impl LabRun {
+    /// The scenario's run, or a failure message if it was not requested
+    /// (returns `None`: the caller should skip) or never started.
+    pub fn scenario(&self, name: &str) -> Option<&ScenarioRun> {
+        if !self.requested.iter().any(|s| s.name == name) {
+            eprintln!("lab: scenario `{name}` not selected by SUBZERO_LAB_SCENARIOS; skipping");
+            return None;
+        }
+        match self.scenarios.get(name) {
+            Some(s) => Some(s),
+            None => panic!(
+                "scenario `{name}` never started in L1.\n{}\nfull L1 console log: {}",
+                self.l1_summary(),
+                self.log_path.display()
+            ),
+        }
+    }
+
+    /// Assertion context: the scenario's output and where the full log is.
+    pub fn context(&self, sc: &ScenarioRun) -> String {
+        format!(
+            "{}\nfull L1 console log: {}",
+            sc.describe(),
+            self.log_path.display()
+        )
+    }
+
+    /// A short description of L1's state, for failure messages.
+    pub fn l1_summary(&self) -> String {
+        let l1 = &self.l1;
+        let mut s = String::new();
+        let _ = write!(
+            s,
+            "L1: init {}, svm={:?} npt={:?}, insmod {:?}, /dev/kvm {:?}, `subzero --version` {:?}, all done: {}; \
+             qemu {} after {:.1}s{}",
+            match l1.init_at {
+                Some(t) => format!("reached at {:.1}s", t.as_secs_f64()),
+                None => "NOT reached".into(),
+            },
+            l1.svm,
+            l1.npt,
+            l1.insmods,
+            l1.kvm_present,
+            l1.version,
+            l1.all_done_at.is_some(),
+            self.qemu_status,
+            self.qemu_wall.as_secs_f64(),
+            if self.timed_out { " (killed at the overall timeout)" } else { "" },
+        );
+        if !self.qemu_stderr.trim().is_empty() {
+            let _ = write!(s, "\nqemu stderr: {}", self.qemu_stderr.trim());
+        }
+        s
+    }
+
+    /// Timing summary (printed once per run).
+    pub fn timings(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "lab timings (host side):");
+        let _ = writeln!(
+            s,
+            "  preparation (kernel, subzero build, initramfs): {:.1}s",
+            self.prep.as_secs_f64()
+        );
+        if let Some(t) = self.l1.init_at {
+            let _ = writeln!(
+                s,
+                "  L1 boot (qemu spawn -> L1 /init): {:.2}s",
+                t.as_secs_f64()
+            );
+        }
+        for sc in &self.requested {
+            if let Some(r) = self.scenarios.get(sc.name) {
+                let wall = r.wall_time().map(|w| format!("{:.2}s", w.as_secs_f64()));
+                let boot = r.boot_time().map(|w| format!("{:.2}s", w.as_secs_f64()));
+                let _ = writeln!(
+                    s,
+                    "  scenario {:<12} exit {:<5} wall {:<9} subzero start -> L2 init marker {}",
+                    sc.name,
+                    r.exit_code
+                        .map(|c| c.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    wall.unwrap_or_else(|| "-".into()),
+                    boot.unwrap_or_else(|| "-".into()),
+                );
+            }
+        }
+        let _ = writeln!(
+            s,
+            "  L1 qemu wall time: {:.1}s",
+            self.qemu_wall.as_secs_f64()
+        );
+        let _ = write!(s, "  whole lab wall time: {:.1}s", self.total.as_secs_f64());
+        s
+    }
+}
+
+fn log(msg: &str) {
+    eprintln!("lab: {msg}");
+}
+
+fn failed(what: impl std::fmt::Display) -> LabError {
+    LabError::Failed(what.to_string())
+}
+
+/// Checks that QEMU, a static busybox and gzip exist.
+pub fn check_prerequisites() -> Result<(), LabError> {
+    let mut missing = Vec::new();
+    if !have_tool("qemu-system-x86_64") {
+        missing.push("qemu-system-x86_64 (apt-get install qemu-system-x86)".to_string());
+    }
+    match fs::read("/bin/busybox") {
+        Err(_) => missing.push("/bin/busybox (apt-get install busybox-static)".into()),
+        Ok(b) => {
+            if elf::is_static(&b) != Ok(true) {
+                missing.push("a static /bin/busybox (apt-get install busybox-static)".into());
+            }
+        }
+    }
+    if !have_tool("gzip") {
+        missing.push("gzip".into());
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(LabError::Unavailable(format!(
+            "missing {}",
+            missing.join(", ")
+        )))
+    }
+}
+
+/// Builds the static subzero (or takes `SUBZERO_LAB_BIN`).
+pub fn subzero_binary(cfg: &Config) -> Result<PathBuf, LabError> {
+    if let Some(bin) = &cfg.subzero_bin {
+        log(&format!("using SUBZERO_LAB_BIN={}", bin.display()));
+        return Ok(bin.clone());
+    }
+    let target_dir = cfg.workspace.join("target/lab");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let args = [
+        "build",
+        "--release",
+        "-p",
+        "subzero",
+        "--target",
+        "x86_64-unknown-linux-gnu",
+    ];
+    log(&format!(
+        "building static subzero: RUSTFLAGS=\"-C target-feature=+crt-static\" CARGO_TARGET_DIR={} cargo {}",
+        target_dir.display(),
+        args.join(" ")
+    ));
+    let t = Instant::now();
+    let out = Command::new(&cargo)
+        .args(args)
+        .current_dir(&cfg.workspace)
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .output()
+        .map_err(|e| failed(format!("running {cargo:?}: {e}")))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = err.lines().rev().take(60).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        return Err(failed(format!(
+            "building the static subzero failed ({}):\n{}",
+            out.status,
+            tail.join("\n")
+        )));
+    }
+    log(&format!(
+        "built subzero in {:.1}s",
+        t.elapsed().as_secs_f64()
+    ));
+    Ok(target_dir.join("x86_64-unknown-linux-gnu/release/subzero"))
+}
+
+fn gzip_to(data: &[u8], path: &Path) -> Result<(), LabError> {
+    let raw = path.with_extension("");
+    fs::write(&raw, data).map_err(|e| failed(format!("{}: {e}", raw.display())))?;
+    let out = Command::new("gzip")
+        .args(["-n", "-f", "-1"])
+        .arg(&raw)
+        .output()
+        .map_err(|e| failed(format!("running gzip: {e}")))?;
+    if !out.status.success() {
+        return Err(failed(format!(
+            "gzip {}: {}",
+            raw.display(),
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    Ok(())
+}
+
+fn busybox_base(busybox: &[u8], init: &str) -> cpio::Cpio {
+    let mut c = cpio::Cpio::new();
+    for d in ["dev", "proc", "sys", "tmp", "sbin", "usr/bin", "usr/sbin"] {
+        c.dir(d);
+    }
+    c.char_dev("dev/console", 0o600, 5, 1)
+        .char_dev("dev/null", 0o666, 1, 3)
+        .file("bin/busybox", 0o755, busybox)
+        .symlink("bin/sh", "busybox")
+        .file("init", 0o755, init.as_bytes());
+    c
+}
+
+/// `l1-console-<unix time>.log` in `dir`; older logs beyond the newest ten
+/// are removed.
+fn new_log_path(dir: &Path) -> PathBuf {
+    let mut old: Vec<PathBuf> = fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| {
+                    let n = p.file_name().unwrap_or_default().to_string_lossy();
+                    n.starts_with("l1-console-") && n.ends_with(".log")
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    old.sort();
+    let keep = 9;
+    if old.len() > keep {
+        for p in &old[..old.len() - keep] {
+            let _ = fs::remove_file(p);
+        }
+    }
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    dir.join(format!("l1-console-{secs}.log"))
+}
+
+/// A token for the stdin scenario, different on every run.
+pub fn make_token() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let mut x = (nanos as u64) ^ ((std::process::id() as u64) << 32) ^ 0x9e37_79b9_7f4a_7c15;
+    // xorshift to spread the bits.
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    format!("sz-{x:016x}")
+}
+
+/// Runs the whole lab once: kernel, subzero, initramfs images, one L1 boot.
+pub fn run_lab(cfg: &Config) -> Result<LabRun, LabError> {
+    let t0 = Instant::now();
+    check_prerequisites()?;
+    fs::create_dir_all(&cfg.out_dir)
+        .map_err(|e| failed(format!("{}: {e}", cfg.out_dir.display())))?;
+
+    let kernel = kernel::fetch(&cfg.cache, &cfg.kernel_package, &log)?;
+    log(&format!(
+        "kernel {} ({}; .deb {:.1} MiB, {})",
+        kernel.version,
+        kernel.package,
+        kernel.deb_size as f64 / (1 << 20) as f64,
+        if kernel.downloaded {
+            "downloaded"
+        } else {
+            "cached"
+        }
+    ));
+    let modules = kernel::kvm_modules(&kernel)?;
+
+    let subzero = subzero_binary(cfg)?;
+    let subzero_bytes = fs::read(&subzero)
+        .map_err(|e| failed(format!("reading subzero {}: {e}", subzero.display())))?;
+    match elf::is_static(&subzero_bytes) {
+        Ok(true) => {}
+        Ok(false) => log(&format!(
+            "warning: {} is dynamically linked and will not run in L1",
+            subzero.display()
+        )),
+        Err(e) => log(&format!("warning: {}: {e}", subzero.display())),
+    }
+
+    let busybox = fs::read("/bin/busybox").map_err(|e| failed(format!("/bin/busybox: {e}")))?;
+    let vmlinuz = fs::read(&kernel.vmlinuz)
+        .map_err(|e| failed(format!("{}: {e}", kernel.vmlinuz.display())))?;
+
+    // L2 initramfs: busybox and the scenario /init.
+    let l2_path = cfg.out_dir.join("l2-initrd.cpio.gz");
+    gzip_to(&busybox_base(&busybox, scripts::L2_INIT).finish(), &l2_path)?;
+    let l2_initrd =
+        fs::read(&l2_path).map_err(|e| failed(format!("{}: {e}", l2_path.display())))?;
+
+    // L1 initramfs: busybox, modules, subzero, the L2 kernel and initramfs.
+    let token = make_token();
+    let names: Vec<String> = modules.iter().map(|m| m.file_name.clone()).collect();
+    // The ELF vmlinux scenarios need the kernel extracted from the bzImage.
+    let vmlinux = if cfg
+        .scenarios
+        .iter()
+        .any(|s| s.kernel != scripts::L1_L2_KERNEL)
+    {
+        let path = kernel::vmlinux(&kernel)?;
+        let bytes = fs::read(&path).map_err(|e| failed(format!("{}: {e}", path.display())))?;
+        let off = elf::pvh_note_type_offset(&bytes).ok_or_else(|| {
+            failed(format!(
+                "{} has no PVH note (XEN_ELFNOTE_PHYS32_ENTRY)",
+                path.display()
+            ))
+        })?;
+        Some((bytes, off))
+    } else {
+        None
+    };
+    let init = scripts::l1_init(
+        &cfg.scenarios,
+        &names,
+        &token,
+        cfg.scenario_timeout.as_secs(),
+        vmlinux.as_ref().map(|v| v.1),
+    );
+    let mut c = busybox_base(&busybox, &init);
+    if let Some((bytes, _)) = &vmlinux {
+        c.file(scripts::L1_VMLINUX, 0o644, bytes);
+    }
+    for m in &modules {
+        c.file(&format!("lib/modules/{}", m.file_name), 0o644, &m.data);
+    }
+    c.file(scripts::L1_SUBZERO, 0o755, &subzero_bytes)
+        .file(scripts::L1_L2_KERNEL, 0o644, &vmlinuz)
+        .file(scripts::L1_L2_INITRD, 0o644, &l2_initrd);
+    let l1_path = cfg.out_dir.join("l1-initrd.cpio.gz");
+    gzip_to(&c.finish(), &l1_path)?;
+
+    let log_path = new_log_path(&cfg.out_dir);
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-accel", &cfg.accel, "-cpu", "EPYC", "-m", "4096"])
+        .args(["-smp", &cfg.smp.to_string()])
+        .args(["-nographic", "-no-reboot", "-nic", "none"])
+        .arg("-kernel")
+        .arg(&kernel.vmlinuz)
+        .arg("-initrd")
+        .arg(&l1_path)
+        .args(["-append", "console=ttyS0 panic=-1 quiet"]);
+    let prep = t0.elapsed();
+    log(&format!(
+        "booting L1 (prep took {:.1}s; timeout {}s; console log {})",
+        prep.as_secs_f64(),
+        cfg.timeout.as_secs(),
+        log_path.display()
+    ));
+    let verbose = cfg.verbose;
+    let mut on_line = |l: &Line| {
+        if verbose || l.text.contains("@@L1 ") {
+            eprintln!("lab: [{:8.3}] {}", l.at.as_secs_f64(), l.text);
+        }
+    };
+    let q = qemu::run(
+        cmd,
+        cfg.timeout,
+        &log_path,
+        "@@L1 ALL_DONE",
+        Duration::from_secs(30),
+        &mut on_line,
+    )
+    .map_err(|e| failed(format!("running qemu-system-x86_64: {e}")))?;
+    let parsed = parse::parse(&q.lines);
+    let run = LabRun {
+        kernel,
+        subzero_bin: subzero,
+        token,
+        log_path,
+        lines: q.lines,
+        l1: parsed.l1,
+        scenarios: parsed.scenarios,
+        requested: cfg.scenarios.clone(),
+        prep,
+        qemu_wall: q.wall,
+        total: t0.elapsed(),
+        qemu_status: q
+            .status
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "status unknown".into()),
+        timed_out: q.timed_out,
+        qemu_stderr: q.stderr,
+    };
+    eprintln!("{}", run.timings());
+    if run.l1.init_at.is_none() {
+        return Err(failed(format!(
+            "L1 never reached its /init.\n{}\nfull L1 console log: {}",
+            run.l1_summary(),
+            run.log_path.display()
+        )));
+    }
+    Ok(run)
+}
+
+/// Runs the lab and turns "unavailable" into a skip (`None`, with the reason
+/// printed) or, under CI, into a failure. Meant to be called once, through a
+/// `OnceLock`, and never panics; use [`outcome`] on the result in each test.
+pub fn run_from_env() -> Result<LabRun, LabError> {
+    let cfg = Config::from_env()?;
+    run_lab(&cfg)
+}
+
+/// What each test does with the shared result: `Some(run)` to go on, `None`
+/// to skip (prerequisites missing outside CI), or a panic with the reason.
+pub fn outcome(result: &Result<LabRun, LabError>) -> Option<&LabRun> {
+    match result {
+        Ok(run) => Some(run),
+        Err(LabError::Unavailable(why)) if !is_ci() => {
+            eprintln!("lab: SKIPPING (set CI=true to make this a failure): {why}");
+            None
+        }
+        Err(LabError::Unavailable(why)) => {
+            panic!("lab prerequisites unavailable under CI=true: {why}")
+        }
+        Err(LabError::Failed(why)) => panic!("lab failed: {why}"),
+    }
+}
