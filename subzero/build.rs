@@ -19,6 +19,7 @@ fn run(cmd: &mut Command) {
 fn main() {
     let out = std::env::var("OUT_DIR").expect("cargo sets OUT_DIR");
     assemble(&out, "exerciser");
+    assemble(&out, "halt_wake");
 }
 
 /// guests/NAME.S -> OUT_DIR/NAME.bin (the .text section, flat).

@@ -49,3 +49,18 @@ fn every_case_and_driver_runs_to_power_off() {
         assert!(text.contains(case.name()), "{text}");
     }
 }
+
+#[test]
+fn halts_are_woken_by_irqfd_interrupts_without_leaving_the_kernel() {
+    if !common::kvm_available() {
+        return;
+    }
+    let vm = bench::halt_wake::build(100).unwrap();
+    let run = vm.machine.run().unwrap();
+    let exits = run.total();
+    // The halts and notifications stay in KVM; only the power-off comes out.
+    assert_eq!(exits.get(ExitKind::Hlt), 0);
+    assert_eq!(exits.get(ExitKind::IoOut), 1);
+    assert_eq!(run.stop.reason, subzero::vmm::exit::StopReason::PowerOff);
+    assert_eq!(vm.waker.finish(), 100, "one interrupt per halt");
+}

@@ -9,6 +9,8 @@
 //! The mean round trip is the run's wall time over N. The median of several
 //! rounds is reported.
 
+pub mod halt_wake;
+
 use std::time::{Duration, Instant};
 
 use kvm_ioctls::{IoEventAddress, NoDatamatch, VcpuExit, VcpuFd};
@@ -33,15 +35,19 @@ pub enum Case {
     IoeventfdWrite,
     /// HLT with no in-kernel irqchip: each one exits to userspace.
     Hlt,
+    /// HLT in the kernel (in-kernel LAPIC), woken by an MSI that a host
+    /// thread sends through an irqfd when the guest notifies an ioeventfd.
+    HltWake,
 }
 
 impl Case {
     /// All cases, in report order.
-    pub const ALL: [Case; 4] = [
+    pub const ALL: [Case; 5] = [
         Case::PioWrite,
         Case::MmioWrite,
         Case::IoeventfdWrite,
         Case::Hlt,
+        Case::HltWake,
     ];
 
     /// Name for the table.
@@ -51,6 +57,7 @@ impl Case {
             Case::MmioWrite => "mmio-write (userspace)",
             Case::IoeventfdWrite => "pio-write (ioeventfd, in kernel)",
             Case::Hlt => "hlt (userspace, no irqchip)",
+            Case::HltWake => "hlt + irqfd wake (in kernel)",
         }
     }
 
@@ -70,7 +77,7 @@ impl Case {
                 pio_writes: n,
                 ..base
             },
-            Case::Hlt => Params { halts: n, ..base },
+            Case::Hlt | Case::HltWake => Params { halts: n, ..base },
         }
     }
 }
@@ -150,8 +157,41 @@ fn dispatch_loop(fd: &mut VcpuFd, buses: &Buses) -> Result<(), BenchError> {
     }
 }
 
+/// Times one run of `machine` with a driver. `n` exits.
+fn drive(machine: crate::vmm::Machine, driver: Driver) -> Result<Duration, BenchError> {
+    Ok(match driver {
+        Driver::Subzero => {
+            let report = machine.run()?;
+            if report.stop.reason != crate::vmm::exit::StopReason::PowerOff {
+                return Err(BenchError::Guest(format!("{:?}", report.stop.reason)));
+            }
+            report.elapsed
+        }
+        Driver::Raw | Driver::Dispatch => {
+            let mut machine = machine;
+            let mut fd = machine.vcpus.remove(0);
+            let start = Instant::now();
+            if driver == Driver::Raw {
+                raw_loop(&mut fd)?;
+            } else {
+                dispatch_loop(&mut fd, &machine.buses)?;
+            }
+            start.elapsed()
+        }
+    })
+}
+
 /// Times one run of `case` with `n` exits, in nanoseconds per exit.
 pub fn run_once(case: Case, driver: Driver, n: u64) -> Result<f64, BenchError> {
+    if case == Case::HltWake {
+        let vm = halt_wake::build(n)?;
+        let elapsed = drive(vm.machine, driver)?;
+        let woken = vm.waker.finish();
+        if woken != n {
+            return Err(BenchError::Guest(format!("{woken} wakeups for {n} halts")));
+        }
+        return Ok(elapsed.as_nanos() as f64 / n.max(1) as f64);
+    }
     let params = case.params(n);
     let vm = guest::build(&params, "", Box::new(std::io::sink()))?;
     // Keep the eventfd alive for the whole run.
@@ -169,26 +209,7 @@ pub fn run_once(case: Case, driver: Driver, n: u64) -> Result<f64, BenchError> {
     } else {
         None
     };
-    let elapsed = match driver {
-        Driver::Subzero => {
-            let report = vm.machine.run()?;
-            if report.stop.reason != crate::vmm::exit::StopReason::PowerOff {
-                return Err(BenchError::Guest(format!("{:?}", report.stop.reason)));
-            }
-            report.elapsed
-        }
-        Driver::Raw | Driver::Dispatch => {
-            let mut machine = vm.machine;
-            let mut fd = machine.vcpus.remove(0);
-            let start = Instant::now();
-            if driver == Driver::Raw {
-                raw_loop(&mut fd)?;
-            } else {
-                dispatch_loop(&mut fd, &machine.buses)?;
-            }
-            start.elapsed()
-        }
-    };
+    let elapsed = drive(vm.machine, driver)?;
     Ok(elapsed.as_nanos() as f64 / n.max(1) as f64)
 }
 
@@ -254,7 +275,7 @@ pub fn table(results: &[CaseResult], n: u64, rounds: usize, took: Duration) -> S
         "accounting"
     ));
     for r in results {
-        let accounting = if r.case == Case::IoeventfdWrite {
+        let accounting = if matches!(r.case, Case::IoeventfdWrite | Case::HltWake) {
             "n/a".to_string()
         } else {
             format!("{:.1}%", r.accounting_share() * 100.0)
