@@ -210,6 +210,8 @@ pub struct LabRun {
     pub qemu_status: String,
     /// Whether QEMU was killed at the overall timeout.
     pub timed_out: bool,
+    /// L1 boots whose console fell silent and were replaced, described.
+    pub stalls: Vec<String>,
     /// QEMU's stderr.
     pub qemu_stderr: String,
 }
@@ -273,6 +275,9 @@ impl LabRun {
     pub fn timings(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "lab timings (host side):");
+        for note in &self.stalls {
+            let _ = writeln!(s, "  WARNING: {note}");
+        }
         let _ = writeln!(
             s,
             "  preparation (kernel, subzero build, initramfs): {:.1}s",
@@ -466,7 +471,86 @@ pub fn make_token() -> String {
     format!("sz-{x:016x}")
 }
 
-/// Runs the whole lab once: kernel, subzero, initramfs images, one L1 boot.
+/// How long L1's console may stay silent before the lab treats L1 as frozen.
+pub const STALL: Duration = Duration::from_secs(150);
+
+/// What every L1 boot carries.
+struct L1Parts<'a> {
+    busybox: &'a [u8],
+    modules: &'a [kernel::Module],
+    names: &'a [String],
+    token: &'a str,
+    vmlinux: Option<&'a (Vec<u8>, usize)>,
+    subzero: &'a [u8],
+    vmlinuz: &'a [u8],
+    l2_initrd: &'a [u8],
+    kernel_path: &'a Path,
+}
+
+/// Builds an L1 initramfs that runs `scenarios` and boots it.
+fn boot_l1(
+    cfg: &Config,
+    parts: &L1Parts,
+    scenarios: &[Scenario],
+    prep: Duration,
+) -> Result<(qemu::QemuRun, PathBuf), LabError> {
+    let init = scripts::l1_init(
+        scenarios,
+        parts.names,
+        parts.token,
+        cfg.scenario_timeout.as_secs(),
+        parts.vmlinux.map(|v| v.1),
+    );
+    let mut c = busybox_base(parts.busybox, &init);
+    if let Some((bytes, _)) = parts.vmlinux {
+        c.file(scripts::L1_VMLINUX, 0o644, bytes);
+    }
+    for m in parts.modules {
+        c.file(&format!("lib/modules/{}", m.file_name), 0o644, &m.data);
+    }
+    c.file(scripts::L1_SUBZERO, 0o755, parts.subzero)
+        .file(scripts::L1_L2_KERNEL, 0o644, parts.vmlinuz)
+        .file(scripts::L1_L2_INITRD, 0o644, parts.l2_initrd);
+    let l1_path = cfg.out_dir.join("l1-initrd.cpio.gz");
+    gzip_to(&c.finish(), &l1_path)?;
+
+    let log_path = new_log_path(&cfg.out_dir);
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-accel", &cfg.accel, "-cpu", "EPYC", "-m", "4096"])
+        .args(["-smp", &cfg.smp.to_string()])
+        .args(["-nographic", "-no-reboot", "-nic", "none"])
+        .arg("-kernel")
+        .arg(parts.kernel_path)
+        .arg("-initrd")
+        .arg(&l1_path)
+        .args(["-append", "console=ttyS0 panic=-1 quiet"]);
+    log(&format!(
+        "booting L1 (prep took {:.1}s; timeout {}s; console log {})",
+        prep.as_secs_f64(),
+        cfg.timeout.as_secs(),
+        log_path.display()
+    ));
+    let verbose = cfg.verbose;
+    let mut on_line = |l: &Line| {
+        if verbose || l.text.contains("@@L1 ") {
+            eprintln!("lab: [{:8.3}] {}", l.at.as_secs_f64(), l.text);
+        }
+    };
+    let q = qemu::run(
+        cmd,
+        cfg.timeout,
+        STALL,
+        &log_path,
+        "@@L1 ALL_DONE",
+        Duration::from_secs(30),
+        &mut on_line,
+    )
+    .map_err(|e| failed(format!("running qemu-system-x86_64: {e}")))?;
+    Ok((q, log_path))
+}
+
+/// Runs the whole lab once: kernel, subzero, initramfs images, one L1 boot
+/// (and one more for the unfinished scenarios if the first L1 froze).
 pub fn run_lab(cfg: &Config) -> Result<LabRun, LabError> {
     let t0 = Instant::now();
     check_prerequisites()?;
@@ -530,59 +614,57 @@ pub fn run_lab(cfg: &Config) -> Result<LabRun, LabError> {
     } else {
         None
     };
-    let init = scripts::l1_init(
-        &cfg.scenarios,
-        &names,
-        &token,
-        cfg.scenario_timeout.as_secs(),
-        vmlinux.as_ref().map(|v| v.1),
-    );
-    let mut c = busybox_base(&busybox, &init);
-    if let Some((bytes, _)) = &vmlinux {
-        c.file(scripts::L1_VMLINUX, 0o644, bytes);
-    }
-    for m in &modules {
-        c.file(&format!("lib/modules/{}", m.file_name), 0o644, &m.data);
-    }
-    c.file(scripts::L1_SUBZERO, 0o755, &subzero_bytes)
-        .file(scripts::L1_L2_KERNEL, 0o644, &vmlinuz)
-        .file(scripts::L1_L2_INITRD, 0o644, &l2_initrd);
-    let l1_path = cfg.out_dir.join("l1-initrd.cpio.gz");
-    gzip_to(&c.finish(), &l1_path)?;
-
-    let log_path = new_log_path(&cfg.out_dir);
-    let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-accel", &cfg.accel, "-cpu", "EPYC", "-m", "4096"])
-        .args(["-smp", &cfg.smp.to_string()])
-        .args(["-nographic", "-no-reboot", "-nic", "none"])
-        .arg("-kernel")
-        .arg(&kernel.vmlinuz)
-        .arg("-initrd")
-        .arg(&l1_path)
-        .args(["-append", "console=ttyS0 panic=-1 quiet"]);
-    let prep = t0.elapsed();
-    log(&format!(
-        "booting L1 (prep took {:.1}s; timeout {}s; console log {})",
-        prep.as_secs_f64(),
-        cfg.timeout.as_secs(),
-        log_path.display()
-    ));
-    let verbose = cfg.verbose;
-    let mut on_line = |l: &Line| {
-        if verbose || l.text.contains("@@L1 ") {
-            eprintln!("lab: [{:8.3}] {}", l.at.as_secs_f64(), l.text);
-        }
+    let parts = L1Parts {
+        busybox: &busybox,
+        modules: &modules,
+        names: &names,
+        token: &token,
+        vmlinux: vmlinux.as_ref(),
+        subzero: &subzero_bytes,
+        vmlinuz: &vmlinuz,
+        l2_initrd: &l2_initrd,
+        kernel_path: &kernel.vmlinuz,
     };
-    let q = qemu::run(
-        cmd,
-        cfg.timeout,
-        &log_path,
-        "@@L1 ALL_DONE",
-        Duration::from_secs(30),
-        &mut on_line,
-    )
-    .map_err(|e| failed(format!("running qemu-system-x86_64: {e}")))?;
-    let parsed = parse::parse(&q.lines);
+    let prep = t0.elapsed();
+    let (mut q, mut log_path) = boot_l1(cfg, &parts, &cfg.scenarios, prep)?;
+    let mut parsed = parse::parse(&q.lines);
+    let mut stalls = Vec::new();
+    // An L1 whose console falls silent for STALL is frozen as a whole (its
+    // own per-scenario timeout and watchdog print long before that). Boot
+    // one fresh L1 for the scenarios that did not finish, the stalled one
+    // included: a real subzero hang hangs again and fails its test.
+    if q.stalled && parsed.l1.all_done_at.is_none() {
+        let remaining: Vec<Scenario> = cfg
+            .scenarios
+            .iter()
+            .filter(|s| {
+                parsed
+                    .scenarios
+                    .get(s.name)
+                    .is_none_or(|r| r.end_at.is_none())
+            })
+            .copied()
+            .collect();
+        let names: Vec<&str> = remaining.iter().map(|s| s.name).collect();
+        let note = format!(
+            "L1 fell silent for {}s (console log {}); booted a new L1 for: {}",
+            STALL.as_secs(),
+            log_path.display(),
+            names.join(", ")
+        );
+        log(&format!("WARNING: {note}"));
+        stalls.push(note);
+        let first = parsed;
+        let (q2, log2) = boot_l1(cfg, &parts, &remaining, prep)?;
+        parsed = parse::parse(&q2.lines);
+        for (name, sc) in first.scenarios {
+            if sc.end_at.is_some() {
+                parsed.scenarios.entry(name).or_insert(sc);
+            }
+        }
+        q = q2;
+        log_path = log2;
+    }
     let run = LabRun {
         kernel,
         subzero_bin: subzero,
@@ -600,6 +682,7 @@ pub fn run_lab(cfg: &Config) -> Result<LabRun, LabError> {
             .map(|s| s.to_string())
             .unwrap_or_else(|| "status unknown".into()),
         timed_out: q.timed_out,
+        stalls,
         qemu_stderr: q.stderr,
     };
     eprintln!("{}", run.timings());

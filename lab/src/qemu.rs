@@ -24,15 +24,20 @@ pub struct QemuRun {
     pub status: Option<ExitStatus>,
     /// Whether the harness killed QEMU at the overall timeout.
     pub timed_out: bool,
+    /// Whether the harness killed QEMU because its console fell silent.
+    pub stalled: bool,
 }
 
 /// Spawns `cmd` (stdin null, stdout and stderr piped), reads stdout until EOF
 /// or `timeout`, writing every line to `log` as it arrives and passing it to
 /// `on_line`. Once `done_marker` has been seen QEMU gets `grace` to exit on
-/// its own before it is killed.
+/// its own before it is killed. If no line arrives for `stall`, QEMU is
+/// killed and the run marked stalled.
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     mut cmd: Command,
     timeout: Duration,
+    stall: Duration,
     log: &Path,
     done_marker: &str,
     grace: Duration,
@@ -79,7 +84,9 @@ pub fn run(
     let mut lines = Vec::new();
     let mut deadline = start + timeout;
     let mut timed_out = false;
+    let mut stalled = false;
     let mut done_seen = false;
+    let mut last_line = Instant::now();
     loop {
         let now = Instant::now();
         if now >= deadline {
@@ -89,8 +96,15 @@ pub fn run(
             let _ = child.kill();
             break;
         }
-        match rx.recv_timeout(deadline - now) {
+        if now >= last_line + stall {
+            stalled = true;
+            let _ = child.kill();
+            break;
+        }
+        let wait = (deadline - now).min(last_line + stall - now);
+        match rx.recv_timeout(wait) {
             Ok(line) => {
+                last_line = Instant::now();
                 let _ = writeln!(logf, "[{:9.3}] {}", line.at.as_secs_f64(), line.text);
                 on_line(&line);
                 if !done_seen && line.text.contains(done_marker) {
@@ -119,6 +133,8 @@ pub fn run(
         wall.as_secs_f64(),
         if timed_out {
             " (killed at the overall timeout)"
+        } else if stalled {
+            " (killed: console silent too long)"
         } else {
             ""
         }
@@ -132,5 +148,59 @@ pub fn run(
         wall,
         status,
         timed_out,
+        stalled,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str) -> Command {
+        let mut c = Command::new("sh");
+        c.args(["-c", script]);
+        c
+    }
+
+    #[test]
+    fn a_silent_console_is_a_stall() {
+        let log = std::env::temp_dir().join(format!("lab-stall-{}.log", std::process::id()));
+        let q = run(
+            sh("echo first; exec sleep 30"),
+            Duration::from_secs(20),
+            Duration::from_millis(500),
+            &log,
+            "DONE",
+            Duration::from_secs(1),
+            &mut |_| {},
+        )
+        .unwrap();
+        assert!(q.stalled && !q.timed_out);
+        assert!(
+            q.wall < Duration::from_secs(10),
+            "killed promptly: {:?}",
+            q.wall
+        );
+        let texts: Vec<&str> = q.lines.iter().map(|l| l.text.as_str()).collect();
+        assert_eq!(texts, ["first"]);
+        let _ = std::fs::remove_file(&log);
+    }
+
+    #[test]
+    fn a_chatty_console_is_not_a_stall() {
+        let log = std::env::temp_dir().join(format!("lab-chatty-{}.log", std::process::id()));
+        let q = run(
+            sh("for i in 1 2 3 4 5 6; do echo $i; sleep 0.2; done; echo DONE"),
+            Duration::from_secs(20),
+            Duration::from_millis(500),
+            &log,
+            "DONE",
+            Duration::from_secs(1),
+            &mut |_| {},
+        )
+        .unwrap();
+        assert!(!q.stalled && !q.timed_out);
+        assert_eq!(q.lines.last().map(|l| l.text.as_str()), Some("DONE"));
+        let _ = std::fs::remove_file(&log);
+    }
 }

@@ -106,6 +106,15 @@ pub const SCENARIOS: &[Scenario] = &[
         bench: false,
     },
     Scenario {
+        name: "live",
+        vcpus: 1,
+        memory_mib: 256,
+        stdin_handshake: false,
+        kernel: L1_L2_KERNEL,
+        extra: &["--stats-socket", "/tmp/live.sock"],
+        bench: false,
+    },
+    Scenario {
         name: "bench",
         vcpus: 1,
         memory_mib: 0,
@@ -171,7 +180,7 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 echo "@@L2 UPTIME $(cut -d' ' -f1 /proc/uptime)"
 case "$sz_scenario" in
-boot | stats | vmlinux-*)
+boot | stats | live | vmlinux-*)
     echo "@@L2 UNAME $(uname -r)"
     ;;
 smp)
@@ -262,7 +271,9 @@ sz_watch() {
     kill -USR1 $SZ_MAIN
 }
 
-# sz_run NAME MODE SUBZERO-ARGS...   (MODE: plain | handshake)
+# sz_run NAME MODE SUBZERO-ARGS...   (MODE: plain | handshake | live)
+# In live mode, `subzero stat` watches the run's stats socket
+# (/tmp/live.sock) and its output follows the run's stderr.
 # Runs subzero under `timeout -s KILL`, its stdout (the L2 console) straight
 # to this console, its stderr to a file printed after the END marker. In
 # handshake mode a reader copies subzero's stdout to the console and writes
@@ -304,6 +315,14 @@ sz_run() {
             exec timeout -s KILL $SZ_TIMEOUT /bin/subzero "$@" </dev/null 2>/tmp/err.$name
         ) &
         pid=$!
+        if [ "$mode" = live ]; then
+            (
+                n=0
+                until [ -S /tmp/live.sock ] || [ $n -ge 100 ]; do sleep 0.1; n=$((n + 1)); done
+                exec timeout -s KILL $SZ_TIMEOUT /bin/subzero stat /tmp/live.sock >/tmp/stat.$name 2>&1
+            ) &
+            st=$!
+        fi
     fi
     sz_watch $name $pid &
     wd=$!
@@ -319,6 +338,10 @@ sz_run() {
     echo
     echo "@@L1 END $name rc=$rc"
     while IFS= read -r l || [ -n "$l" ]; do echo "@@L1 STDERR $name | $l"; done </tmp/err.$name
+    if [ "$mode" = live ]; then
+        wait $st
+        while IFS= read -r l || [ -n "$l" ]; do echo "@@L1 STDERR $name | $l"; done </tmp/stat.$name
+    fi
 }
 
 "#,
@@ -336,6 +359,8 @@ echo "@@L1 NOPVH note type bytes: $(od -An -tx1 -j {off} -N 4 {vml}) -> $(od -An
     for sc in scenarios {
         let mode = if sc.stdin_handshake {
             "handshake"
+        } else if sc.extra.contains(&"--stats-socket") {
+            "live"
         } else {
             "plain"
         };

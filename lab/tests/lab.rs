@@ -270,3 +270,46 @@ fn exit_benchmark_runs_on_real_svm() {
         );
     }
 }
+
+#[test]
+fn subzero_stat_watches_a_booting_guest_live() {
+    let Some(run) = lab() else { return };
+    let Some(sc) = run.scenario("live") else {
+        return;
+    };
+    let ctx = || run.context(sc);
+    assert_eq!(
+        sc.exit_code,
+        Some(0),
+        "subzero run --stats-socket\n{}",
+        ctx()
+    );
+    // Lines from `subzero stat`: a refreshed view with exits per second.
+    let refreshes = sc
+        .stderr
+        .iter()
+        .filter(|l| l.starts_with("subzero stat: "))
+        .count();
+    assert!(
+        refreshes >= 1,
+        "no live refresh from subzero stat\n{}",
+        ctx()
+    );
+    let busiest_io = sc
+        .stderr
+        .iter()
+        .filter(|l| l.starts_with("io-out"))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .fold(0.0, f64::max);
+    assert!(
+        busiest_io > 0.0,
+        "no io-out exits/s while the guest booted\n{}",
+        ctx()
+    );
+    assert!(
+        sc.stderr.iter().any(|l| l.contains("the VM ended after")),
+        "subzero stat did not see the VM end\n{}",
+        ctx()
+    );
+    eprintln!("lab: live view: {refreshes} refreshes; busiest io-out rate {busiest_io:.0}/s");
+}
