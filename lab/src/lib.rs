@@ -21,7 +21,8 @@
 //! Environment knobs:
 //! - `SUBZERO_LAB_CACHE`: download/unpack cache (default `<workspace>/.lab-cache`).
 //! - `SUBZERO_LAB_BIN`: use this static subzero instead of building one.
-//! - `SUBZERO_LAB_SCENARIOS`: comma-separated subset of scenarios to run.
+//! - `SUBZERO_LAB_SCENARIOS`: comma-separated scenarios to run (default:
+//!   every scenario except `bench`, which is opt-in: see [`scripts::SCENARIOS`]).
 //! - `SUBZERO_LAB_SCENARIO_TIMEOUT`: seconds per scenario inside L1 (default 60).
 //! - `SUBZERO_LAB_TIMEOUT`: overall seconds before QEMU is killed.
 //! - `SUBZERO_LAB_ACCEL`: QEMU `-accel` value (default `tcg,thread=multi`).
@@ -113,7 +114,7 @@ impl Config {
             .expect("lab/ has a parent")
             .to_path_buf();
         let scenarios = match env("SUBZERO_LAB_SCENARIOS") {
-            None => SCENARIOS.to_vec(),
+            None => SCENARIOS.iter().filter(|s| !s.bench).copied().collect(),
             Some(list) => {
                 let mut v = Vec::new();
                 for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {

@@ -32,6 +32,13 @@ pub struct Scenario {
 }
 
 /// All scenarios, in the order L1 runs them.
+///
+/// `bench` (`subzero bench exits` on real SVM) is opt-in, with
+/// `SUBZERO_LAB_SCENARIOS=bench`: its burst of about 45 short-lived VMs
+/// freezes the whole L1 (its kernel stops printing; no timeout fires) in
+/// some runs: seen in 3 of 6 lab runs that included it, once on the third
+/// back-to-back benchmark in one L1. The Linux-boot scenarios have not
+/// frozen L1 in those runs.
 pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "boot",
@@ -125,9 +132,9 @@ pub const SCENARIOS: &[Scenario] = &[
     },
 ];
 
-/// Exits per run and rounds of `subzero bench exits` in the lab, where an
-/// exit costs about 100 us.
-pub const BENCH_ARGS: &[&str] = &["bench", "exits", "--exits", "2000", "--rounds", "3"];
+/// Exits per run and rounds of `subzero bench exits` in the lab, where a
+/// userspace exit costs about 100 us and an irqfd-woken HLT about 300 us.
+pub const BENCH_ARGS: &[&str] = &["bench", "exits", "--exits", "500", "--rounds", "3"];
 
 /// Where things live inside L1.
 pub const L1_SUBZERO: &str = "/bin/subzero";

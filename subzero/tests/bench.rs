@@ -43,7 +43,9 @@ fn every_case_and_driver_runs_to_power_off() {
             assert!(ns > 0.0 && ns.is_finite(), "{case:?} {driver:?}: {ns}");
         }
     }
-    let results = bench::run(50, 1).unwrap();
+    let mut seen = Vec::new();
+    let results = bench::run(&Case::ALL, 50, 1, &mut |r| seen.push(r.case)).unwrap();
+    assert_eq!(seen, Case::ALL, "each case reported as it finishes");
     let text = bench::table(&results, 50, 1, std::time::Duration::from_secs(1));
     for case in Case::ALL {
         assert!(text.contains(case.name()), "{text}");

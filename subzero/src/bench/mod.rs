@@ -218,22 +218,30 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Measures every case: `rounds` interleaved rounds of `n` exits per driver.
-pub fn run(n: u64, rounds: usize) -> Result<Vec<CaseResult>, BenchError> {
+/// Measures `cases`: `rounds` interleaved rounds of `n` exits per driver.
+/// `on_result` sees each case's result as soon as it is measured.
+pub fn run(
+    cases: &[Case],
+    n: u64,
+    rounds: usize,
+    on_result: &mut dyn FnMut(&CaseResult),
+) -> Result<Vec<CaseResult>, BenchError> {
     let mut out = Vec::new();
-    for case in Case::ALL {
+    for &case in cases {
         let (mut raw, mut disp, mut full) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..rounds.max(1) {
             raw.push(run_once(case, Driver::Raw, n)?);
             disp.push(run_once(case, Driver::Dispatch, n)?);
             full.push(run_once(case, Driver::Subzero, n)?);
         }
-        out.push(CaseResult {
+        let result = CaseResult {
             case,
             raw_ns: median(raw),
             dispatch_ns: median(disp),
             subzero_ns: median(full),
-        });
+        };
+        on_result(&result);
+        out.push(result);
     }
     Ok(out)
 }
@@ -250,16 +258,11 @@ pub fn cpu_mhz() -> Option<f64> {
         .ok()
 }
 
-/// The results as a table.
-pub fn table(results: &[CaseResult], n: u64, rounds: usize, took: Duration) -> String {
+/// The table's title and column header.
+pub fn header(n: u64, rounds: usize) -> String {
     let mhz = cpu_mhz();
-    let cycles = |ns: f64| {
-        mhz.map(|m| format!("{:>8.0}", ns * m / 1e3))
-            .unwrap_or_else(|| "       ?".into())
-    };
     let mut o = format!(
-        "subzero bench exits: {n} exits per run, median of {rounds} rounds, {:.1} s{}\n\n",
-        took.as_secs_f64(),
+        "subzero bench exits: {n} exits per run, median of {rounds} rounds{}\n\n",
         mhz.map(|m| format!(", cycles at {m:.0} MHz"))
             .unwrap_or_default()
     );
@@ -274,29 +277,51 @@ pub fn table(results: &[CaseResult], n: u64, rounds: usize, took: Duration) -> S
         "ratio",
         "accounting"
     ));
-    for r in results {
-        let accounting = if matches!(r.case, Case::IoeventfdWrite | Case::HltWake) {
-            "n/a".to_string()
-        } else {
-            format!("{:.1}%", r.accounting_share() * 100.0)
-        };
-        o.push_str(&format!(
-            "{:<34} {:>9.0} {} {:>11.0} {:>9.0} {} {:>7.2}x {:>11}\n",
-            r.case.name(),
-            r.raw_ns,
-            cycles(r.raw_ns),
-            r.dispatch_ns,
-            r.subzero_ns,
-            cycles(r.subzero_ns),
-            r.subzero_ns / r.raw_ns,
-            accounting
-        ));
-    }
-    o.push_str(
+    o
+}
+
+/// One case's row.
+pub fn row(r: &CaseResult) -> String {
+    let mhz = cpu_mhz();
+    let cycles = |ns: f64| {
+        mhz.map(|m| format!("{:>8.0}", ns * m / 1e3))
+            .unwrap_or_else(|| "       ?".into())
+    };
+    let accounting = if matches!(r.case, Case::IoeventfdWrite | Case::HltWake) {
+        "n/a".to_string()
+    } else {
+        format!("{:.1}%", r.accounting_share() * 100.0)
+    };
+    format!(
+        "{:<34} {:>9.0} {} {:>11.0} {:>9.0} {} {:>7.2}x {:>11}\n",
+        r.case.name(),
+        r.raw_ns,
+        cycles(r.raw_ns),
+        r.dispatch_ns,
+        r.subzero_ns,
+        cycles(r.subzero_ns),
+        r.subzero_ns / r.raw_ns,
+        accounting
+    )
+}
+
+/// What the columns mean, and the time taken.
+pub fn footer(took: Duration) -> String {
+    format!(
         "\nratio = subzero / raw (what Subzero's dispatch and accounting add to the floor);\n\
          accounting = (subzero - dispatch) / subzero, for cases whose exits reach userspace.\n\
-         Seed figure: a hardware exit round trip\n\
-         costs roughly 500-1500 cycles on modern CPUs.\n",
-    );
+         Seed figure: a hardware exit round trip costs roughly 500-1500 cycles on modern\n\
+         CPUs. Took {:.1} s.\n",
+        took.as_secs_f64()
+    )
+}
+
+/// The results as a table.
+pub fn table(results: &[CaseResult], n: u64, rounds: usize, took: Duration) -> String {
+    let mut o = header(n, rounds);
+    for r in results {
+        o.push_str(&row(r));
+    }
+    o.push_str(&footer(took));
     o
 }

@@ -1,5 +1,6 @@
 //! `subzero bench exits`: the exit-cost benchmark.
 
+use std::io::Write;
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -17,6 +18,36 @@ pub struct BenchArgs {
     /// Rounds per case (the median is reported).
     #[arg(long, default_value_t = 5)]
     rounds: usize,
+    /// Measure only these cases (repeatable; default: all).
+    #[arg(long = "case", value_enum)]
+    cases: Vec<CaseArg>,
+}
+
+/// Cases, as named on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum CaseArg {
+    /// OUT to a port handled in userspace.
+    Pio,
+    /// Store to MMIO handled in userspace.
+    Mmio,
+    /// OUT to an ioeventfd port (stays in the kernel).
+    Ioeventfd,
+    /// HLT without an in-kernel irqchip (exits to userspace).
+    Hlt,
+    /// HLT in the kernel, woken by an irqfd interrupt.
+    HltWake,
+}
+
+impl From<CaseArg> for bench::Case {
+    fn from(c: CaseArg) -> Self {
+        match c {
+            CaseArg::Pio => bench::Case::PioWrite,
+            CaseArg::Mmio => bench::Case::MmioWrite,
+            CaseArg::Ioeventfd => bench::Case::IoeventfdWrite,
+            CaseArg::Hlt => bench::Case::Hlt,
+            CaseArg::HltWake => bench::Case::HltWake,
+        }
+    }
 }
 
 /// Benchmarks.
@@ -29,11 +60,19 @@ enum What {
 /// Runs `subzero bench`.
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let What::Exits = args.what;
+    let cases: Vec<bench::Case> = if args.cases.is_empty() {
+        bench::Case::ALL.to_vec()
+    } else {
+        args.cases.iter().map(|&c| c.into()).collect()
+    };
     let started = Instant::now();
-    let results = bench::run(args.exits, args.rounds)?;
-    print!(
-        "{}",
-        bench::table(&results, args.exits, args.rounds, started.elapsed())
-    );
+    let mut out = std::io::stdout();
+    let _ = write!(out, "{}", bench::header(args.exits, args.rounds));
+    let _ = out.flush();
+    bench::run(&cases, args.exits, args.rounds, &mut |r| {
+        let _ = write!(out, "{}", bench::row(r));
+        let _ = out.flush();
+    })?;
+    print!("{}", bench::footer(started.elapsed()));
     Ok(ExitCode::SUCCESS)
 }
