@@ -10,20 +10,18 @@ use std::thread::JoinHandle;
 
 use kvm_bindings::{
     kvm_irq_routing_entry, kvm_irq_routing_entry__bindgen_ty_1, kvm_irq_routing_msi, KvmIrqRouting,
-    KVM_IRQ_ROUTING_MSI, KVM_MAX_CPUID_ENTRIES,
+    KVM_IRQ_ROUTING_MSI,
 };
 use kvm_ioctls::{IoEventAddress, NoDatamatch};
-use vm_memory::{ByteValued, Bytes, GuestAddress};
+use vm_memory::ByteValued;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::BenchError;
 use crate::arch::x86_64::gdt::CODE_INDEX;
-use crate::arch::x86_64::layout::{ports, APIC_START, HIMEM_START};
-use crate::arch::x86_64::regs::BootEntry;
-use crate::demo::guest::{MEMORY, PARAMS_START};
-use crate::kvm;
-use crate::vmm::builder::{create_vcpu, create_vm, legacy_devices, setup_boot_vcpu};
-use crate::vmm::{memory, BuildError, Machine};
+use crate::arch::x86_64::layout::{ports, APIC_START};
+use crate::demo::guest::PARAMS_START;
+use crate::vmm::builder::build_tiny;
+use crate::vmm::Machine;
 
 /// The guest code, assembled by build.rs.
 pub const CODE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/halt_wake.bin"));
@@ -89,10 +87,6 @@ fn kvm_err(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> BenchError {
 
 /// Builds the VM for `n` halt/wake round trips.
 pub fn build(n: u64) -> Result<HaltWakeVm, BenchError> {
-    let kvm = kvm::open(true).map_err(BuildError::from)?;
-    let vm = create_vm(&kvm, true)?;
-    let mem = memory::create(MEMORY).map_err(BuildError::from)?;
-    memory::register(&vm, &mem).map_err(BuildError::from)?;
     let params = Params {
         count: n,
         notify_port: u64::from(NOTIFY_PORT),
@@ -101,21 +95,9 @@ pub fn build(n: u64) -> Result<HaltWakeVm, BenchError> {
         poweroff_port: u64::from(ports::ACPI_SLEEP_CONTROL),
         poweroff_value: u64::from((ports::ACPI_S5_SLEEP_TYPE << 2) | 0x20),
     };
-    let mem_err = |e| BenchError::Guest(format!("writing guest memory: {e}"));
-    mem.write_obj(params, GuestAddress(PARAMS_START))
-        .map_err(mem_err)?;
-    mem.write_slice(CODE, GuestAddress(HIMEM_START))
-        .map_err(mem_err)?;
-    let (buses, serial, panic_watch) = legacy_devices(Some(&vm), Box::new(std::io::sink()))?;
-    let supported = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
-    let fd = create_vcpu(&vm, &supported, 0, 1, true)?;
-    let entry = BootEntry::Linux64 {
-        entry_addr: HIMEM_START,
-        boot_params_addr: 0,
-    };
-    setup_boot_vcpu(&mem, &fd, &entry)?;
+    let data: [(u64, &[u8]); 1] = [(PARAMS_START, params.as_slice())];
+    let tiny = build_tiny(true, CODE, &data, Box::new(std::io::sink()))?;
+    let vm = &tiny.vm;
 
     // GSI 24 -> MSI to local APIC 0 with VECTOR, fixed delivery, edge.
     let mut routing = KvmIrqRouting::new(1).map_err(|e| BenchError::Guest(format!("{e:?}")))?;
@@ -158,14 +140,7 @@ pub fn build(n: u64) -> Result<HaltWakeVm, BenchError> {
             sent
         })?;
     Ok(HaltWakeVm {
-        machine: Machine {
-            vm,
-            memory: mem,
-            buses: Arc::new(buses),
-            vcpus: vec![fd],
-            serial,
-            panic_watch,
-        },
+        machine: tiny.into_machine(),
         waker: Waker {
             stop,
             notify,

@@ -5,15 +5,12 @@
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
-use vm_memory::{ByteValued, Bytes, GuestAddress};
+use vm_memory::ByteValued;
 
-use crate::arch::x86_64::layout::{ports, HIMEM_START, MMIO_DEVICES_START, MMIO_DEVICE_SLOT_SIZE};
-use crate::arch::x86_64::regs::BootEntry;
+use crate::arch::x86_64::layout::{ports, MMIO_DEVICES_START, MMIO_DEVICE_SLOT_SIZE};
 use crate::devices::probe::Probe;
-use crate::kvm;
-use crate::vmm::builder::{create_vcpu, create_vm, legacy_devices, setup_boot_vcpu, BuildError};
-use crate::vmm::{memory, Machine};
+use crate::vmm::builder::{build_tiny, BuildError};
+use crate::vmm::Machine;
 
 /// The guest code, assembled by build.rs.
 pub const CODE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/exerciser.bin"));
@@ -29,8 +26,6 @@ pub const PROBE_PORT: u16 = 0x510;
 pub const PROBE_MMIO: u64 = MMIO_DEVICES_START;
 /// What the probes answer to reads.
 pub const PROBE_VALUE: u32 = 0x5ab0_c0de;
-/// Guest memory for the exerciser VM.
-pub const MEMORY: u64 = 32 << 20;
 
 /// What the exerciser does, in the layout exerciser.S reads.
 #[repr(C)]
@@ -96,56 +91,24 @@ pub fn build(
     message: &str,
     console: Box<dyn Write + Send>,
 ) -> Result<ExerciserVm, BuildError> {
-    let kvm = kvm::open(false)?;
-    let vm = create_vm(&kvm, false)?;
-    let mem = memory::create(MEMORY)?;
-    memory::register(&vm, &mem)?;
-    let write_err = |what, e| {
-        BuildError::BootInfo(crate::arch::x86_64::bootinfo::BootInfoError::GuestMemory(
-            what, e,
-        ))
-    };
     let mut text = message.as_bytes().to_vec();
     text.truncate(MESSAGE_MAX - 1);
     text.push(0);
-    mem.write_slice(&text, GuestAddress(MESSAGE_START))
-        .map_err(|e| write_err("demo message", e))?;
-    mem.write_obj(*params, GuestAddress(PARAMS_START))
-        .map_err(|e| write_err("demo parameters", e))?;
-    mem.write_slice(CODE, GuestAddress(HIMEM_START))
-        .map_err(|e| write_err("demo code", e))?;
-
-    let (mut buses, serial, panic_watch) = legacy_devices(None, console)?;
+    let data: [(u64, &[u8]); 2] = [(MESSAGE_START, &text), (PARAMS_START, params.as_slice())];
+    let mut tiny = build_tiny(false, CODE, &data, console)?;
     let pio_probe = Arc::new(Mutex::new(Probe::new(u64::from(PROBE_VALUE))));
     let mmio_probe = Arc::new(Mutex::new(Probe::new(u64::from(PROBE_VALUE))));
-    buses
+    tiny.buses
         .pio
         .insert("probe", u64::from(PROBE_PORT), 4, pio_probe.clone())?;
-    buses.mmio.insert(
+    tiny.buses.mmio.insert(
         "probe",
         PROBE_MMIO,
         MMIO_DEVICE_SLOT_SIZE,
         mmio_probe.clone(),
     )?;
-
-    let supported = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(|e| BuildError::VmIoctl("KVM_GET_SUPPORTED_CPUID", e))?;
-    let fd = create_vcpu(&vm, &supported, 0, 1, false)?;
-    let entry = BootEntry::Linux64 {
-        entry_addr: HIMEM_START,
-        boot_params_addr: 0,
-    };
-    setup_boot_vcpu(&mem, &fd, &entry)?;
     Ok(ExerciserVm {
-        machine: Machine {
-            vm,
-            memory: mem,
-            buses: Arc::new(buses),
-            vcpus: vec![fd],
-            serial,
-            panic_watch,
-        },
+        machine: tiny.into_machine(),
         pio_probe,
         mmio_probe,
     })

@@ -71,3 +71,19 @@ pub fn open(irqchip: bool) -> Result<Kvm, KvmError> {
 pub fn max_vcpus(kvm: &Kvm) -> usize {
     kvm.get_max_vcpus()
 }
+
+/// For tests: opens /dev/kvm, or returns `None` (the test skips) when it
+/// cannot, except under CI=true, where a missing /dev/kvm is a failure.
+#[cfg(test)]
+pub(crate) fn kvm_or_skip() -> Option<Kvm> {
+    match Kvm::new() {
+        Ok(kvm) => Some(kvm),
+        Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("CI=true but /dev/kvm cannot be opened: {e}")
+        }
+        Err(e) => {
+            eprintln!("skipping: /dev/kvm cannot be opened: {e}");
+            None
+        }
+    }
+}

@@ -350,6 +350,7 @@ fn u64_at(b: &[u8], at: usize) -> Result<u64, StatsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kvm::kvm_or_skip;
     use vmm_sys_util::tempfile::TempFile;
 
     type Desc<'a> = (u32, i16, u16, u32, u32, &'a str);
@@ -481,20 +482,6 @@ mod tests {
     fn non_kvm_fd_is_unsupported() {
         let f = file(&[]);
         assert!(matches!(get_stats_fd(&f), Err(StatsError::Unsupported)));
-    }
-
-    /// Opens /dev/kvm; skips (None) when it cannot, unless CI=true, where that fails.
-    fn kvm_or_skip() -> Option<kvm_ioctls::Kvm> {
-        match kvm_ioctls::Kvm::new() {
-            Ok(kvm) => Some(kvm),
-            Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
-                panic!("CI=true but /dev/kvm cannot be opened: {e}")
-            }
-            Err(e) => {
-                eprintln!("skipping: /dev/kvm cannot be opened: {e}");
-                None
-            }
-        }
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::config::{check_memory, check_vcpus, host_ram, ConfigError, VmConfig};
@@ -266,6 +266,83 @@ pub fn build_linux(cfg: &VmConfig, console: Box<dyn Write + Send>) -> Result<Mac
         memory: mem,
         buses: Arc::new(buses),
         vcpus: fds,
+        serial,
+        panic_watch,
+    })
+}
+
+/// Guest memory of a [`build_tiny`] VM.
+pub const TINY_MEMORY: u64 = 32 << 20;
+
+/// A one-vCPU VM for a small flat 64-bit program (the embedded guests),
+/// built but with its buses still open for more devices.
+pub struct TinyVm {
+    /// The VM.
+    pub vm: VmFd,
+    /// Its memory.
+    pub memory: GuestMemoryMmap,
+    /// Its buses, with the legacy devices on them.
+    pub buses: Buses,
+    /// The vCPU, at the program's first byte in 64-bit mode.
+    pub vcpu: VcpuFd,
+    /// The console UART.
+    pub serial: Arc<Mutex<SerialDevice>>,
+    /// Its panic watch.
+    pub panic_watch: PanicWatch,
+}
+
+impl TinyVm {
+    /// Freezes the buses into a runnable machine.
+    pub fn into_machine(self) -> Machine {
+        Machine {
+            vm: self.vm,
+            memory: self.memory,
+            buses: Arc::new(self.buses),
+            vcpus: vec![self.vcpu],
+            serial: self.serial,
+            panic_watch: self.panic_watch,
+        }
+    }
+}
+
+/// Builds a [`TinyVm`]: `code` at 1 MiB, each `(address, bytes)` of `data`
+/// written to memory, the vCPU entering `code` in 64-bit mode. With
+/// `irqchip`, KVM's in-kernel interrupt controllers are created too.
+pub fn build_tiny(
+    irqchip: bool,
+    code: &[u8],
+    data: &[(u64, &[u8])],
+    console: Box<dyn Write + Send>,
+) -> Result<TinyVm, BuildError> {
+    let kvm = kvm::open(irqchip)?;
+    let vm = create_vm(&kvm, irqchip)?;
+    let memory = memory::create(TINY_MEMORY)?;
+    memory::register(&vm, &memory)?;
+    let write = |bytes: &[u8], addr: u64| {
+        memory
+            .write_slice(bytes, vm_memory::GuestAddress(addr))
+            .map_err(|e| BootInfoError::GuestMemory("embedded guest", e))
+    };
+    write(code, layout::HIMEM_START)?;
+    for (addr, bytes) in data {
+        write(bytes, *addr)?;
+    }
+    let (buses, serial, panic_watch) = legacy_devices(irqchip.then_some(&vm), console)?;
+    let supported = ioctl(
+        "KVM_GET_SUPPORTED_CPUID",
+        kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES),
+    )?;
+    let vcpu = create_vcpu(&vm, &supported, 0, 1, irqchip)?;
+    let entry = BootEntry::Linux64 {
+        entry_addr: layout::HIMEM_START,
+        boot_params_addr: 0,
+    };
+    setup_boot_vcpu(&memory, &vcpu, &entry)?;
+    Ok(TinyVm {
+        vm,
+        memory,
+        buses,
+        vcpu,
         serial,
         panic_watch,
     })

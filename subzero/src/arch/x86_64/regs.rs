@@ -200,8 +200,8 @@ pub fn setup_lapic(vcpu: &VcpuFd) -> Result<(), RegsError> {
 mod tests {
     use super::super::{cpuid, layout, msr};
     use super::*;
+    use crate::kvm::kvm_or_skip;
     use kvm_bindings::{kvm_msr_entry, Msrs, KVM_MAX_CPUID_ENTRIES};
-    use kvm_ioctls::Kvm;
 
     fn mem() -> GuestMemoryMmap {
         GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
@@ -229,20 +229,6 @@ mod tests {
             (lapic.regs[0x361], lapic.regs[0x362], lapic.regs[0x35f]),
             (7, 1, 0)
         );
-    }
-
-    /// Opens /dev/kvm; skips (None) when it cannot, unless CI=true, where that fails.
-    fn kvm_or_skip() -> Option<Kvm> {
-        match Kvm::new() {
-            Ok(kvm) => Some(kvm),
-            Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
-                panic!("CI=true but /dev/kvm cannot be opened: {e}")
-            }
-            Err(e) => {
-                eprintln!("skipping: /dev/kvm cannot be opened: {e}");
-                None
-            }
-        }
     }
 
     /// Sets up one vCPU per entry mode with every Subzero setup call, reads it back.
