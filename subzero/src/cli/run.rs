@@ -60,7 +60,8 @@ pub struct RunArgs {
     /// Write the --stats report to this file instead of stderr.
     #[arg(long, value_name = "PATH", requires = "stats")]
     stats_out: Option<PathBuf>,
-    /// System.map (or kallsyms) of the guest kernel, to name sampled RIPs.
+    /// The guest kernel's System.map, kallsyms, or unstripped ELF vmlinux, to
+    /// name sampled RIPs.
     #[arg(long, value_name = "PATH")]
     symbols: Option<PathBuf>,
     /// Serve live statistics on this Unix socket (read with `subzero stat`).

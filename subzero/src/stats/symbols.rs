@@ -52,7 +52,7 @@ pub struct Symbols {
 impl Symbols {
     /// Parses System.map text; keeps text (T/t/W/w) symbols.
     pub fn parse(text: &str) -> Symbols {
-        let mut entries: Vec<(u64, String)> = text
+        let entries: Vec<(u64, String)> = text
             .lines()
             .filter_map(|line| {
                 let mut parts = line.split_whitespace();
@@ -62,16 +62,26 @@ impl Symbols {
                 matches!(kind, "T" | "t" | "W" | "w").then(|| (addr, name.to_string()))
             })
             .collect();
-        entries.sort();
-        Symbols { entries, slide: 0 }
+        Symbols::from_entries(entries)
     }
 
-    /// Reads and parses a System.map file.
+    /// Reads symbols from an ELF file (a vmlinux with its symbol table) or
+    /// a System.map / kallsyms text file.
     pub fn load(path: &Path) -> Result<Symbols, SymbolsError> {
-        let text = std::fs::read_to_string(path).map_err(|source| SymbolsError::Read {
+        let bytes = std::fs::read(path).map_err(|source| SymbolsError::Read {
             path: path.to_path_buf(),
             source,
         })?;
+        if bytes.starts_with(b"\x7fELF") {
+            let entries = elf_functions(&bytes).unwrap_or_default();
+            if entries.is_empty() {
+                return Err(SymbolsError::Empty {
+                    path: path.to_path_buf(),
+                });
+            }
+            return Ok(Symbols::from_entries(entries));
+        }
+        let text = String::from_utf8_lossy(&bytes);
         let symbols = Symbols::parse(&text);
         if symbols.entries.is_empty() && text.contains("The real System.map is in") {
             return Err(SymbolsError::Placeholder {
@@ -84,6 +94,11 @@ impl Symbols {
             });
         }
         Ok(symbols)
+    }
+
+    fn from_entries(mut entries: Vec<(u64, String)>) -> Symbols {
+        entries.sort();
+        Symbols { entries, slide: 0 }
     }
 
     /// Number of symbols.
@@ -118,6 +133,51 @@ impl Symbols {
         let offset = addr - start;
         (offset < MAX_OFFSET).then(|| format!("{name}+{offset:#x}"))
     }
+}
+
+/// Function symbols (STT_FUNC, defined, non-zero address) from the
+/// `.symtab` of a 64-bit little-endian ELF file. `None` when the file is
+/// malformed; empty when it has no symbol table (a stripped file).
+fn elf_functions(b: &[u8]) -> Option<Vec<(u64, String)>> {
+    const SHT_SYMTAB: u32 = 2;
+    const STT_FUNC: u8 = 2;
+    let u16_at = |o: usize| Some(u16::from_le_bytes(b.get(o..o + 2)?.try_into().ok()?));
+    let u32_at = |o: usize| Some(u32::from_le_bytes(b.get(o..o + 4)?.try_into().ok()?));
+    let u64_at = |o: usize| Some(u64::from_le_bytes(b.get(o..o + 8)?.try_into().ok()?));
+    if b.get(4..6)? != [2, 1] {
+        return None; // not ELFCLASS64 little-endian
+    }
+    let shoff = usize::try_from(u64_at(0x28)?).ok()?;
+    let shentsize = usize::from(u16_at(0x3a)?);
+    let shnum = usize::from(u16_at(0x3c)?);
+    let section = |i: usize| shoff.checked_add(i.checked_mul(shentsize)?);
+    let mut out = Vec::new();
+    for i in 0..shnum {
+        let sh = section(i)?;
+        if u32_at(sh + 4)? != SHT_SYMTAB {
+            continue;
+        }
+        let (off, size) = (u64_at(sh + 0x18)? as usize, u64_at(sh + 0x20)? as usize);
+        let entsize = (u64_at(sh + 0x38)? as usize).max(24);
+        let strtab = section(u32_at(sh + 0x28)? as usize)?;
+        let (str_off, str_size) = (
+            u64_at(strtab + 0x18)? as usize,
+            u64_at(strtab + 0x20)? as usize,
+        );
+        let strings = b.get(str_off..str_off.checked_add(str_size)?)?;
+        for sym in (off..off.checked_add(size)?).step_by(entsize) {
+            let info = *b.get(sym + 4)?;
+            let value = u64_at(sym + 8)?;
+            let shndx = u16_at(sym + 6)?;
+            if info & 0xf != STT_FUNC || shndx == 0 || value == 0 {
+                continue;
+            }
+            let name_off = u32_at(sym)? as usize;
+            let name = strings.get(name_off..)?.split(|&c| c == 0).next()?;
+            out.push((value, String::from_utf8_lossy(name).into_owned()));
+        }
+    }
+    Some(out)
 }
 
 #[cfg(test)]
@@ -167,6 +227,26 @@ garbage line
         );
         let mut no_entry = Symbols::parse("ffffffff81000000 T _stext\n");
         assert_eq!(no_entry.relocate_with_lstar(0xffff_ffff_9000_0000), None);
+    }
+
+    #[test]
+    fn elf_symbol_tables_are_read() {
+        // This test binary is an ELF file with a symbol table.
+        let exe = std::env::current_exe().unwrap();
+        let s = Symbols::load(&exe).expect("the test binary has symbols");
+        assert!(s.len() > 100, "{} symbols", s.len());
+        let (addr, name) = s
+            .entries
+            .iter()
+            .find(|(_, n)| n.contains("elf_functions"))
+            .expect("our own function is listed")
+            .clone();
+        assert_eq!(s.name(addr + 1), Some(format!("{name}+0x1")));
+        // Garbage after the ELF magic is an error, not a panic.
+        let path = std::env::temp_dir().join(format!("subzero-bad-elf-{}", std::process::id()));
+        std::fs::write(&path, b"\x7fELF\x02\x01garbage").unwrap();
+        assert!(Symbols::load(&path).is_err());
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]
