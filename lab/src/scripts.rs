@@ -34,11 +34,11 @@ pub struct Scenario {
 /// All scenarios, in the order L1 runs them.
 ///
 /// `bench` (`subzero bench exits` on real SVM) is opt-in, with
-/// `SUBZERO_LAB_SCENARIOS=bench`: its burst of about 45 short-lived VMs
-/// freezes the whole L1 (its kernel stops printing; no timeout fires) in
-/// some runs: seen in 3 of 6 lab runs that included it, once on the third
-/// back-to-back benchmark in one L1. The Linux-boot scenarios have not
-/// frozen L1 in those runs.
+/// `SUBZERO_LAB_SCENARIOS=bench`: in L1 its "hlt + irqfd wake" case loses a
+/// wakeup in most runs and then hangs until the scenario timeout. The guest
+/// halts with `sti; hlt` and an irqfd interrupt must wake it; TCG's SVM has
+/// no NRIPS, and L1's KVM then appears to miss the interrupt that arrives
+/// in the STI shadow. A Linux guest does the same but a later timer wakes it.
 pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "boot",
