@@ -156,17 +156,14 @@ pub fn run(
 mod tests {
     use super::*;
 
-    fn sh(script: &str) -> Command {
-        let mut c = Command::new("sh");
-        c.args(["-c", script]);
-        c
-    }
-
-    #[test]
-    fn a_silent_console_is_a_stall() {
-        let log = std::env::temp_dir().join(format!("lab-stall-{}.log", std::process::id()));
+    /// Runs `script` as the "QEMU" with a 500 ms stall limit and "DONE" as
+    /// the done marker.
+    fn run_sh(name: &str, script: &str) -> QemuRun {
+        let log = std::env::temp_dir().join(format!("lab-{name}-{}.log", std::process::id()));
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", script]);
         let q = run(
-            sh("echo first; exec sleep 30"),
+            cmd,
             Duration::from_secs(20),
             Duration::from_millis(500),
             &log,
@@ -175,6 +172,13 @@ mod tests {
             &mut |_| {},
         )
         .unwrap();
+        let _ = std::fs::remove_file(&log);
+        q
+    }
+
+    #[test]
+    fn a_silent_console_is_a_stall() {
+        let q = run_sh("stall", "echo first; exec sleep 30");
         assert!(q.stalled && !q.timed_out);
         assert!(
             q.wall < Duration::from_secs(10),
@@ -183,24 +187,15 @@ mod tests {
         );
         let texts: Vec<&str> = q.lines.iter().map(|l| l.text.as_str()).collect();
         assert_eq!(texts, ["first"]);
-        let _ = std::fs::remove_file(&log);
     }
 
     #[test]
     fn a_chatty_console_is_not_a_stall() {
-        let log = std::env::temp_dir().join(format!("lab-chatty-{}.log", std::process::id()));
-        let q = run(
-            sh("for i in 1 2 3 4 5 6; do echo $i; sleep 0.2; done; echo DONE"),
-            Duration::from_secs(20),
-            Duration::from_millis(500),
-            &log,
-            "DONE",
-            Duration::from_secs(1),
-            &mut |_| {},
-        )
-        .unwrap();
+        let q = run_sh(
+            "chatty",
+            "for i in 1 2 3 4 5 6; do echo $i; sleep 0.2; done; echo DONE",
+        );
         assert!(!q.stalled && !q.timed_out);
         assert_eq!(q.lines.last().map(|l| l.text.as_str()), Some("DONE"));
-        let _ = std::fs::remove_file(&log);
     }
 }

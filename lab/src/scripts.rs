@@ -31,6 +31,17 @@ pub struct Scenario {
     pub bench: bool,
 }
 
+/// The plain boot: 1 vCPU, 256 MiB, the bzImage. Scenarios differ from it.
+const BOOT: Scenario = Scenario {
+    name: "boot",
+    vcpus: 1,
+    memory_mib: 256,
+    stdin_handshake: false,
+    kernel: L1_L2_KERNEL,
+    extra: &[],
+    bench: false,
+};
+
 /// All scenarios, in the order L1 runs them.
 ///
 /// `bench` (`subzero bench exits` on real SVM) is opt-in, with
@@ -40,95 +51,53 @@ pub struct Scenario {
 /// no NRIPS, and L1's KVM then appears to miss the interrupt that arrives
 /// in the STI shadow. A Linux guest does the same but a later timer wakes it.
 pub const SCENARIOS: &[Scenario] = &[
-    Scenario {
-        name: "boot",
-        vcpus: 1,
-        memory_mib: 256,
-        stdin_handshake: false,
-        kernel: L1_L2_KERNEL,
-        extra: &[],
-        bench: false,
-    },
+    BOOT,
     Scenario {
         name: "smp",
         vcpus: 4,
-        memory_mib: 256,
-        stdin_handshake: false,
-        kernel: L1_L2_KERNEL,
-        extra: &[],
-        bench: false,
+        ..BOOT
     },
     Scenario {
         name: "memory",
-        vcpus: 1,
         memory_mib: 512,
-        stdin_handshake: false,
-        kernel: L1_L2_KERNEL,
-        extra: &[],
-        bench: false,
+        ..BOOT
     },
     Scenario {
         name: "panic",
-        vcpus: 1,
-        memory_mib: 256,
-        stdin_handshake: false,
-        kernel: L1_L2_KERNEL,
-        extra: &[],
-        bench: false,
+        ..BOOT
     },
     Scenario {
         name: "stdin",
-        vcpus: 1,
-        memory_mib: 256,
         stdin_handshake: true,
-        kernel: L1_L2_KERNEL,
-        extra: &[],
-        bench: false,
+        ..BOOT
     },
     Scenario {
         name: "vmlinux-pvh",
-        vcpus: 1,
-        memory_mib: 256,
-        stdin_handshake: false,
         kernel: L1_VMLINUX,
-        extra: &[],
-        bench: false,
+        ..BOOT
     },
     Scenario {
         name: "vmlinux-64",
-        vcpus: 1,
-        memory_mib: 256,
-        stdin_handshake: false,
         kernel: L1_VMLINUX_NOPVH,
-        extra: &[],
-        bench: false,
+        ..BOOT
     },
     Scenario {
         name: "stats",
         vcpus: 2,
-        memory_mib: 256,
-        stdin_handshake: false,
-        kernel: L1_L2_KERNEL,
         extra: &["--stats"],
-        bench: false,
+        ..BOOT
     },
     Scenario {
         name: "live",
-        vcpus: 1,
-        memory_mib: 256,
-        stdin_handshake: false,
-        kernel: L1_L2_KERNEL,
         extra: &["--stats-socket", "/tmp/live.sock"],
-        bench: false,
+        ..BOOT
     },
     Scenario {
         name: "bench",
-        vcpus: 1,
         memory_mib: 0,
-        stdin_handshake: false,
         kernel: "",
-        extra: &[],
         bench: true,
+        ..BOOT
     },
 ];
 
