@@ -196,16 +196,17 @@ impl StatsReport {
                 vmm_s: v.vmm_ticks as f64 * ns_per_tick / 1e9,
             })
             .collect();
-        let mut symbols = symbols.cloned();
-        if let (Some(s), Some(lstar)) = (symbols.as_mut(), all.lstar) {
-            s.relocate_with_lstar(lstar);
-        }
+        // The KASLR shift; an unshifted kernel (or no LSTAR yet) slides by 0.
+        let slide = symbols
+            .zip(all.lstar)
+            .and_then(|(s, lstar)| s.slide_for_lstar(lstar))
+            .unwrap_or(0);
         let mut top: Vec<RipRow> = all
             .rips
             .iter()
             .map(|(&rip, &samples)| RipRow {
                 rip,
-                symbol: symbols.as_ref().and_then(|s| s.name(rip)),
+                symbol: symbols.and_then(|s| s.name(rip, slide)),
                 samples,
             })
             .collect();

@@ -45,8 +45,6 @@ pub enum SymbolsError {
 #[derive(Debug, Clone, Default)]
 pub struct Symbols {
     entries: Vec<(u64, String)>,
-    /// Added to every address (the KASLR shift), once known.
-    slide: u64,
 }
 
 impl Symbols {
@@ -98,7 +96,7 @@ impl Symbols {
 
     fn from_entries(mut entries: Vec<(u64, String)>) -> Symbols {
         entries.sort();
-        Symbols { entries, slide: 0 }
+        Symbols { entries }
     }
 
     /// Number of symbols.
@@ -111,23 +109,21 @@ impl Symbols {
         self.entries.is_empty()
     }
 
-    /// Sets the KASLR shift from the guest's MSR_LSTAR value. Returns the
-    /// shift, or `None` (leaving addresses unshifted) when the map lacks
-    /// the syscall entry or LSTAR is below it.
-    pub fn relocate_with_lstar(&mut self, lstar: u64) -> Option<u64> {
+    /// The KASLR shift of a running kernel whose MSR_LSTAR is `lstar`, or
+    /// `None` when the map lacks the syscall entry or LSTAR is below it.
+    pub fn slide_for_lstar(&self, lstar: u64) -> Option<u64> {
         let base = self
             .entries
             .iter()
             .find(|(_, n)| n == SYSCALL_ENTRY_SYMBOL)?
             .0;
-        let slide = lstar.checked_sub(base)?;
-        self.slide = slide;
-        Some(slide)
+        lstar.checked_sub(base)
     }
 
-    /// "function+0xoffset" for a guest RIP, if a symbol covers it.
-    pub fn name(&self, rip: u64) -> Option<String> {
-        let addr = rip.checked_sub(self.slide)?;
+    /// "function+0xoffset" for a guest RIP in a kernel shifted by `slide`,
+    /// if a symbol covers it.
+    pub fn name(&self, rip: u64, slide: u64) -> Option<String> {
+        let addr = rip.checked_sub(slide)?;
         let i = self.entries.partition_point(|(a, _)| *a <= addr);
         let (start, name) = self.entries.get(i.checked_sub(1)?)?;
         let offset = addr - start;
@@ -198,35 +194,39 @@ garbage line
         let s = Symbols::parse(MAP);
         assert_eq!(s.len(), 4, "data symbols and junk are skipped");
         assert_eq!(
-            s.name(0xffff_ffff_8100_0104).as_deref(),
+            s.name(0xffff_ffff_8100_0104, 0).as_deref(),
             Some("early_helper+0x4")
         );
         assert_eq!(
-            s.name(0xffff_ffff_8140_0010).as_deref(),
+            s.name(0xffff_ffff_8140_0010, 0).as_deref(),
             Some("serial8250_tx_chars+0x10")
         );
         assert_eq!(
-            s.name(0xffff_ffff_8000_0000),
+            s.name(0xffff_ffff_8000_0000, 0),
             None,
             "below the first symbol"
         );
-        assert_eq!(s.name(0xffff_ffff_9000_0000), None, "too far past the last");
+        assert_eq!(
+            s.name(0xffff_ffff_9000_0000, 0),
+            None,
+            "too far past the last"
+        );
     }
 
     #[test]
     fn kaslr_shift_comes_from_lstar() {
-        let mut s = Symbols::parse(MAP);
+        let s = Symbols::parse(MAP);
         let slide = 0x0fc0_0000;
         assert_eq!(
-            s.relocate_with_lstar(0xffff_ffff_8120_0000 + slide),
+            s.slide_for_lstar(0xffff_ffff_8120_0000 + slide),
             Some(slide)
         );
         assert_eq!(
-            s.name(0xffff_ffff_8140_0010 + slide).as_deref(),
+            s.name(0xffff_ffff_8140_0010 + slide, slide).as_deref(),
             Some("serial8250_tx_chars+0x10")
         );
-        let mut no_entry = Symbols::parse("ffffffff81000000 T _stext\n");
-        assert_eq!(no_entry.relocate_with_lstar(0xffff_ffff_9000_0000), None);
+        let no_entry = Symbols::parse("ffffffff81000000 T _stext\n");
+        assert_eq!(no_entry.slide_for_lstar(0xffff_ffff_9000_0000), None);
     }
 
     #[test]
@@ -241,7 +241,7 @@ garbage line
             .find(|(_, n)| n.contains("elf_functions"))
             .expect("our own function is listed")
             .clone();
-        assert_eq!(s.name(addr + 1), Some(format!("{name}+0x1")));
+        assert_eq!(s.name(addr + 1, 0), Some(format!("{name}+0x1")));
         // Garbage after the ELF magic is an error, not a panic.
         let path = std::env::temp_dir().join(format!("subzero-bad-elf-{}", std::process::id()));
         std::fs::write(&path, b"\x7fELF\x02\x01garbage").unwrap();
