@@ -1,0 +1,123 @@
+use super::*;
+use crate::devices::virtio::rng::Rng;
+use crate::devices::virtio::testing::{TestDriver, DATA, MEM_SIZE};
+use crate::devices::virtio::types;
+
+#[test]
+fn identifies_as_a_version_2_device() {
+    let mut d = TestDriver::raw(Box::new(Rng::default()));
+    assert_eq!(d.read(regs::MAGIC_VALUE), MAGIC);
+    assert_eq!(d.read(regs::VERSION), 2);
+    assert_eq!(d.read(regs::DEVICE_ID), types::RNG);
+    d.write(regs::DEVICE_FEATURES_SEL, 1);
+    assert_eq!(d.read(regs::DEVICE_FEATURES) & 1, 1, "VERSION_1 offered");
+    d.write(regs::QUEUE_SEL, 0);
+    assert_eq!(d.read(regs::QUEUE_NUM_MAX), 256);
+    d.write(regs::QUEUE_SEL, 1);
+    assert_eq!(d.read(regs::QUEUE_NUM_MAX), 0, "no second queue");
+}
+
+#[test]
+fn serves_a_request_and_interrupts() {
+    let mut d = TestDriver::new(Box::new(Rng::default()));
+    let head = d.add_chain(0, &[(DATA, 64, true)]);
+    d.kick(0);
+    assert_eq!(d.used(0), vec![(u32::from(head), 64)]);
+    assert!(d.interrupts() >= 1);
+    assert_eq!(d.read(regs::INTERRUPT_STATUS), 1);
+    d.write(regs::INTERRUPT_ACK, 1);
+    assert_eq!(d.read(regs::INTERRUPT_STATUS), 0);
+    let counters = lock(&d.shared).counters().clone();
+    assert_eq!(counters.eventfd_kicks.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn refuses_features_it_did_not_offer_and_drivers_without_version_1() {
+    let mut d = TestDriver::raw(Box::new(Rng::default()));
+    d.write(regs::STATUS, status::ACKNOWLEDGE | status::DRIVER);
+    d.write(regs::DRIVER_FEATURES_SEL, 0);
+    d.write(regs::DRIVER_FEATURES, 1 << 5);
+    d.write(regs::DRIVER_FEATURES_SEL, 1);
+    d.write(regs::DRIVER_FEATURES, 1);
+    d.write(regs::STATUS, 0xb);
+    assert_eq!(d.status() & status::FEATURES_OK, 0);
+    d.write(regs::STATUS, 0);
+    d.write(regs::STATUS, 3);
+    d.write(regs::STATUS, 0xb);
+    assert_eq!(d.status() & status::FEATURES_OK, 0, "legacy driver refused");
+}
+
+#[test]
+fn a_queue_size_that_is_not_a_power_of_two_needs_reset() {
+    let mut d = TestDriver::raw(Box::new(Rng::default()));
+    d.setup(|_, _| 24);
+    assert!(d.needs_reset());
+    assert_eq!(d.status() & status::DRIVER_OK, status::DRIVER_OK);
+    // A reset recovers the device.
+    d.setup(|_, _| 16);
+    assert!(!d.needs_reset());
+    d.add_chain(0, &[(DATA, 8, true)]);
+    d.kick(0);
+    assert_eq!(d.used(0).len(), 1);
+}
+
+#[test]
+fn a_queue_outside_guest_memory_needs_reset() {
+    let mut d = TestDriver::raw(Box::new(Rng::default()));
+    d.write(regs::STATUS, 3);
+    d.write(regs::DRIVER_FEATURES_SEL, 1);
+    d.write(regs::DRIVER_FEATURES, 1);
+    d.write(regs::STATUS, 0xb);
+    d.write(regs::QUEUE_NUM, 16);
+    d.write(regs::QUEUE_DESC_LOW, 0xffff_f000);
+    d.write(regs::QUEUE_DESC_HIGH, 0xffff);
+    d.write(regs::QUEUE_READY, 1);
+    d.write(regs::STATUS, 0xf);
+    assert!(d.needs_reset());
+    d.kick(0);
+    assert!(d.used(0).is_empty());
+}
+
+#[test]
+fn bad_chains_are_returned_empty_and_the_device_goes_on() {
+    let mut d = TestDriver::new(Box::new(Rng::default()));
+    // Outside guest memory.
+    d.add_chain(0, &[(MEM_SIZE as u64 - 8, 64, true)]);
+    // Wrong direction for an rng: the buffer is device-readable.
+    d.add_chain(0, &[(DATA, 64, false)]);
+    // A loop: descriptor 5 points to itself.
+    d.put_desc(0, 5, DATA, 8, 1 | 2, 5);
+    d.publish(0, 5);
+    // Then a good one.
+    d.add_chain(0, &[(DATA, 32, true)]);
+    d.kick(0);
+    let used = d.used(0);
+    assert_eq!(used.len(), 4);
+    assert_eq!(used[0].1, 0);
+    assert_eq!(used[1].1, 0, "nothing written to a read-only buffer");
+    assert_eq!(used[2], (5, 0));
+    assert_eq!(used[3].1, 32);
+    assert!(!d.needs_reset());
+}
+
+#[test]
+fn a_kick_through_mmio_is_counted_and_forwarded() {
+    let mut d = TestDriver::new(Box::new(Rng::default()));
+    d.add_chain(0, &[(DATA, 16, true)]);
+    d.write(regs::QUEUE_NOTIFY, 0);
+    d.worker.handle_kick(0);
+    assert_eq!(d.used(0).len(), 1);
+    let c = lock(&d.shared).counters().clone();
+    assert_eq!(c.mmio_kicks.load(Ordering::Relaxed), 1);
+    assert_eq!(c.eventfd_kicks.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn odd_sized_register_accesses_are_ignored() {
+    let mut d = TestDriver::raw(Box::new(Rng::default()));
+    let mut b = [0xffu8; 2];
+    d.transport.read(regs::MAGIC_VALUE, &mut b);
+    assert_eq!(b, [0, 0]);
+    d.transport.write(regs::STATUS, &[1]);
+    assert_eq!(d.status(), 0);
+}

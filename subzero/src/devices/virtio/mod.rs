@@ -1,0 +1,231 @@
+//! Virtio devices on the virtio 1.x MMIO transport.
+//!
+//! A device implements [`VirtioDevice`]: what it offers (type, features,
+//! queues, config space) and how it serves its queues. [`mmio::MmioTransport`]
+//! puts it on the MMIO bus and runs the register protocol on vCPU threads.
+//! [`worker::DeviceWorker`] serves the queues on the device thread, woken by
+//! KVM ioeventfds, and interrupts the guest through an irqfd. A guest kick
+//! therefore never passes through a vCPU thread in userspace.
+
+pub mod chain;
+pub mod mmio;
+pub mod rng;
+#[cfg(test)]
+pub mod testing;
+pub mod worker;
+
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+pub use chain::{ChainError, DescChain};
+
+/// Device type numbers (virtio 1.x section 5).
+pub mod types {
+    /// Network card.
+    pub const NET: u32 = 1;
+    /// Block device.
+    pub const BLOCK: u32 = 2;
+    /// Entropy source.
+    pub const RNG: u32 = 4;
+    /// Socket device.
+    pub const VSOCK: u32 = 19;
+}
+
+/// Feature bits every Subzero device offers.
+pub mod features {
+    /// The device is a virtio 1.x device (bit 32).
+    pub const VERSION_1: u64 = 1 << 32;
+    /// The used/avail event index notification suppression (bit 29).
+    pub const RING_EVENT_IDX: u64 = 1 << 29;
+    /// Indirect descriptors (bit 28).
+    pub const RING_INDIRECT_DESC: u64 = 1 << 28;
+}
+
+/// Why a device gave up on its queues. The transport then sets
+/// DEVICE_NEEDS_RESET and tells the driver through a config interrupt.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// The driver broke the virtqueue protocol (bad ring index, queue
+    /// memory outside the guest).
+    #[error("queue {0}: {1}")]
+    Queue(usize, String),
+    /// A host-side backend failed in a way the device cannot report per request.
+    #[error("backend: {0}")]
+    Backend(String),
+}
+
+/// The device's interrupt line: the ISR bits the driver reads, and the
+/// irqfd that raises the guest interrupt.
+pub struct Interrupt {
+    status: Arc<AtomicU32>,
+    irqfd: EventFd,
+    sent: AtomicU64,
+}
+
+/// ISR bit: a used ring changed.
+pub const INT_VRING: u32 = 1;
+/// ISR bit: the configuration (or device status) changed.
+pub const INT_CONFIG: u32 = 2;
+
+impl Interrupt {
+    /// An interrupt line raising `irqfd`, with ISR bits in `status`.
+    pub fn new(status: Arc<AtomicU32>, irqfd: EventFd) -> Self {
+        Interrupt {
+            status,
+            irqfd,
+            sent: AtomicU64::new(0),
+        }
+    }
+
+    /// Sets `bits` in the ISR and raises the interrupt.
+    pub fn signal(&self, bits: u32) {
+        self.status.fetch_or(bits, Ordering::SeqCst);
+        self.sent.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = self.irqfd.write(1) {
+            log::warn!("virtio irqfd write failed: {e}");
+        }
+    }
+
+    /// Interrupts raised so far.
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    /// The irqfd (to register with KVM).
+    pub fn irqfd(&self) -> &EventFd {
+        &self.irqfd
+    }
+}
+
+/// What a device gets while it serves a queue: guest memory, its queues
+/// and its interrupt.
+pub struct QueueCtx<'a> {
+    /// Guest memory.
+    pub mem: &'a GuestMemoryMmap,
+    /// All the device's queues, in index order.
+    pub queues: &'a mut [Queue],
+    /// The interrupt line.
+    pub irq: &'a Interrupt,
+    /// Whether the driver has set DRIVER_OK (and the device is not broken).
+    /// Before that, a device must not touch its queues.
+    pub active: bool,
+}
+
+impl QueueCtx<'_> {
+    /// Takes the next available chain of queue `q`, validated. `Ok(None)`
+    /// when the queue is empty. A chain that breaks the rules is returned
+    /// to the driver as used with length 0 and reported as `Err`, so the
+    /// device can count it and go on.
+    pub fn pop(&mut self, q: usize, max_len: u64) -> Result<Option<DescChain>, ChainError> {
+        let Some(queue) = self.queues.get_mut(q) else {
+            return Ok(None);
+        };
+        let Some(chain) = queue.pop_descriptor_chain(self.mem) else {
+            return Ok(None);
+        };
+        let head = chain.head_index();
+        match DescChain::parse(self.mem, chain, max_len) {
+            Ok(c) => Ok(Some(c)),
+            Err(e) => {
+                let _ = queue.add_used(self.mem, head, 0);
+                Err(e)
+            }
+        }
+    }
+
+    /// Puts the chain with head `head` on the used ring of queue `q` with
+    /// `len` bytes written by the device.
+    pub fn add_used(&mut self, q: usize, head: u16, len: u32) -> Result<(), DeviceError> {
+        let queue = self
+            .queues
+            .get_mut(q)
+            .ok_or_else(|| DeviceError::Queue(q, "no such queue".into()))?;
+        queue
+            .add_used(self.mem, head, len)
+            .map_err(|e| DeviceError::Queue(q, e.to_string()))
+    }
+
+    /// Raises the queue interrupt if the driver wants one for queue `q`.
+    pub fn notify(&mut self, q: usize) -> Result<(), DeviceError> {
+        let queue = self
+            .queues
+            .get_mut(q)
+            .ok_or_else(|| DeviceError::Queue(q, "no such queue".into()))?;
+        if queue
+            .needs_notification(self.mem)
+            .map_err(|e| DeviceError::Queue(q, e.to_string()))?
+        {
+            self.irq.signal(INT_VRING);
+        }
+        Ok(())
+    }
+
+    /// Re-enables driver notifications on queue `q` and says whether more
+    /// chains arrived meanwhile (then the device should keep going).
+    pub fn enable_notification(&mut self, q: usize) -> Result<bool, DeviceError> {
+        let queue = self
+            .queues
+            .get_mut(q)
+            .ok_or_else(|| DeviceError::Queue(q, "no such queue".into()))?;
+        queue
+            .enable_notification(self.mem)
+            .map_err(|e| DeviceError::Queue(q, e.to_string()))
+    }
+
+    /// Turns off driver notifications on queue `q` while the device drains it.
+    pub fn disable_notification(&mut self, q: usize) -> Result<(), DeviceError> {
+        let queue = self
+            .queues
+            .get_mut(q)
+            .ok_or_else(|| DeviceError::Queue(q, "no such queue".into()))?;
+        queue
+            .disable_notification(self.mem)
+            .map_err(|e| DeviceError::Queue(q, e.to_string()))
+    }
+
+    /// Whether the device is active and queue `q` is set up by the driver.
+    pub fn ready(&self, q: usize) -> bool {
+        self.active && self.queues.get(q).is_some_and(|queue| queue.ready())
+    }
+}
+
+/// A virtio device model, independent of the transport.
+pub trait VirtioDevice: Send {
+    /// Short name for logs and statistics, e.g. "virtio-blk".
+    fn name(&self) -> &str;
+    /// Virtio device type ([`types`]).
+    fn device_type(&self) -> u32;
+    /// Largest size of each queue; the length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Feature bits offered. The transport adds [`features::VERSION_1`],
+    /// [`features::RING_EVENT_IDX`] and [`features::RING_INDIRECT_DESC`].
+    fn features(&self) -> u64;
+    /// Reads the device-specific configuration space. Bytes past its end read as 0.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes the configuration space; ignored by default.
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+    /// Called once the driver set DRIVER_OK, with the features it accepted.
+    fn activate(&mut self, _acked_features: u64) -> Result<(), DeviceError> {
+        Ok(())
+    }
+    /// Called when the driver resets the device: drop in-flight state.
+    fn reset(&mut self) {}
+    /// Serves queue `q` after the driver kicked it.
+    fn process_queue(&mut self, q: usize, ctx: &mut QueueCtx) -> Result<(), DeviceError>;
+    /// Host file descriptors the device thread should watch for this device
+    /// (a TAP device, a listening socket). Token `i` is the index here.
+    fn event_fds(&self) -> Vec<RawFd> {
+        Vec::new()
+    }
+    /// One of [`VirtioDevice::event_fds`] is readable. Also called while the
+    /// device is not active (`ctx.active` false), so the device can drain
+    /// or park the source; the fd is watched level-triggered.
+    fn process_event(&mut self, _token: usize, _ctx: &mut QueueCtx) -> Result<(), DeviceError> {
+        Ok(())
+    }
+}

@@ -1,0 +1,148 @@
+//! The device thread: one event loop (event-manager) serving every virtio
+//! device's queue kicks and host-side sources, so device work never runs
+//! on a vCPU thread.
+
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::mmio::{lock, SharedTransport};
+
+/// Event data of host-side sources: `SOURCE_BASE + index`.
+const SOURCE_BASE: u32 = 1 << 16;
+
+/// Serves one device: its kick eventfds and its host-side sources.
+pub struct DeviceWorker {
+    transport: SharedTransport,
+    kicks: Vec<EventFd>,
+    sources: Vec<RawFd>,
+}
+
+impl DeviceWorker {
+    /// A worker for `transport`, woken by `kicks[i]` for queue `i`.
+    pub fn new(transport: SharedTransport, kicks: Vec<EventFd>) -> Self {
+        let sources = lock(&transport).device.event_fds();
+        DeviceWorker {
+            transport,
+            kicks,
+            sources,
+        }
+    }
+
+    /// Serves a kick of queue `q` (also called directly by tests).
+    pub fn handle_kick(&mut self, q: usize) {
+        // The eventfd counter holds the number of kicks since the last read.
+        let n = self.kicks[q].read().unwrap_or(0);
+        let mut t = lock(&self.transport);
+        t.counters().eventfd_kicks.fetch_add(n, Ordering::Relaxed);
+        if !t.active() {
+            return;
+        }
+        if let Err(e) = t.with_ctx(|dev, ctx| {
+            if ctx.ready(q) {
+                dev.process_queue(q, ctx)
+            } else {
+                Ok(())
+            }
+        }) {
+            t.fail(&e);
+        }
+    }
+
+    /// Serves host-side source `token` (also called directly by tests).
+    pub fn handle_source(&mut self, token: usize) {
+        let mut t = lock(&self.transport);
+        if let Err(e) = t.with_ctx(|dev, ctx| dev.process_event(token, ctx)) {
+            t.fail(&e);
+        }
+    }
+}
+
+impl MutEventSubscriber for DeviceWorker {
+    fn init(&mut self, ops: &mut EventOps) {
+        for (i, k) in self.kicks.iter().enumerate() {
+            if let Err(e) = ops.add(Events::with_data(k, i as u32, EventSet::IN)) {
+                log::error!("cannot watch a virtio queue eventfd: {e:?}");
+            }
+        }
+        for (i, fd) in self.sources.iter().enumerate() {
+            let ev = Events::with_data_raw(*fd, SOURCE_BASE + i as u32, EventSet::IN);
+            if let Err(e) = ops.add(ev) {
+                log::error!("cannot watch a virtio device source: {e:?}");
+            }
+        }
+    }
+
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        let data = events.data();
+        if data >= SOURCE_BASE {
+            self.handle_source((data - SOURCE_BASE) as usize);
+        } else if (data as usize) < self.kicks.len() {
+            self.handle_kick(data as usize);
+        }
+    }
+}
+
+/// The running device thread; stops when dropped.
+pub struct WorkerThread {
+    stop: Arc<AtomicBool>,
+    wake: Arc<EventFd>,
+    handle: Option<JoinHandle<()>>,
+}
+
+/// Wakes the loop so it sees the stop flag.
+struct Waker(Arc<EventFd>);
+
+impl MutEventSubscriber for Waker {
+    fn init(&mut self, ops: &mut EventOps) {
+        let _ = ops.add(Events::new(self.0.as_ref(), EventSet::IN));
+    }
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.0.read();
+    }
+}
+
+impl WorkerThread {
+    /// Starts the device thread serving `workers`.
+    pub fn start(workers: Vec<DeviceWorker>) -> std::io::Result<Self> {
+        type Sub = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+        let mut em: EventManager<Sub> =
+            EventManager::new().map_err(|e| std::io::Error::other(format!("{e:?}")))?;
+        let wake = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
+        em.add_subscriber(Arc::new(Mutex::new(Waker(wake.clone()))));
+        for w in workers {
+            em.add_subscriber(Arc::new(Mutex::new(w)));
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::Builder::new()
+            .name("virtio".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Acquire) {
+                    if let Err(e) = em.run() {
+                        log::error!("virtio device loop: {e:?}");
+                        break;
+                    }
+                }
+            })?;
+        Ok(WorkerThread {
+            stop,
+            wake,
+            handle: Some(handle),
+        })
+    }
+}
+
+impl Drop for WorkerThread {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        let _ = self.wake.write(1);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
