@@ -39,6 +39,7 @@ pub mod cpio;
 pub mod elf;
 pub mod kernel;
 pub mod parse;
+pub mod payload;
 pub mod qemu;
 pub mod scripts;
 

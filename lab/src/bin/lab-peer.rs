@@ -1,0 +1,441 @@
+//! `lab-peer`: the lab's small network and disk helper, built static and put
+//! in both L1 and L2, because busybox has no AF_VSOCK or Unix-socket client
+//! and no random-read benchmark.
+//!
+//! ```text
+//! lab-peer gen SEED BYTES                 the test payload stream (see payload.rs) to stdout
+//! lab-peer listen ADDR [--timeout SECS]   accept one connection
+//! lab-peer connect ADDR [--retry SECS] [--bytes N]
+//! lab-peer randread PATH SECS             4 KiB O_DIRECT reads at random offsets
+//! ```
+//!
+//! ADDR: `tcp:IP:PORT`, `vsock:CID:PORT` (listen: `vsock:PORT`), `unix:PATH`,
+//! or `vsock-uds:PATH:PORT` (connect only): a Unix socket served by a VMM
+//! with Firecracker's vsock convention; `CONNECT PORT\n` is sent and the
+//! `OK ...` reply printed to stderr.
+//!
+//! Both `listen` and `connect` copy stdin to the socket and the socket to
+//! stdout at the same time. The connecting side half-closes when its stdin
+//! ends (or after `--bytes`); the listening side half-closes only once its
+//! stdin is sent *and* it has read the peer's end of stream and written it
+//! all to stdout. So when `connect` returns, the listener has everything:
+//! a guest can power off right after. Each side then prints one summary line
+//! (bytes and MiB/s per direction) to stderr.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::process::ExitCode;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use subzero_lab::payload::{parse_bytes, Payload};
+
+fn usage() -> ExitCode {
+    eprintln!(
+        "usage: lab-peer gen SEED BYTES\n       lab-peer listen ADDR [--timeout SECS]\n       \
+         lab-peer connect ADDR [--retry SECS] [--bytes N]\n       lab-peer randread PATH SECS\n\
+         ADDR: tcp:IP:PORT | vsock:CID:PORT | vsock:PORT (listen) | unix:PATH | vsock-uds:PATH:PORT"
+    );
+    ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let res = match args.first().map(String::as_str) {
+        Some("gen") if args.len() == 3 => gen(&args[1], &args[2]),
+        Some("listen") if args.len() >= 2 => listen(&args[1], &args[2..]),
+        Some("connect") if args.len() >= 2 => connect(&args[1], &args[2..]),
+        Some("randread") if args.len() == 3 => randread(&args[1], &args[2]),
+        _ => return usage(),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lab-peer: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type Res<T> = Result<T, String>;
+
+fn gen(seed: &str, bytes: &str) -> Res<()> {
+    let seed: u64 = seed.parse().map_err(|_| format!("bad seed {seed:?}"))?;
+    let mut left = parse_bytes(bytes).ok_or_else(|| format!("bad byte count {bytes:?}"))?;
+    let mut p = Payload::new(seed);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut out = io::stdout().lock();
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        p.fill(&mut buf[..n]);
+        out.write_all(&buf[..n])
+            .map_err(|e| format!("stdout: {e}"))?;
+        left -= n as u64;
+    }
+    out.flush().map_err(|e| format!("stdout: {e}"))
+}
+
+/// `--name VALUE` options.
+fn options(rest: &[String], known: &[&str]) -> Res<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    let mut it = rest.iter();
+    while let Some(k) = it.next() {
+        let name = k.strip_prefix("--").filter(|n| known.contains(n));
+        let name = name.ok_or_else(|| format!("unknown option {k:?}"))?;
+        let v = it.next().ok_or_else(|| format!("{k} needs a value"))?;
+        out.push((name.to_string(), v.clone()));
+    }
+    Ok(out)
+}
+
+fn secs(v: &str) -> Res<Duration> {
+    v.parse::<f64>()
+        .ok()
+        .filter(|s| *s >= 0.0)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| format!("bad number of seconds {v:?}"))
+}
+
+fn last_os_error(what: &str) -> String {
+    format!("{what}: {}", io::Error::last_os_error())
+}
+
+fn cvt(r: libc::c_int, what: &str) -> Res<libc::c_int> {
+    if r < 0 {
+        Err(last_os_error(what))
+    } else {
+        Ok(r)
+    }
+}
+
+fn socket(domain: libc::c_int) -> Res<OwnedFd> {
+    // SAFETY: plain socket(2); the returned fd is owned by the OwnedFd.
+    let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    cvt(fd, "socket")?;
+    // SAFETY: fd is a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A socket address in the forms `lab-peer` accepts.
+enum Addr {
+    Tcp(std::net::SocketAddr),
+    Vsock { cid: u32, port: u32 },
+    Unix(String),
+    VsockUds { path: String, port: u32 },
+}
+
+fn parse_addr(s: &str, listening: bool) -> Res<Addr> {
+    let bad = || format!("bad address {s:?}");
+    let (kind, rest) = s.split_once(':').ok_or_else(bad)?;
+    match kind {
+        "tcp" => rest.parse().map(Addr::Tcp).map_err(|_| bad()),
+        "vsock" => {
+            let (cid, port) = match rest.split_once(':') {
+                Some((c, p)) => (c.parse().map_err(|_| bad())?, p),
+                None if listening => (u32::MAX, rest),
+                None => return Err(bad()),
+            };
+            Ok(Addr::Vsock {
+                cid,
+                port: port.parse().map_err(|_| bad())?,
+            })
+        }
+        "unix" => Ok(Addr::Unix(rest.to_string())),
+        "vsock-uds" if !listening => {
+            let (path, port) = rest.rsplit_once(':').ok_or_else(bad)?;
+            Ok(Addr::VsockUds {
+                path: path.to_string(),
+                port: port.parse().map_err(|_| bad())?,
+            })
+        }
+        _ => Err(bad()),
+    }
+}
+
+fn vsock_addr(cid: u32, port: u32) -> libc::sockaddr_vm {
+    // SAFETY: sockaddr_vm is plain old data; all-zero is a valid value.
+    let mut a: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+    a.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+    a.svm_cid = cid;
+    a.svm_port = port;
+    a
+}
+
+fn vsock_socket(cid: u32, port: u32, listen: bool) -> Res<OwnedFd> {
+    let fd = socket(libc::AF_VSOCK)?;
+    let a = vsock_addr(cid, port);
+    let p = &a as *const libc::sockaddr_vm as *const libc::sockaddr;
+    let len = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+    if listen {
+        // SAFETY: `p` points to a valid sockaddr_vm of `len` bytes.
+        cvt(unsafe { libc::bind(fd.as_raw_fd(), p, len) }, "bind")?;
+        // SAFETY: listen(2) on our own socket.
+        cvt(unsafe { libc::listen(fd.as_raw_fd(), 1) }, "listen")?;
+    } else {
+        // SAFETY: `p` points to a valid sockaddr_vm of `len` bytes.
+        cvt(unsafe { libc::connect(fd.as_raw_fd(), p, len) }, "connect")?;
+    }
+    Ok(fd)
+}
+
+/// Waits up to `timeout` for a connection on `listener` and accepts it.
+fn accept(listener: &OwnedFd, timeout: Option<Duration>) -> Res<OwnedFd> {
+    let mut pfd = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as i32);
+    // SAFETY: one valid pollfd.
+    let n = cvt(unsafe { libc::poll(&mut pfd, 1, ms) }, "poll")?;
+    if n == 0 {
+        return Err(format!(
+            "no connection within {:.0}s",
+            timeout.unwrap_or_default().as_secs_f64()
+        ));
+    }
+    // SAFETY: accept4 with null address pointers is allowed.
+    let fd = unsafe {
+        libc::accept4(
+            listener.as_raw_fd(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_CLOEXEC,
+        )
+    };
+    cvt(fd, "accept")?;
+    // SAFETY: fd is a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn listen(addr: &str, rest: &[String]) -> Res<()> {
+    let mut timeout = None;
+    for (k, v) in options(rest, &["timeout"])? {
+        if k == "timeout" {
+            timeout = Some(secs(&v)?);
+        }
+    }
+    let conn: OwnedFd = match parse_addr(addr, true)? {
+        Addr::Tcp(a) => {
+            let l = std::net::TcpListener::bind(a).map_err(|e| format!("bind {a}: {e}"))?;
+            accept(&OwnedFd::from(l), timeout)?
+        }
+        Addr::Unix(p) => {
+            let _ = std::fs::remove_file(&p);
+            let l =
+                std::os::unix::net::UnixListener::bind(&p).map_err(|e| format!("bind {p}: {e}"))?;
+            accept(&OwnedFd::from(l), timeout)?
+        }
+        Addr::Vsock { cid, port } => accept(&vsock_socket(cid, port, true)?, timeout)?,
+        Addr::VsockUds { .. } => return Err("vsock-uds: is for connect only".into()),
+    };
+    transfer(addr, conn, true, None)
+}
+
+/// Connects to a Firecracker-style vsock Unix socket and does the
+/// `CONNECT <port>` handshake; returns the `OK ...` line.
+fn vsock_uds(path: &str, port: u32) -> Res<(OwnedFd, String)> {
+    let s = std::os::unix::net::UnixStream::connect(path)
+        .map_err(|e| format!("connect {path}: {e}"))?;
+    let mut f = File::from(OwnedFd::from(s));
+    f.write_all(format!("CONNECT {port}\n").as_bytes())
+        .map_err(|e| format!("{path}: sending CONNECT: {e}"))?;
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    loop {
+        match f.read(&mut b) {
+            Ok(0) => {
+                return Err(format!(
+                    "{path}: connection closed after CONNECT {port} (got {:?})",
+                    String::from_utf8_lossy(&line)
+                ))
+            }
+            Ok(_) if b[0] == b'\n' => break,
+            Ok(_) if line.len() < 128 => line.push(b[0]),
+            Ok(_) => return Err(format!("{path}: reply line too long")),
+            Err(e) => return Err(format!("{path}: reading the reply: {e}")),
+        }
+    }
+    let line = String::from_utf8_lossy(&line).into_owned();
+    if !line.starts_with("OK ") {
+        return Err(format!("{path}: CONNECT {port} answered {line:?}"));
+    }
+    Ok((OwnedFd::from(f), line))
+}
+
+fn connect(addr: &str, rest: &[String]) -> Res<()> {
+    let mut retry = Duration::ZERO;
+    let mut limit = None;
+    for (k, v) in options(rest, &["retry", "bytes"])? {
+        match k.as_str() {
+            "retry" => retry = secs(&v)?,
+            _ => limit = Some(parse_bytes(&v).ok_or_else(|| format!("bad byte count {v:?}"))?),
+        }
+    }
+    let target = parse_addr(addr, false)?;
+    let deadline = Instant::now() + retry;
+    let mut attempts = 0u32;
+    let conn = loop {
+        attempts += 1;
+        let r: Res<OwnedFd> = match &target {
+            Addr::Tcp(a) => std::net::TcpStream::connect(a)
+                .map(OwnedFd::from)
+                .map_err(|e| format!("connect {a}: {e}")),
+            Addr::Unix(p) => std::os::unix::net::UnixStream::connect(p)
+                .map(OwnedFd::from)
+                .map_err(|e| format!("connect {p}: {e}")),
+            Addr::Vsock { cid, port } => vsock_socket(*cid, *port, false),
+            Addr::VsockUds { path, port } => vsock_uds(path, *port).map(|(fd, ok)| {
+                eprintln!("lab-peer: {ok}");
+                fd
+            }),
+        };
+        match r {
+            Ok(fd) => break fd,
+            Err(e) if Instant::now() >= deadline => {
+                return Err(format!("{e} (after {attempts} attempts)"))
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    };
+    transfer(addr, conn, false, limit)
+}
+
+fn shutdown_write(fd: &OwnedFd) {
+    // SAFETY: shutdown(2) on a socket we own.
+    unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_WR) };
+}
+
+fn mib_s(bytes: u64, t: Duration) -> f64 {
+    bytes as f64 / (1 << 20) as f64 / t.as_secs_f64().max(1e-9)
+}
+
+/// Copies stdin to `conn` and `conn` to stdout concurrently (see the module
+/// docs for when each side half-closes), then prints a summary to stderr.
+fn transfer(addr: &str, conn: OwnedFd, listener: bool, limit: Option<u64>) -> Res<()> {
+    let t0 = Instant::now();
+    let conn = std::sync::Arc::new(conn);
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let rx_conn = conn.clone();
+    let receiver = std::thread::spawn(move || -> Res<(u64, Duration)> {
+        let mut sock = File::from(rx_conn.try_clone().map_err(|e| format!("dup: {e}"))?);
+        let mut out = io::stdout().lock();
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut total = 0u64;
+        loop {
+            match sock.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    out.write_all(&buf[..n])
+                        .map_err(|e| format!("stdout: {e}"))?;
+                    total += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("receiving: {e}")),
+            }
+        }
+        out.flush().map_err(|e| format!("stdout: {e}"))?;
+        let _ = done_tx.send(());
+        Ok((total, t0.elapsed()))
+    });
+    let mut sock = File::from(conn.try_clone().map_err(|e| format!("dup: {e}"))?);
+    let mut input = io::stdin().lock();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut sent = 0u64;
+    let mut send_err = None;
+    while limit.is_none_or(|l| sent < l) {
+        let want = limit.map_or(buf.len() as u64, |l| (l - sent).min(buf.len() as u64));
+        match input.read(&mut buf[..want as usize]) {
+            Ok(0) => break,
+            Ok(n) => {
+                if let Err(e) = sock.write_all(&buf[..n]) {
+                    send_err = Some(format!("sending: {e}"));
+                    break;
+                }
+                sent += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                send_err = Some(format!("stdin: {e}"));
+                break;
+            }
+        }
+    }
+    let sent_at = t0.elapsed();
+    if listener {
+        // Half-close only once everything from the peer is on stdout.
+        let _ = done_rx.recv();
+    }
+    shutdown_write(&conn);
+    let received = receiver
+        .join()
+        .map_err(|_| "receiver thread panicked".to_string())?;
+    let (got, got_at) = received?;
+    eprintln!(
+        "lab-peer: {addr}: sent {sent} bytes in {:.3}s ({:.1} MiB/s), received {got} bytes in {:.3}s ({:.1} MiB/s)",
+        sent_at.as_secs_f64(),
+        mib_s(sent, sent_at),
+        got_at.as_secs_f64(),
+        mib_s(got, got_at),
+    );
+    match send_err {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// 4 KiB O_DIRECT reads at random aligned offsets of `path` for `secs`.
+fn randread(path: &str, secs_arg: &str) -> Res<()> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let dur = secs(secs_arg)?;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .map_err(|e| format!("{path}: {e}"))?;
+    let size = {
+        use std::io::Seek;
+        let mut g = &f;
+        g.seek(io::SeekFrom::End(0))
+            .map_err(|e| format!("{path}: {e}"))?
+    };
+    let blocks = size / 4096;
+    if blocks == 0 {
+        return Err(format!("{path} is smaller than 4 KiB"));
+    }
+    let layout = std::alloc::Layout::from_size_align(4096, 4096).unwrap();
+    // SAFETY: the layout has a non-zero size.
+    let ptr = unsafe { std::alloc::alloc(layout) };
+    if ptr.is_null() {
+        return Err("out of memory".into());
+    }
+    // SAFETY: `ptr` is a fresh 4096-byte allocation, freed below.
+    let buf = unsafe { std::slice::from_raw_parts_mut(ptr, 4096) };
+    let mut rng = Payload::new(size);
+    let mut r = [0u8; 8];
+    let t0 = Instant::now();
+    let mut reads = 0u64;
+    let mut err = None;
+    while t0.elapsed() < dur {
+        rng.fill(&mut r);
+        let off = (u64::from_le_bytes(r) % blocks) * 4096;
+        if let Err(e) = f.read_exact_at(buf, off) {
+            err = Some(format!("{path}: pread at {off}: {e}"));
+            break;
+        }
+        reads += 1;
+    }
+    let t = t0.elapsed();
+    // SAFETY: allocated above with the same layout.
+    unsafe { std::alloc::dealloc(ptr, layout) };
+    if let Some(e) = err {
+        return Err(e);
+    }
+    println!(
+        "randread {path}: {reads} reads of 4096 bytes in {:.3}s: {:.0} IOPS",
+        t.as_secs_f64(),
+        reads as f64 / t.as_secs_f64()
+    );
+    Ok(())
+}
