@@ -336,6 +336,11 @@ pub struct TinyVm {
 impl TinyVm {
     /// Freezes the buses into a runnable machine.
     pub fn into_machine(self) -> Machine {
+        self.into_machine_with(VirtioDevices::default())
+    }
+
+    /// Like [`TinyVm::into_machine`], with virtio devices attached to it.
+    pub fn into_machine_with(self, virtio: VirtioDevices) -> Machine {
         Machine {
             vm: self.vm,
             memory: self.memory,
@@ -343,7 +348,7 @@ impl TinyVm {
             vcpus: vec![self.vcpu],
             serial: self.serial,
             panic_watch: self.panic_watch,
-            virtio: VirtioDevices::default(),
+            virtio,
         }
     }
 }
