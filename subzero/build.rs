@@ -20,6 +20,7 @@ fn main() {
     let out = std::env::var("OUT_DIR").expect("cargo sets OUT_DIR");
     assemble(&out, "exerciser");
     assemble(&out, "halt_wake");
+    assemble(&out, "virtio_rng");
 }
 
 /// guests/NAME.S -> OUT_DIR/NAME.bin (the .text section, flat).

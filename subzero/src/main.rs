@@ -24,7 +24,7 @@ enum Command {
     /// Exit status: 0 when the guest powers off or reboots, 1 when the VM
     /// cannot be built, 2 when the guest kernel panics, 3 when a vCPU hits an
     /// exit Subzero cannot handle.
-    Run(cli::run::RunArgs),
+    Run(Box<cli::run::RunArgs>),
     /// Run a tiny embedded guest (no files needed) and report its VM exits.
     Demo,
     /// Watch a running VM's exits live (its `run --stats-socket` socket).
@@ -38,7 +38,7 @@ fn main() -> ExitCode {
         .format_timestamp_millis()
         .init();
     let result = match Cli::parse().command {
-        Command::Run(args) => cli::run::run(args),
+        Command::Run(args) => cli::run::run(*args),
         Command::Demo => cli::demo::run(),
         Command::Stat(args) => cli::stat::run(args),
         Command::Bench(args) => cli::bench::run(args),

@@ -38,6 +38,7 @@ fn snapshot(elapsed_s: f64) -> StatsReport {
             sample_period: 64,
             top: vec![],
         },
+        virtio: vec![],
     }
 }
 

@@ -11,7 +11,8 @@ use subzero::stats::clock::TickClock;
 use subzero::stats::live;
 use subzero::stats::report::StatsReport;
 use subzero::stats::symbols::Symbols;
-use subzero::vmm::config::{parse_size, DEFAULT_CMDLINE};
+use subzero::vmm::config::{parse_size, DevicesConfig, DEFAULT_CMDLINE};
+use subzero::vmm::device_config::{DiskConfig, NetConfig, VsockConfig};
 use subzero::vmm::exit::StopReason;
 use subzero::vmm::{build_linux, console, RunReport, VmConfig};
 
@@ -64,6 +65,26 @@ pub struct RunArgs {
     /// name sampled RIPs.
     #[arg(long, value_name = "PATH")]
     symbols: Option<PathBuf>,
+    /// Attach a raw disk image as a virtio-blk device (repeatable; the first
+    /// is /dev/vda): path=FILE[,readonly=on][,id=NAME].
+    #[arg(long, value_name = "path=FILE[,readonly=on][,id=NAME]", value_parser = parse_disk)]
+    disk: Vec<DiskConfig>,
+    /// Attach a virtio-net device on a host TAP device (created if absent):
+    /// tap=NAME[,mac=XX:XX:XX:XX:XX:XX].
+    #[arg(long, value_name = "tap=NAME[,mac=MAC]", value_parser = parse_net)]
+    net: Vec<NetConfig>,
+    /// Attach a virtio-vsock device; host programs connect through the Unix
+    /// socket PATH (Firecracker's CONNECT <port> convention): cid=N,uds=PATH.
+    #[arg(long, value_name = "cid=N,uds=PATH", value_parser = parse_vsock)]
+    vsock: Option<VsockConfig>,
+    /// Attach a virtio-rng device fed from the host's getrandom(2).
+    #[arg(long)]
+    rng: bool,
+    /// Also describe the virtio devices on the kernel command line
+    /// (virtio_mmio.device=...), for kernels built with
+    /// CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES that do not read them from ACPI.
+    #[arg(long)]
+    virtio_cmdline: bool,
     /// Serve live statistics on this Unix socket (read with `subzero stat`).
     #[arg(long, value_name = "PATH")]
     stats_socket: Option<PathBuf>,
@@ -71,6 +92,18 @@ pub struct RunArgs {
 
 fn parse_memory(s: &str) -> Result<u64, String> {
     parse_size(s).map_err(|e| e.to_string())
+}
+
+fn parse_disk(s: &str) -> Result<DiskConfig, String> {
+    DiskConfig::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_net(s: &str) -> Result<NetConfig, String> {
+    NetConfig::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_vsock(s: &str) -> Result<VsockConfig, String> {
+    VsockConfig::parse(s).map_err(|e| e.to_string())
 }
 
 /// Runs `subzero run`.
@@ -82,10 +115,18 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         cmdline: args.cmdline,
         memory: args.memory,
         vcpus: args.vcpus,
+        devices: DevicesConfig {
+            disks: args.disk,
+            nets: args.net,
+            vsock: args.vsock,
+            rng: args.rng,
+            mmio_cmdline: args.virtio_cmdline,
+        },
     };
     let machine = build_linux(&cfg, Box::new(std::io::stdout()))?;
     let stats = machine.new_stats();
     let buses = machine.buses.clone();
+    let virtio = machine.virtio.slots.clone();
     let kvm = Arc::new(KvmStatsFds::open(&machine));
     let started = Instant::now();
     let clock = TickClock::start();
@@ -96,14 +137,16 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             Some(live::serve(
                 path,
                 Box::new(move || {
-                    StatsReport::build(
+                    let mut report = StatsReport::build(
                         &live::current(&stats),
                         started.elapsed(),
                         clock.ns_per_tick(),
                         &buses,
                         kvm.read(),
                         symbols.as_ref(),
-                    )
+                    );
+                    report.virtio = virtio.iter().map(|s| s.counts()).collect();
+                    report
                 }),
             )?)
         }
@@ -115,7 +158,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     console::restore_terminal();
     let report = report?;
     if args.stats {
-        let stats = StatsReport::build(
+        let mut stats = StatsReport::build(
             &report.per_vcpu,
             report.elapsed,
             report.ns_per_tick,
@@ -123,6 +166,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             kvm.read(),
             symbols.as_ref(),
         );
+        stats.virtio = report.virtio.clone();
         let text = match args.stats_format {
             StatsFormat::Table => stats.to_table(),
             StatsFormat::Json => stats.to_json() + "\n",

@@ -2,6 +2,7 @@
 //! VMM saw, exit by exit. Needs only /dev/kvm.
 
 pub mod guest;
+pub mod virtio;
 
 use std::fmt;
 use std::io::{self, Write};
@@ -36,6 +37,9 @@ pub enum DemoError {
     /// Starting the vCPU thread failed.
     #[error("cannot start the vCPU thread: {0}")]
     Thread(#[from] io::Error),
+    /// Placing the virtio device failed.
+    #[error(transparent)]
+    Virtio(#[from] crate::vmm::virtio::VirtioSetupError),
 }
 
 /// Collects guest output, optionally echoing it to stdout.

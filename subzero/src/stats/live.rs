@@ -237,6 +237,7 @@ mod tests {
                 sample_period: 64,
                 top: vec![],
             },
+            virtio: vec![],
         }
     }
 

@@ -99,6 +99,24 @@ pub struct RipSamples {
     pub top: Vec<RipRow>,
 }
 
+/// Queue notifications and interrupts of one virtio device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VirtioRow {
+    /// Device name, e.g. "virtio-blk0".
+    pub device: String,
+    /// MMIO window base.
+    pub base: u64,
+    /// Queue notifications that KVM delivered through an ioeventfd: no
+    /// exit to userspace, so they are not in `exits`.
+    pub eventfd_kicks: u64,
+    /// Queue notifications that exited to userspace as MMIO writes.
+    pub mmio_kicks: u64,
+    /// Interrupts raised through the irqfd.
+    pub interrupts: u64,
+    /// Times the device entered DEVICE_NEEDS_RESET.
+    pub needs_reset: u64,
+}
+
 /// The whole report.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct StatsReport {
@@ -118,6 +136,9 @@ pub struct StatsReport {
     pub kvm: Option<KvmCounters>,
     /// Sampled guest RIPs.
     pub rips: RipSamples,
+    /// Virtio devices' notifications (set by the caller; empty without devices).
+    #[serde(default)]
+    pub virtio: Vec<VirtioRow>,
 }
 
 fn space_name(space: Space) -> &'static str {
@@ -224,6 +245,7 @@ impl StatsReport {
                 sample_period: all.rip_sample_period,
                 top,
             },
+            virtio: Vec::new(),
         }
     }
 
@@ -300,6 +322,37 @@ impl StatsReport {
                         (format!("vcpu=\"{}\"", v.id), format!("{s}"))
                     })
                     .collect(),
+            );
+        }
+        let virtio = |pick: fn(&VirtioRow) -> u64| -> Vec<(String, String)> {
+            self.virtio
+                .iter()
+                .map(|v| (format!("device=\"{}\"", v.device), pick(v).to_string()))
+                .collect()
+        };
+        let (eventfd, mmio, irqs) = (
+            virtio(|v| v.eventfd_kicks),
+            virtio(|v| v.mmio_kicks),
+            virtio(|v| v.interrupts),
+        );
+        if !self.virtio.is_empty() {
+            family(
+                "subzero_virtio_eventfd_kicks_total",
+                "counter",
+                "Virtio queue notifications delivered by KVM through an ioeventfd (no userspace exit).",
+                eventfd,
+            );
+            family(
+                "subzero_virtio_mmio_kicks_total",
+                "counter",
+                "Virtio queue notifications that exited to userspace as MMIO writes.",
+                mmio,
+            );
+            family(
+                "subzero_virtio_interrupts_total",
+                "counter",
+                "Interrupts raised by virtio devices through irqfds.",
+                irqs,
             );
         }
         if let Some(kvm) = &self.kvm {
@@ -401,6 +454,7 @@ impl StatsReport {
                 v.guest_s / total * 100.0
             );
         }
+        self.virtio_table(&mut o);
         self.kvm_table(&mut o);
         if !self.rips.top.is_empty() {
             let _ = writeln!(
@@ -414,6 +468,30 @@ impl StatsReport {
             }
         }
         o
+    }
+
+    fn virtio_table(&self, o: &mut String) {
+        if self.virtio.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            o,
+            "\nvirtio queue notifications (eventfd kicks never exit to userspace)\n\
+             {:<14} {:<12} {:>14} {:>14} {:>12} {:>11}",
+            "device", "mmio base", "eventfd kicks", "mmio kicks", "interrupts", "needs reset"
+        );
+        for v in &self.virtio {
+            let _ = writeln!(
+                o,
+                "{:<14} {:<12} {:>14} {:>14} {:>12} {:>11}",
+                v.device,
+                format!("{:#x}", v.base),
+                v.eventfd_kicks,
+                v.mmio_kicks,
+                v.interrupts,
+                v.needs_reset
+            );
+        }
     }
 
     fn kvm_table(&self, o: &mut String) {

@@ -9,10 +9,11 @@ use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vm_memory::{Bytes, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::config::{check_memory, check_vcpus, host_ram, ConfigError, VmConfig};
+use super::config::{check_memory, check_vcpus, host_ram, ConfigError, DevicesConfig, VmConfig};
 use super::exit::Buses;
 use super::machine::Machine;
 use super::memory::{self, MemoryError};
+use super::virtio::{VirtioDevices, VirtioSetupError};
 use crate::arch::x86_64::acpi::{create_acpi_tables, AcpiConfig, AcpiError};
 use crate::arch::x86_64::boot::{self, BootError, KernelKind};
 use crate::arch::x86_64::bootinfo::{self, BootInfo, BootInfoError};
@@ -27,6 +28,8 @@ use crate::bus::BusError;
 use crate::devices::acpi_pm::AcpiPm;
 use crate::devices::i8042::I8042;
 use crate::devices::serial::{ConsoleOut, IrqTrigger, PanicWatch, SerialDevice};
+use crate::devices::virtio::rng::Rng;
+use crate::devices::virtio::VirtioDevice;
 use crate::kvm::{self, KvmError};
 
 /// Why a VM could not be built.
@@ -71,6 +74,26 @@ pub enum BuildError {
     /// Eventfd creation.
     #[error("creating an eventfd failed: {0}")]
     EventFd(#[source] std::io::Error),
+    /// A virtio device could not be placed in the VM.
+    #[error(transparent)]
+    Virtio(#[from] VirtioSetupError),
+}
+
+/// Opens every device backend, before KVM is touched, so that a wrong path
+/// or name fails fast with nothing half-built.
+fn open_devices(cfg: &DevicesConfig) -> Result<Vec<Box<dyn VirtioDevice>>, BuildError> {
+    let mut out: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    if !cfg.disks.is_empty() || !cfg.nets.is_empty() || cfg.vsock.is_some() {
+        return Err(VirtioSetupError::Io(
+            "virtio".into(),
+            std::io::Error::other("--disk, --net and --vsock are not wired up yet"),
+        )
+        .into());
+    }
+    if cfg.rng {
+        out.push(Box::new(Rng::default()));
+    }
+    Ok(out)
 }
 
 fn ioctl<T>(what: &'static str, r: Result<T, kvm_ioctls::Error>) -> Result<T, BuildError> {
@@ -177,14 +200,26 @@ pub fn setup_boot_vcpu(
 
 /// Loads the kernel, initrd and command line, writes the firmware tables
 /// and boot information, and returns how to enter the kernel.
-fn load_guest(cfg: &VmConfig, vcpus: u8, mem: &GuestMemoryMmap) -> Result<BootEntry, BuildError> {
+fn load_guest(
+    cfg: &VmConfig,
+    vcpus: u8,
+    mem: &GuestMemoryMmap,
+    virtio: &VirtioDevices,
+) -> Result<BootEntry, BuildError> {
     let low_end = low_ram_end(cfg.memory);
     let kernel = boot::load_kernel(mem, &cfg.kernel, low_end)?;
     let initrd = match &cfg.initrd {
         Some(path) => Some(boot::load_initrd(mem, path, &kernel, low_end)?),
         None => None,
     };
-    let cmdline_len = boot::load_cmdline(mem, &cfg.cmdline, &kernel)?;
+    let mut cmdline = cfg.cmdline.clone();
+    if cfg.devices.mmio_cmdline {
+        for slot in &virtio.slots {
+            cmdline.push(' ');
+            cmdline.push_str(&slot.cmdline());
+        }
+    }
+    let cmdline_len = boot::load_cmdline(mem, &cmdline, &kernel)?;
     // The MP table only matters with acpi=off, and its EBDA slot holds 40 CPUs.
     if vcpus <= mptable::MAX_VCPUS {
         setup_mptable(mem, vcpus)?;
@@ -198,7 +233,7 @@ fn load_guest(cfg: &VmConfig, vcpus: u8, mem: &GuestMemoryMmap) -> Result<BootEn
         mem,
         &AcpiConfig {
             num_vcpus: vcpus,
-            mmio_devices: &[],
+            mmio_devices: &virtio.acpi(),
         },
     )?;
     reset_vector::write_reset_stub(mem)
@@ -242,13 +277,18 @@ pub fn build_linux(cfg: &VmConfig, console: Box<dyn Write + Send>) -> Result<Mac
     if let Some(initrd) = &cfg.initrd {
         boot::probe_initrd(initrd)?;
     }
+    let devices = open_devices(&cfg.devices)?;
     let kvm = kvm::open(true)?;
     let vcpus = check_vcpus(cfg.vcpus, kvm::max_vcpus(&kvm) as u64)?;
     let vm = create_vm(&kvm, true)?;
     let mem = memory::create(cfg.memory)?;
     memory::register(&vm, &mem)?;
-    let entry = load_guest(cfg, vcpus, &mem)?;
-    let (buses, serial, panic_watch) = legacy_devices(Some(&vm), console)?;
+    let (mut buses, serial, panic_watch) = legacy_devices(Some(&vm), console)?;
+    let mut virtio = VirtioDevices::default();
+    for device in devices {
+        virtio.attach(&vm, &mem, &mut buses, device)?;
+    }
+    let entry = load_guest(cfg, vcpus, &mem, &virtio)?;
     let mut supported = ioctl(
         "KVM_GET_SUPPORTED_CPUID",
         kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES),
@@ -261,6 +301,7 @@ pub fn build_linux(cfg: &VmConfig, console: Box<dyn Write + Send>) -> Result<Mac
         fds.push(create_vcpu(&vm, &supported, index, vcpus, true)?);
     }
     setup_boot_vcpu(&mem, &fds[0], &entry)?;
+    virtio.start()?;
     Ok(Machine {
         vm,
         memory: mem,
@@ -268,6 +309,7 @@ pub fn build_linux(cfg: &VmConfig, console: Box<dyn Write + Send>) -> Result<Mac
         vcpus: fds,
         serial,
         panic_watch,
+        virtio,
     })
 }
 
@@ -294,6 +336,11 @@ pub struct TinyVm {
 impl TinyVm {
     /// Freezes the buses into a runnable machine.
     pub fn into_machine(self) -> Machine {
+        self.into_machine_with(VirtioDevices::default())
+    }
+
+    /// Like [`TinyVm::into_machine`], with virtio devices attached to it.
+    pub fn into_machine_with(self, virtio: VirtioDevices) -> Machine {
         Machine {
             vm: self.vm,
             memory: self.memory,
@@ -301,6 +348,7 @@ impl TinyVm {
             vcpus: vec![self.vcpu],
             serial: self.serial,
             panic_watch: self.panic_watch,
+            virtio,
         }
     }
 }

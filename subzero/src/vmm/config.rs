@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use super::device_config::{DiskConfig, NetConfig, VsockConfig};
+
 /// Command line used when the user gives none.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 panic=-1";
 /// Guest memory when the user gives none.
@@ -26,6 +28,24 @@ pub struct VmConfig {
     pub memory: u64,
     /// Number of vCPUs, as asked (validated by the builder).
     pub vcpus: u64,
+    /// Virtio devices.
+    pub devices: DevicesConfig,
+}
+
+/// The virtio devices of a VM.
+#[derive(Debug, Clone, Default)]
+pub struct DevicesConfig {
+    /// Block devices, in order (/dev/vda first).
+    pub disks: Vec<DiskConfig>,
+    /// Network devices.
+    pub nets: Vec<NetConfig>,
+    /// The socket device.
+    pub vsock: Option<VsockConfig>,
+    /// An entropy device.
+    pub rng: bool,
+    /// Also describe the devices with `virtio_mmio.device=` on the kernel
+    /// command line (for kernels with CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES).
+    pub mmio_cmdline: bool,
 }
 
 /// A problem with the configuration.

@@ -11,8 +11,10 @@ use vmm_sys_util::signal::Killable;
 
 use super::exit::Buses;
 use super::vcpu::{self, SharedStats, StopSignal, VmStop};
+use super::virtio::VirtioDevices;
 use crate::devices::serial::{PanicWatch, SerialDevice};
 use crate::stats::clock::TickClock;
+use crate::stats::report::VirtioRow;
 use crate::stats::VcpuStats;
 
 /// How long to wait for vCPU threads to leave KVM_RUN after the VM stopped.
@@ -32,6 +34,8 @@ pub struct Machine {
     pub serial: Arc<Mutex<SerialDevice>>,
     /// Records a kernel panic seen on the console.
     pub panic_watch: PanicWatch,
+    /// Virtio devices; their thread runs until the machine is dropped.
+    pub virtio: VirtioDevices,
 }
 
 /// What happened in a run.
@@ -47,6 +51,8 @@ pub struct RunReport {
     pub elapsed: Duration,
     /// Nanoseconds per TSC tick over the run, to convert the accounting.
     pub ns_per_tick: f64,
+    /// Virtio device counters at the stop.
+    pub virtio: Vec<VirtioRow>,
 }
 
 impl RunReport {
@@ -109,6 +115,7 @@ impl Machine {
             per_vcpu,
             elapsed,
             ns_per_tick,
+            virtio: self.virtio.counts(),
         })
     }
 }

@@ -3,10 +3,12 @@
 pub mod builder;
 pub mod config;
 pub mod console;
+pub mod device_config;
 pub mod exit;
 pub mod machine;
 pub mod memory;
 pub mod vcpu;
+pub mod virtio;
 
 pub use builder::{build_linux, BuildError};
 pub use config::VmConfig;

@@ -122,6 +122,11 @@ impl TransportState {
         self.status
     }
 
+    /// Interrupts raised so far.
+    pub fn interrupts_sent(&self) -> u64 {
+        self.irq.sent()
+    }
+
     /// The device's counters.
     pub fn counters(&self) -> &Arc<VirtioCounters> {
         &self.counters

@@ -1,0 +1,287 @@
+//! The `--disk`, `--net` and `--vsock` option values: `key=value` lists,
+//! checked before any device is opened.
+
+use std::path::PathBuf;
+
+/// A problem with a device option.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DeviceConfigError {
+    /// An item is not `key=value`.
+    #[error("--{flag} {spec:?}: {item:?} is not key=value; example: --{flag} {example}")]
+    NotKeyValue {
+        /// Option name.
+        flag: &'static str,
+        /// Whole value.
+        spec: String,
+        /// Offending item.
+        item: String,
+        /// A correct value.
+        example: &'static str,
+    },
+    /// An unknown key.
+    #[error("--{flag} {spec:?}: unknown key {key:?}; known keys: {known}")]
+    UnknownKey {
+        /// Option name.
+        flag: &'static str,
+        /// Whole value.
+        spec: String,
+        /// Offending key.
+        key: String,
+        /// Valid keys.
+        known: &'static str,
+    },
+    /// A required key is missing.
+    #[error("--{flag} {spec:?}: missing {key}=...; example: --{flag} {example}")]
+    Missing {
+        /// Option name.
+        flag: &'static str,
+        /// Whole value.
+        spec: String,
+        /// Missing key.
+        key: &'static str,
+        /// A correct value.
+        example: &'static str,
+    },
+    /// A value is malformed.
+    #[error("--{flag} {spec:?}: {key}={value:?} {problem}")]
+    BadValue {
+        /// Option name.
+        flag: &'static str,
+        /// Whole value.
+        spec: String,
+        /// Key.
+        key: &'static str,
+        /// Value given.
+        value: String,
+        /// What is wrong.
+        problem: &'static str,
+    },
+}
+
+/// `--disk path=FILE[,readonly=on][,id=NAME]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskConfig {
+    /// Raw image file.
+    pub path: PathBuf,
+    /// Refuse guest writes.
+    pub readonly: bool,
+    /// Serial the guest sees (VIRTIO_BLK_T_GET_ID).
+    pub id: Option<String>,
+}
+
+/// `--net tap=NAME[,mac=XX:XX:XX:XX:XX:XX]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetConfig {
+    /// Host TAP device name.
+    pub tap: String,
+    /// Guest MAC address, as written (checked when the device is created).
+    pub mac: Option<String>,
+}
+
+/// `--vsock cid=N,uds=PATH`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VsockConfig {
+    /// The guest's context id (3 or more).
+    pub cid: u64,
+    /// Host Unix socket.
+    pub uds: PathBuf,
+}
+
+const DISK_EXAMPLE: &str = "path=rootfs.ext4,readonly=on";
+const NET_EXAMPLE: &str = "tap=tap0,mac=52:54:00:12:34:56";
+const VSOCK_EXAMPLE: &str = "cid=3,uds=/tmp/vsock.sock";
+
+fn pairs(
+    flag: &'static str,
+    spec: &str,
+    example: &'static str,
+    known: &'static str,
+) -> Result<Vec<(String, String)>, DeviceConfigError> {
+    let mut out = Vec::new();
+    for item in spec.split(',').filter(|s| !s.is_empty()) {
+        let Some((k, v)) = item.split_once('=') else {
+            return Err(DeviceConfigError::NotKeyValue {
+                flag,
+                spec: spec.into(),
+                item: item.into(),
+                example,
+            });
+        };
+        if !known.split(", ").any(|x| x == k) {
+            return Err(DeviceConfigError::UnknownKey {
+                flag,
+                spec: spec.into(),
+                key: k.into(),
+                known,
+            });
+        }
+        out.push((k.to_string(), v.to_string()));
+    }
+    Ok(out)
+}
+
+fn on_off(
+    flag: &'static str,
+    spec: &str,
+    key: &'static str,
+    v: &str,
+) -> Result<bool, DeviceConfigError> {
+    match v {
+        "on" | "true" | "yes" | "1" => Ok(true),
+        "off" | "false" | "no" | "0" => Ok(false),
+        _ => Err(DeviceConfigError::BadValue {
+            flag,
+            spec: spec.into(),
+            key,
+            value: v.into(),
+            problem: "is not on or off",
+        }),
+    }
+}
+
+impl DiskConfig {
+    /// Parses a `--disk` value.
+    pub fn parse(spec: &str) -> Result<Self, DeviceConfigError> {
+        let mut path = None;
+        let mut readonly = false;
+        let mut id = None;
+        for (k, v) in pairs("disk", spec, DISK_EXAMPLE, "path, readonly, id")? {
+            match k.as_str() {
+                "path" if !v.is_empty() => path = Some(PathBuf::from(v)),
+                "readonly" => readonly = on_off("disk", spec, "readonly", &v)?,
+                "id" if v.len() <= 20 && v.is_ascii() => id = Some(v),
+                "id" => {
+                    return Err(DeviceConfigError::BadValue {
+                        flag: "disk",
+                        spec: spec.into(),
+                        key: "id",
+                        value: v,
+                        problem: "must be at most 20 ASCII characters",
+                    })
+                }
+                _ => {}
+            }
+        }
+        let path = path.ok_or(DeviceConfigError::Missing {
+            flag: "disk",
+            spec: spec.into(),
+            key: "path",
+            example: DISK_EXAMPLE,
+        })?;
+        Ok(DiskConfig { path, readonly, id })
+    }
+}
+
+impl NetConfig {
+    /// Parses a `--net` value.
+    pub fn parse(spec: &str) -> Result<Self, DeviceConfigError> {
+        let mut tap = None;
+        let mut mac = None;
+        for (k, v) in pairs("net", spec, NET_EXAMPLE, "tap, mac")? {
+            match k.as_str() {
+                "tap" if !v.is_empty() && v.len() < 16 => tap = Some(v),
+                "tap" => {
+                    return Err(DeviceConfigError::BadValue {
+                        flag: "net",
+                        spec: spec.into(),
+                        key: "tap",
+                        value: v,
+                        problem: "must be 1 to 15 characters (a Linux interface name)",
+                    })
+                }
+                "mac" => mac = Some(v),
+                _ => {}
+            }
+        }
+        let tap = tap.ok_or(DeviceConfigError::Missing {
+            flag: "net",
+            spec: spec.into(),
+            key: "tap",
+            example: NET_EXAMPLE,
+        })?;
+        Ok(NetConfig { tap, mac })
+    }
+}
+
+impl VsockConfig {
+    /// Parses a `--vsock` value.
+    pub fn parse(spec: &str) -> Result<Self, DeviceConfigError> {
+        let mut cid = None;
+        let mut uds = None;
+        for (k, v) in pairs("vsock", spec, VSOCK_EXAMPLE, "cid, uds")? {
+            match k.as_str() {
+                "cid" => match v.parse::<u32>() {
+                    Ok(n) if n >= 3 && n != u32::MAX => cid = Some(u64::from(n)),
+                    _ => {
+                        return Err(DeviceConfigError::BadValue {
+                            flag: "vsock",
+                            spec: spec.into(),
+                            key: "cid",
+                            value: v,
+                            problem: "must be a number from 3 to 4294967294 (0-2 are reserved)",
+                        })
+                    }
+                },
+                "uds" if !v.is_empty() => uds = Some(PathBuf::from(v)),
+                _ => {}
+            }
+        }
+        let missing = |key| DeviceConfigError::Missing {
+            flag: "vsock",
+            spec: spec.into(),
+            key,
+            example: VSOCK_EXAMPLE,
+        };
+        Ok(VsockConfig {
+            cid: cid.ok_or_else(|| missing("cid"))?,
+            uds: uds.ok_or_else(|| missing("uds"))?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_disks() {
+        assert_eq!(
+            DiskConfig::parse("path=a.img,readonly=on,id=root").unwrap(),
+            DiskConfig {
+                path: "a.img".into(),
+                readonly: true,
+                id: Some("root".into())
+            }
+        );
+        assert!(!DiskConfig::parse("path=a.img").unwrap().readonly);
+        let e = DiskConfig::parse("a.img").unwrap_err().to_string();
+        assert!(
+            e.contains("is not key=value") && e.contains("--disk path="),
+            "{e}"
+        );
+        let e = DiskConfig::parse("readonly=on").unwrap_err().to_string();
+        assert!(e.contains("missing path="), "{e}");
+        let e = DiskConfig::parse("path=a,ro=1").unwrap_err().to_string();
+        assert!(e.contains("unknown key \"ro\""), "{e}");
+        let e = DiskConfig::parse("path=a,readonly=maybe")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not on or off"), "{e}");
+    }
+
+    #[test]
+    fn parses_nets_and_vsocks() {
+        let n = NetConfig::parse("tap=tap0,mac=52:54:00:00:00:01").unwrap();
+        assert_eq!(
+            (n.tap.as_str(), n.mac.as_deref()),
+            ("tap0", Some("52:54:00:00:00:01"))
+        );
+        assert!(NetConfig::parse("tap=a-very-long-interface").is_err());
+        let v = VsockConfig::parse("cid=3,uds=/tmp/v.sock").unwrap();
+        assert_eq!((v.cid, v.uds.to_str()), (3, Some("/tmp/v.sock")));
+        let e = VsockConfig::parse("cid=2,uds=/x").unwrap_err().to_string();
+        assert!(e.contains("0-2 are reserved"), "{e}");
+        let e = VsockConfig::parse("cid=3").unwrap_err().to_string();
+        assert!(e.contains("missing uds="), "{e}");
+    }
+}

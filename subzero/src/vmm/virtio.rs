@@ -1,0 +1,191 @@
+//! Places virtio devices in the VM: an MMIO slot and an IOAPIC pin each, a
+//! KVM ioeventfd per queue and an irqfd, an entry for the ACPI DSDT, and
+//! one device thread serving them all.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use kvm_ioctls::{IoEventAddress, VmFd};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::exit::Buses;
+use crate::arch::x86_64::acpi::AcpiMmioDevice;
+use crate::arch::x86_64::layout::{self, MMIO_DEVICES_START, MMIO_DEVICE_SLOT_SIZE};
+use crate::devices::virtio::mmio::{lock, regs, MmioTransport, SharedTransport};
+use crate::devices::virtio::worker::{DeviceWorker, WorkerThread};
+use crate::devices::virtio::VirtioDevice;
+use crate::stats::report::VirtioRow;
+
+/// First IOAPIC pin for virtio devices (0-4 are the PIT, keyboard,
+/// cascade, COM2 and COM1).
+pub const FIRST_GSI: u32 = 5;
+/// Most virtio devices: one per remaining IOAPIC pin.
+pub const MAX_DEVICES: usize = (layout::IOAPIC_NUM_PINS - FIRST_GSI) as usize;
+
+/// Why a virtio device could not be placed.
+#[derive(Debug, thiserror::Error)]
+pub enum VirtioSetupError {
+    /// Too many devices.
+    #[error("too many virtio devices: {0} (at most {MAX_DEVICES})")]
+    TooMany(usize),
+    /// The transport refused the device.
+    #[error("{0}: {1}")]
+    Transport(String, #[source] crate::devices::virtio::DeviceError),
+    /// A KVM eventfd registration failed.
+    #[error("{0}: {1} failed: {2}")]
+    Kvm(String, &'static str, #[source] kvm_ioctls::Error),
+    /// Eventfd creation or the device thread failed.
+    #[error("{0}: {1}")]
+    Io(String, #[source] std::io::Error),
+    /// The MMIO bus refused the window.
+    #[error(transparent)]
+    Bus(#[from] crate::bus::BusError),
+}
+
+/// One placed device, for statistics and firmware tables.
+#[derive(Clone)]
+pub struct VirtioSlot {
+    /// Device name with its index, e.g. "virtio-blk0".
+    pub name: String,
+    /// MMIO window base.
+    pub base: u64,
+    /// IOAPIC pin.
+    pub gsi: u32,
+    transport: SharedTransport,
+}
+
+impl VirtioSlot {
+    /// The counters now.
+    pub fn counts(&self) -> VirtioRow {
+        let t = lock(&self.transport);
+        let c = t.counters();
+        VirtioRow {
+            device: self.name.clone(),
+            base: self.base,
+            eventfd_kicks: c.eventfd_kicks.load(Ordering::Relaxed),
+            mmio_kicks: c.mmio_kicks.load(Ordering::Relaxed),
+            interrupts: t.interrupts_sent(),
+            needs_reset: c.needs_reset.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The DSDT entry.
+    pub fn acpi(&self, uid: u32) -> AcpiMmioDevice {
+        AcpiMmioDevice {
+            hid: "LNRO0005",
+            uid,
+            base: self.base,
+            len: MMIO_DEVICE_SLOT_SIZE as u32,
+            gsi: self.gsi,
+        }
+    }
+
+    /// The `virtio_mmio.device=` kernel parameter describing this device.
+    pub fn cmdline(&self) -> String {
+        format!(
+            "virtio_mmio.device={}K@{:#x}:{}",
+            MMIO_DEVICE_SLOT_SIZE >> 10,
+            self.base,
+            self.gsi
+        )
+    }
+}
+
+/// The VM's virtio devices and the thread that serves them.
+#[derive(Default)]
+pub struct VirtioDevices {
+    /// Placed devices, in slot order.
+    pub slots: Vec<VirtioSlot>,
+    workers: Vec<DeviceWorker>,
+    thread: Option<WorkerThread>,
+}
+
+impl VirtioDevices {
+    /// Places `device` in the next slot: registers its queue notify address
+    /// as ioeventfds (data-matched per queue), its irqfd on the next pin,
+    /// and its window on the MMIO bus.
+    pub fn attach(
+        &mut self,
+        vm: &VmFd,
+        mem: &GuestMemoryMmap,
+        buses: &mut Buses,
+        device: Box<dyn VirtioDevice>,
+    ) -> Result<&VirtioSlot, VirtioSetupError> {
+        let index = self.slots.len();
+        if index >= MAX_DEVICES {
+            return Err(VirtioSetupError::TooMany(index + 1));
+        }
+        let same_kind = self
+            .slots
+            .iter()
+            .filter(|s| s.name.starts_with(device.name()))
+            .count();
+        let name = format!("{}{}", device.name(), same_kind);
+        let base = MMIO_DEVICES_START + index as u64 * MMIO_DEVICE_SLOT_SIZE;
+        let gsi = FIRST_GSI + index as u32;
+        let io = |e| VirtioSetupError::Io(name.clone(), e);
+        let new_evt = || EventFd::new(EFD_NONBLOCK).map_err(io);
+        let mut kicks = Vec::new();
+        for q in 0..device.queue_max_sizes().len() {
+            let evt = new_evt()?;
+            vm.register_ioevent(
+                &evt,
+                &IoEventAddress::Mmio(base + regs::QUEUE_NOTIFY),
+                q as u32,
+            )
+            .map_err(|e| VirtioSetupError::Kvm(name.clone(), "KVM_IOEVENTFD", e))?;
+            kicks.push(evt);
+        }
+        let irqfd = new_evt()?;
+        vm.register_irqfd(&irqfd, gsi)
+            .map_err(|e| VirtioSetupError::Kvm(name.clone(), "KVM_IRQFD", e))?;
+        let clones = |v: &[EventFd]| -> Result<Vec<EventFd>, VirtioSetupError> {
+            v.iter().map(|k| k.try_clone().map_err(io)).collect()
+        };
+        let transport = MmioTransport::new(device, mem.clone(), clones(&kicks)?, irqfd)
+            .map_err(|e| VirtioSetupError::Transport(name.clone(), e))?;
+        let shared = transport.shared();
+        self.workers.push(DeviceWorker::new(shared.clone(), kicks));
+        buses.mmio.insert(
+            &name,
+            base,
+            MMIO_DEVICE_SLOT_SIZE,
+            Arc::new(std::sync::Mutex::new(transport)),
+        )?;
+        log::info!("{name}: MMIO {base:#x}, IRQ {gsi}");
+        self.slots.push(VirtioSlot {
+            name,
+            base,
+            gsi,
+            transport: shared,
+        });
+        Ok(self.slots.last().expect("just pushed"))
+    }
+
+    /// DSDT entries for every device.
+    pub fn acpi(&self) -> Vec<AcpiMmioDevice> {
+        self.slots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| s.acpi(i as u32))
+            .collect()
+    }
+
+    /// Starts the device thread (once; later calls do nothing).
+    pub fn start(&mut self) -> Result<(), VirtioSetupError> {
+        if self.thread.is_none() && !self.workers.is_empty() {
+            let workers = std::mem::take(&mut self.workers);
+            self.thread = Some(
+                WorkerThread::start(workers)
+                    .map_err(|e| VirtioSetupError::Io("virtio device thread".into(), e))?,
+            );
+        }
+        Ok(())
+    }
+
+    /// Counters of every device.
+    pub fn counts(&self) -> Vec<VirtioRow> {
+        self.slots.iter().map(VirtioSlot::counts).collect()
+    }
+}
