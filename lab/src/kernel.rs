@@ -225,11 +225,35 @@ pub struct Module {
 /// on, per each module's `.modinfo`), in insmod order and uncompressed
 /// (busybox insmod cannot read .ko.xz/.ko.zst).
 pub fn kvm_modules(k: &Kernel) -> Result<Vec<Module>, LabError> {
+    modules(k, &["kvm_amd"])
+}
+
+/// L1's modules: KVM, plus `tun` (TAP devices for the net scenario) and
+/// `loop` (L1 mounts the block scenario's image to check what the guest
+/// wrote).
+pub const L1_MODULES: &[&str] = &["kvm_amd", "tun", "loop"];
+
+/// The guest's virtio drivers: transport, block, net, vsock and rng.
+pub const VIRTIO_MODULES: &[&str] = &[
+    "virtio_mmio",
+    "virtio_blk",
+    "virtio_net",
+    "vmw_vsock_virtio_transport",
+    "virtio_rng",
+];
+
+/// The named modules (`-` and `_` are the same) and everything they depend
+/// on, per each module's `.modinfo` (Debian's package has no modules.dep),
+/// in insmod order (dependencies first), uncompressed. Each file is named
+/// `<name>.ko` with underscores: `virtio-rng.ko` becomes `virtio_rng.ko`.
+pub fn modules(k: &Kernel, names: &[&str]) -> Result<Vec<Module>, LabError> {
     let dir = k.root.join("lib/modules").join(&k.version).join("kernel");
     let mut index = BTreeMap::new();
     index_modules(&dir, &mut index);
     let mut order = Vec::new();
-    add_with_deps("kvm_amd", &index, &mut order, 0)?;
+    for name in names {
+        add_with_deps(&name.replace('-', "_"), &index, &mut order, 0)?;
+    }
     Ok(order)
 }
 

@@ -37,6 +37,7 @@
 
 pub mod cpio;
 pub mod elf;
+pub mod images;
 pub mod kernel;
 pub mod parse;
 pub mod payload;
@@ -362,18 +363,31 @@ pub fn subzero_binary(cfg: &Config) -> Result<PathBuf, LabError> {
         log(&format!("using SUBZERO_LAB_BIN={}", bin.display()));
         return Ok(bin.clone());
     }
+    static_binary(cfg, "subzero", "subzero")
+}
+
+/// Builds the static `lab-peer` helper (this crate's binary) for L1 and L2.
+pub fn lab_peer_binary(cfg: &Config) -> Result<PathBuf, LabError> {
+    static_binary(cfg, "subzero-lab", "lab-peer")
+}
+
+/// Builds `bin` of `package` statically linked (glibc, `+crt-static`), so
+/// it runs in L1 and L2 without libraries, in `<workspace>/target/lab`.
+fn static_binary(cfg: &Config, package: &str, bin: &str) -> Result<PathBuf, LabError> {
     let target_dir = cfg.workspace.join("target/lab");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let args = [
         "build",
         "--release",
         "-p",
-        "subzero",
+        package,
+        "--bin",
+        bin,
         "--target",
         "x86_64-unknown-linux-gnu",
     ];
     log(&format!(
-        "building static subzero: RUSTFLAGS=\"-C target-feature=+crt-static\" CARGO_TARGET_DIR={} cargo {}",
+        "building static {bin}: RUSTFLAGS=\"-C target-feature=+crt-static\" CARGO_TARGET_DIR={} cargo {}",
         target_dir.display(),
         args.join(" ")
     ));
@@ -391,16 +405,33 @@ pub fn subzero_binary(cfg: &Config) -> Result<PathBuf, LabError> {
         let tail: Vec<&str> = err.lines().rev().take(60).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
         return Err(failed(format!(
-            "building the static subzero failed ({}):\n{}",
+            "building the static {bin} failed ({}):\n{}",
             out.status,
             tail.join("\n")
         )));
     }
-    log(&format!(
-        "built subzero in {:.1}s",
-        t.elapsed().as_secs_f64()
-    ));
-    Ok(target_dir.join("x86_64-unknown-linux-gnu/release/subzero"))
+    log(&format!("built {bin} in {:.1}s", t.elapsed().as_secs_f64()));
+    Ok(target_dir
+        .join("x86_64-unknown-linux-gnu/release")
+        .join(bin))
+}
+
+fn read_static(path: &Path) -> Result<Vec<u8>, LabError> {
+    let bytes = fs::read(path).map_err(|e| failed(format!("reading {}: {e}", path.display())))?;
+    match elf::is_static(&bytes) {
+        Ok(true) => {}
+        Ok(false) => log(&format!(
+            "warning: {} is dynamically linked and will not run in L1",
+            path.display()
+        )),
+        Err(e) => log(&format!("warning: {}: {e}", path.display())),
+    }
+    Ok(bytes)
+}
+
+/// `virtio_blk.ko` -> `virtio_blk`.
+fn module_stem(file_name: &str) -> String {
+    file_name.trim_end_matches(".ko").to_string()
 }
 
 fn gzip_to(data: &[u8], path: &Path) -> Result<(), LabError> {
@@ -487,9 +518,12 @@ struct L1Parts<'a> {
     token: &'a str,
     vmlinux: Option<&'a (Vec<u8>, usize)>,
     subzero: &'a [u8],
+    lab_peer: &'a [u8],
     vmlinuz: &'a [u8],
     l2_initrd: &'a [u8],
     kernel_path: &'a Path,
+    /// Scenario-specific files: (path in L1, bytes).
+    assets: &'a [(&'static str, Vec<u8>)],
 }
 
 /// Builds an L1 initramfs that runs `scenarios` and boots it.
@@ -514,8 +548,12 @@ fn boot_l1(
         c.file(&format!("lib/modules/{}", m.file_name), 0o644, &m.data);
     }
     c.file(scripts::L1_SUBZERO, 0o755, parts.subzero)
+        .file(scripts::LAB_PEER, 0o755, parts.lab_peer)
         .file(scripts::L1_L2_KERNEL, 0o644, parts.vmlinuz)
         .file(scripts::L1_L2_INITRD, 0o644, parts.l2_initrd);
+    for (path, bytes) in parts.assets {
+        c.file(path, 0o644, bytes);
+    }
     let l1_path = cfg.out_dir.join("l1-initrd.cpio.gz");
     gzip_to(&c.finish(), &l1_path)?;
 
@@ -574,32 +612,60 @@ pub fn run_lab(cfg: &Config) -> Result<LabRun, LabError> {
             "cached"
         }
     ));
-    let modules = kernel::kvm_modules(&kernel)?;
+    let modules = kernel::modules(&kernel, kernel::L1_MODULES)?;
 
     let subzero = subzero_binary(cfg)?;
-    let subzero_bytes = fs::read(&subzero)
-        .map_err(|e| failed(format!("reading subzero {}: {e}", subzero.display())))?;
-    match elf::is_static(&subzero_bytes) {
-        Ok(true) => {}
-        Ok(false) => log(&format!(
-            "warning: {} is dynamically linked and will not run in L1",
-            subzero.display()
-        )),
-        Err(e) => log(&format!("warning: {}: {e}", subzero.display())),
-    }
+    let subzero_bytes = read_static(&subzero)?;
+    let lab_peer = read_static(&lab_peer_binary(cfg)?)?;
 
     let busybox = fs::read("/bin/busybox").map_err(|e| failed(format!("/bin/busybox: {e}")))?;
     let vmlinuz = fs::read(&kernel.vmlinuz)
         .map_err(|e| failed(format!("{}: {e}", kernel.vmlinuz.display())))?;
+    let token = make_token();
 
-    // L2 initramfs: busybox and the scenario /init.
+    // L2 initramfs: busybox, lab-peer, the virtio driver modules and the
+    // scenario /init.
+    let virtio = kernel::modules(&kernel, kernel::VIRTIO_MODULES)?;
+    let mut closures = Vec::new();
+    for top in kernel::VIRTIO_MODULES {
+        let deps = kernel::modules(&kernel, &[top])?;
+        let names = deps.iter().map(|m| module_stem(&m.file_name)).collect();
+        closures.push((top.to_string(), names));
+    }
+    let mut l2 = busybox_base(&busybox, &scripts::l2_init(&closures));
+    l2.file(scripts::LAB_PEER, 0o755, &lab_peer);
+    for m in &virtio {
+        l2.file(&format!("lib/modules/{}", m.file_name), 0o644, &m.data);
+    }
     let l2_path = cfg.out_dir.join("l2-initrd.cpio.gz");
-    gzip_to(&busybox_base(&busybox, scripts::L2_INIT).finish(), &l2_path)?;
+    gzip_to(&l2.finish(), &l2_path)?;
     let l2_initrd =
         fs::read(&l2_path).map_err(|e| failed(format!("{}: {e}", l2_path.display())))?;
 
-    // L1 initramfs: busybox, modules, subzero, the L2 kernel and initramfs.
-    let token = make_token();
+    // Disk images and the rootfs scenario's initramfs, when selected.
+    let needs = |a: scripts::Asset| cfg.scenarios.iter().any(|s| s.assets.contains(&a));
+    let mut assets: Vec<(&'static str, Vec<u8>)> = Vec::new();
+    if needs(scripts::Asset::BlockImage) {
+        assets.push((scripts::L1_BLOCK_IMAGE, images::block_image(&cfg.out_dir)?));
+    }
+    if needs(scripts::Asset::Rootfs) {
+        let marker = format!("disk-{token}");
+        let image = images::rootfs_image(&cfg.out_dir, &busybox, &marker)?;
+        assets.push((scripts::L1_ROOTFS_IMAGE, image));
+        let blk = kernel::modules(&kernel, &["virtio_mmio", "virtio_blk"])?;
+        let names: Vec<String> = blk.iter().map(|m| module_stem(&m.file_name)).collect();
+        let mut c = busybox_base(&busybox, &scripts::rootfs_initrd_init(&names));
+        for m in &blk {
+            c.file(&format!("lib/modules/{}", m.file_name), 0o644, &m.data);
+        }
+        let path = cfg.out_dir.join("rootfs-initrd.cpio.gz");
+        gzip_to(&c.finish(), &path)?;
+        let bytes = fs::read(&path).map_err(|e| failed(format!("{}: {e}", path.display())))?;
+        assets.push((scripts::L1_ROOTFS_INITRD, bytes));
+    }
+
+    // L1 initramfs: busybox, modules, subzero, lab-peer, the L2 kernel and
+    // initramfs, the scenarios' assets.
     let names: Vec<String> = modules.iter().map(|m| m.file_name.clone()).collect();
     // The ELF vmlinux scenarios need the kernel extracted from the bzImage.
     let vmlinux = if cfg
@@ -626,9 +692,11 @@ pub fn run_lab(cfg: &Config) -> Result<LabRun, LabError> {
         token: &token,
         vmlinux: vmlinux.as_ref(),
         subzero: &subzero_bytes,
+        lab_peer: &lab_peer,
         vmlinuz: &vmlinuz,
         l2_initrd: &l2_initrd,
         kernel_path: &kernel.vmlinuz,
+        assets: &assets,
     };
     let prep = t0.elapsed();
     let (mut q, mut log_path) = boot_l1(cfg, &parts, &cfg.scenarios, prep)?;

@@ -72,6 +72,8 @@ pub struct ScenarioRun {
     pub hung: bool,
     /// L1's diagnostics for a hung subzero (task states, kernel stacks).
     pub diag: Vec<String>,
+    /// What L1 checked around the run (`@@L1 CHECK <name> <KEY> <value>`).
+    pub checks: Vec<(String, String)>,
 }
 
 impl ScenarioRun {
@@ -82,6 +84,14 @@ impl ScenarioRun {
         self.output.iter().find_map(|l| {
             after(&l.text, &marker).or_else(|| after(&l.text, &bare).filter(|rest| rest.is_empty()))
         })
+    }
+
+    /// The value of the first `@@L1 CHECK <name> <key> <value>` line.
+    pub fn l1(&self, key: &str) -> Option<&str> {
+        self.checks
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     /// Arrival of the first line containing `@@L2 <key>`.
@@ -145,6 +155,12 @@ impl ScenarioRun {
         for l in &self.stderr {
             let _ = writeln!(s, "{l}");
         }
+        if !self.checks.is_empty() {
+            let _ = writeln!(s, "--- L1's checks ---");
+            for (k, v) in &self.checks {
+                let _ = writeln!(s, "{k} {v}");
+            }
+        }
         if !self.diag.is_empty() {
             let _ = writeln!(s, "--- L1 diagnostics of the hung subzero ---");
             for l in &self.diag {
@@ -202,6 +218,13 @@ pub fn parse(lines: &[Line]) -> Parsed {
                 .unwrap_or((rest.trim_end_matches(" |"), ""));
             if let Some(sc) = p.scenarios.get_mut(name) {
                 sc.stderr.push(text.to_string());
+            }
+        } else if let Some(rest) = after(t, "@@L1 CHECK ") {
+            let mut it = rest.splitn(3, ' ');
+            let (name, key) = (it.next().unwrap_or(""), it.next().unwrap_or(""));
+            let value = it.next().unwrap_or("").trim();
+            if let Some(sc) = p.scenarios.get_mut(name) {
+                sc.checks.push((key.to_string(), value.to_string()));
             }
         } else if let Some(rest) = after(t, "@@L1 HUNG ") {
             let name = rest.split(' ').next().unwrap_or(rest);
@@ -286,6 +309,8 @@ Kernel panic - not syncing: sysrq triggered crash@@L1 END panic rc=1
 @@L1 DIAG smp |   [<0>] kvm_vcpu_ioctl+0x1/0x2
 
 @@L1 END smp rc=hung
+@@L1 CHECK smp SHA256_AFTER  abc def 
+@@L1 CHECK smp EMPTY
 @@L1 BEGIN stdin
 @@L1 START stdin
 @@L2 READY
@@ -304,7 +329,7 @@ Kernel panic - not syncing: sysrq triggered crash@@L1 END panic rc=1
         assert!(p.l1.insmods[1].1.starts_with("failed: "));
         assert_eq!(p.l1.version, Some((0, "subzero 0.1.0".into())));
         assert_eq!(p.l1.nopvh.as_deref(), Some("12 00 00 00 -> ff 00 00 00"));
-        assert_eq!(p.l1.all_done_at, Some(Duration::from_millis(3700)));
+        assert_eq!(p.l1.all_done_at, Some(Duration::from_millis(3900)));
 
         let boot = &p.scenarios["boot"];
         assert_eq!(boot.exit_code, Some(0));
@@ -332,6 +357,10 @@ Kernel panic - not syncing: sysrq triggered crash@@L1 END panic rc=1
         assert_eq!(smp.diag.len(), 2);
         assert_eq!(smp.diag[1], "  [<0>] kvm_vcpu_ioctl+0x1/0x2");
         assert!(smp.describe().contains("could not be killed"));
+        assert_eq!(smp.l1("SHA256_AFTER"), Some("abc def"));
+        assert_eq!(smp.l1("EMPTY"), Some(""));
+        assert_eq!(smp.l1("MISSING"), None);
+        assert!(smp.describe().contains("SHA256_AFTER abc def"));
 
         let stdin = &p.scenarios["stdin"];
         assert_eq!(stdin.exit_code, None);

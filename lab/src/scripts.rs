@@ -29,6 +29,30 @@ pub struct Scenario {
     pub extra: &'static [&'static str],
     /// Instead of booting L2, run `subzero bench exits` in L1.
     pub bench: bool,
+    /// The L2 initramfs inside L1: [`L1_L2_INITRD`], or [`L1_ROOTFS_INITRD`]
+    /// for the disk root file system.
+    pub initrd: &'static str,
+    /// More words for the L2 kernel command line.
+    pub cmdline_extra: &'static str,
+    /// L1 shell run after `@@L1 BEGIN` and before subzero starts (`$name` is
+    /// the scenario): prepares images, TAP devices, background helpers.
+    pub before: &'static str,
+    /// L1 shell run after subzero has exited: reports what L1 sees with
+    /// `sz_check KEY VALUE` (`@@L1 CHECK <name> <KEY> <value>`).
+    pub after: &'static str,
+    /// Files L1 must carry for this scenario (beyond the common ones).
+    pub assets: &'static [Asset],
+}
+
+/// Files that only some scenarios need in L1's initramfs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Asset {
+    /// [`L1_BLOCK_IMAGE`]: ext4 holding `/known.bin` ([`KNOWN_FILE`]).
+    BlockImage,
+    /// [`L1_ROOTFS_IMAGE`] (ext4 with busybox and [`ROOTFS_INIT`] as
+    /// `/sbin/init`) and [`L1_ROOTFS_INITRD`] (loads virtio_blk and
+    /// switches to it).
+    Rootfs,
 }
 
 /// The plain boot: 1 vCPU, 256 MiB, the bzImage. Scenarios differ from it.
@@ -40,6 +64,11 @@ const BOOT: Scenario = Scenario {
     kernel: L1_L2_KERNEL,
     extra: &[],
     bench: false,
+    initrd: L1_L2_INITRD,
+    cmdline_extra: "",
+    before: "",
+    after: "",
+    assets: &[],
 };
 
 /// All scenarios, in the order L1 runs them.
@@ -93,6 +122,59 @@ pub const SCENARIOS: &[Scenario] = &[
         ..BOOT
     },
     Scenario {
+        name: "block",
+        extra: &["--disk", "path=/tmp/block.img", "--stats"],
+        before: "cp /l2/block.img /tmp/block.img\n",
+        after: r#"sz_inspect /tmp/block.img WRITTEN_SHA256 'sha256sum < written.bin | cut -d" " -f1'
+rm -f /tmp/block.img
+"#,
+        assets: &[Asset::BlockImage],
+        ..BOOT
+    },
+    Scenario {
+        name: "block-ro",
+        extra: &["--disk", "path=/tmp/block-ro.img,readonly=on"],
+        before: r#"cp /l2/block.img /tmp/block-ro.img
+sz_check SHA256_BEFORE "$(sha256sum < /tmp/block-ro.img | cut -d' ' -f1)"
+"#,
+        after: r#"sz_check SHA256_AFTER "$(sha256sum < /tmp/block-ro.img | cut -d' ' -f1)"
+rm -f /tmp/block-ro.img
+"#,
+        assets: &[Asset::BlockImage],
+        ..BOOT
+    },
+    Scenario {
+        name: "rootfs",
+        extra: &["--disk", "path=/tmp/rootfs.img"],
+        initrd: L1_ROOTFS_INITRD,
+        cmdline_extra: "root=/dev/vda",
+        before: "cp /l2/rootfs.img /tmp/rootfs.img\n",
+        after: r#"sz_inspect /tmp/rootfs.img ROOT_WRITTEN 'cat etc/sz-written'
+rm -f /tmp/rootfs.img
+"#,
+        assets: &[Asset::Rootfs],
+        ..BOOT
+    },
+    Scenario {
+        name: "net",
+        extra: &["--net", "tap=sztap0,mac=52:54:00:12:34:56"],
+        before: NET_BEFORE,
+        after: NET_AFTER,
+        ..BOOT
+    },
+    Scenario {
+        name: "vsock",
+        extra: &["--vsock", "cid=3,uds=/tmp/vsock.sock"],
+        before: VSOCK_BEFORE,
+        after: VSOCK_AFTER,
+        ..BOOT
+    },
+    Scenario {
+        name: "rng",
+        extra: &["--rng"],
+        ..BOOT
+    },
+    Scenario {
         name: "bench",
         memory_mib: 0,
         kernel: "",
@@ -100,6 +182,136 @@ pub const SCENARIOS: &[Scenario] = &[
         ..BOOT
     },
 ];
+
+/// The net scenario's L1 side: a persistent TAP with 169.254.0.1/16 (busybox
+/// `tunctl`; subzero opens it by name), a server that sends [`NET_FILE`] on
+/// port 8000, and one that stores what it receives on port 8001.
+const NET_BEFORE: &str = r#"tunctl -t sztap0 >/dev/null
+ip addr add 169.254.0.1/16 dev sztap0
+ip link set sztap0 up
+lab-peer gen $SZ_NET_FILE | lab-peer listen tcp:169.254.0.1:8000 --timeout $SZ_TIMEOUT >/dev/null 2>/tmp/net.down.err &
+sz_track $!
+lab-peer listen tcp:169.254.0.1:8001 --timeout $SZ_TIMEOUT </dev/null >/tmp/net.up.bin 2>/tmp/net.up.err &
+sz_track $!
+"#;
+
+const NET_AFTER: &str = r#"sz_reap
+sz_check UPLOAD_SHA256 "$(sha256sum < /tmp/net.up.bin | cut -d' ' -f1)"
+sz_check SERVER_DOWN "$(cat /tmp/net.down.err)"
+sz_check SERVER_UP "$(cat /tmp/net.up.err)"
+rm -f /tmp/net.up.bin
+tunctl -d sztap0 >/dev/null
+"#;
+
+/// The vsock scenario's L1 side, one step after the other: connect through
+/// subzero's Unix socket to the guest's listener on port 5000 (retrying
+/// until the guest listens), exchange 1 MiB each way; only then listen on
+/// `/tmp/vsock.sock_5001` for the guest's own connection. The guest's
+/// connection succeeding thus also proves L1 had all of the first stream.
+const VSOCK_BEFORE: &str = r#"rm -f /tmp/vsock.sock /tmp/vsock.sock_5001
+(
+    lab-peer gen $SZ_VSOCK_A_HOST | lab-peer connect vsock-uds:/tmp/vsock.sock:5000 --retry $SZ_TIMEOUT >/tmp/vs.a.bin 2>/tmp/vs.a.err &
+    sz_track $!
+    wait $!
+    lab-peer gen $SZ_VSOCK_B_HOST | lab-peer listen unix:/tmp/vsock.sock_5001 --timeout $SZ_TIMEOUT >/tmp/vs.b.bin 2>/tmp/vs.b.err &
+    sz_track $!
+    wait $!
+) &
+sz_vsock_job=$!
+"#;
+
+const VSOCK_AFTER: &str = r#"sz_reap $sz_vsock_job
+sz_check A_OK "$(grep '^lab-peer: OK' /tmp/vs.a.err)"
+sz_check A_SHA256 "$(sha256sum < /tmp/vs.a.bin | cut -d' ' -f1)"
+sz_check B_SHA256 "$(sha256sum < /tmp/vs.b.bin | cut -d' ' -f1)"
+sz_check A_LOG "$(cat /tmp/vs.a.err)"
+sz_check B_LOG "$(cat /tmp/vs.b.err)"
+rm -f /tmp/vs.a.bin /tmp/vs.b.bin
+"#;
+
+/// A payload that L1 or L2 makes with `lab-peer gen $SZ_<VAR>` and whose
+/// SHA-256 the host computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Blob {
+    /// Shell variable (without `SZ_`) holding `"<seed> <bytes>"`.
+    pub var: &'static str,
+    /// Generator seed.
+    pub seed: u64,
+    /// Length in bytes.
+    pub bytes: usize,
+}
+
+impl Blob {
+    /// The SHA-256 the VMs should print for it.
+    pub fn sha256(&self) -> String {
+        crate::payload::payload_sha256(self.seed, self.bytes)
+    }
+
+    /// The bytes themselves (for disk images built on the host).
+    pub fn data(&self) -> Vec<u8> {
+        crate::payload::Payload::bytes(self.seed, self.bytes)
+    }
+}
+
+/// `/known.bin` in the block image.
+pub const KNOWN_FILE: Blob = Blob {
+    var: "KNOWN_FILE",
+    seed: 1001,
+    bytes: 1 << 20,
+};
+/// What the block scenario's guest writes to `/written.bin`.
+pub const WRITTEN_FILE: Blob = Blob {
+    var: "WRITTEN_FILE",
+    seed: 1002,
+    bytes: 1 << 20,
+};
+/// What L1 serves to the net scenario's guest (and gets back).
+pub const NET_FILE: Blob = Blob {
+    var: "NET_FILE",
+    seed: 1003,
+    bytes: 16 << 20,
+};
+/// vsock, connection A (L1 connects): L1's stream.
+pub const VSOCK_A_HOST: Blob = Blob {
+    var: "VSOCK_A_HOST",
+    seed: 1004,
+    bytes: 1 << 20,
+};
+/// vsock, connection A: the guest's stream.
+pub const VSOCK_A_GUEST: Blob = Blob {
+    var: "VSOCK_A_GUEST",
+    seed: 1005,
+    bytes: 1 << 20,
+};
+/// vsock, connection B (the guest connects): L1's stream.
+pub const VSOCK_B_HOST: Blob = Blob {
+    var: "VSOCK_B_HOST",
+    seed: 1006,
+    bytes: 1 << 20,
+};
+/// vsock, connection B: the guest's stream.
+pub const VSOCK_B_GUEST: Blob = Blob {
+    var: "VSOCK_B_GUEST",
+    seed: 1007,
+    bytes: 1 << 20,
+};
+/// Every payload, defined as shell variables in both init scripts.
+pub const BLOBS: &[Blob] = &[
+    KNOWN_FILE,
+    WRITTEN_FILE,
+    NET_FILE,
+    VSOCK_A_HOST,
+    VSOCK_A_GUEST,
+    VSOCK_B_HOST,
+    VSOCK_B_GUEST,
+];
+
+fn blob_vars() -> String {
+    BLOBS
+        .iter()
+        .map(|b| format!("SZ_{}='{} {}'\n", b.var, b.seed, b.bytes))
+        .collect()
+}
 
 /// Exits per run and rounds of `subzero bench exits` in the lab, where a
 /// userspace exit costs about 100 us and an irqfd-woken HLT about 300 us.
@@ -116,11 +328,24 @@ pub const L1_VMLINUX: &str = "/l2/vmlinux";
 pub const L1_VMLINUX_NOPVH: &str = "/l2/vmlinux-nopvh";
 /// The L2 initramfs inside L1.
 pub const L1_L2_INITRD: &str = "/l2/initrd.cpio.gz";
+/// The rootfs scenario's initramfs: only what mounting `root=` needs.
+pub const L1_ROOTFS_INITRD: &str = "/l2/rootfs-initrd.cpio.gz";
+/// The block scenarios' ext4 image (L1 copies it before each use).
+pub const L1_BLOCK_IMAGE: &str = "/l2/block.img";
+/// The rootfs scenario's ext4 image.
+pub const L1_ROOTFS_IMAGE: &str = "/l2/rootfs.img";
+/// The helper binary, in L1 and in both L2 initramfs images.
+pub const LAB_PEER: &str = "/bin/lab-peer";
 
 impl Scenario {
     /// The L2 kernel command line.
     pub fn cmdline(&self) -> String {
-        format!("console=ttyS0 quiet panic=-1 sz_scenario={}", self.name)
+        let mut c = format!("console=ttyS0 quiet panic=-1 sz_scenario={}", self.name);
+        if !self.cmdline_extra.is_empty() {
+            c.push(' ');
+            c.push_str(self.cmdline_extra);
+        }
+        c
     }
 
     /// subzero's arguments for this scenario.
@@ -133,7 +358,7 @@ impl Scenario {
             "--kernel".into(),
             self.kernel.into(),
             "--initrd".into(),
-            L1_L2_INITRD.into(),
+            self.initrd.into(),
             "--cmdline".into(),
             self.cmdline(),
             "--memory".into(),
@@ -146,15 +371,58 @@ impl Scenario {
     }
 }
 
-/// The L2 guest's /init.
-pub const L2_INIT: &str = r#"#!/bin/sh
-echo "@@L2 INIT scenario=$sz_scenario"
+/// The L2 guest's /init. `modules`: for each virtio driver module the
+/// L2 initramfs carries under /lib/modules, the module files it needs in
+/// insmod order (its dependencies first, itself last), e.g.
+/// `("virtio_blk", ["virtio_ring", "virtio", "virtio_blk"])`.
+pub fn l2_init(modules: &[(String, Vec<String>)]) -> String {
+    let mut s = String::from("#!/bin/sh\n");
+    for (m, deps) in modules {
+        s.push_str(&format!("SZ_MOD_{m}={}\n", sh_quote(&deps.join(" "))));
+    }
+    s.push_str(&blob_vars());
+    s.push_str(L2_INIT_BODY);
+    s
+}
+
+const L2_INIT_BODY: &str = r#"echo "@@L2 INIT scenario=$sz_scenario"
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 /bin/busybox mkdir -p /proc /sys /tmp /sbin /usr/bin /usr/sbin
 /bin/busybox --install -s
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
 echo "@@L2 UPTIME $(cut -d' ' -f1 /proc/uptime)"
+
+# sz_load MODULE...: insmods each module after those it depends on.
+sz_load() {
+    for top in "$@"; do
+        eval "mods=\$SZ_MOD_$top"
+        [ -n "$mods" ] || echo "@@L2 INSMOD_FAILED $top: not in this initramfs"
+        for m in $mods; do
+            [ -d /sys/module/$m ] && continue
+            out=$(insmod /lib/modules/$m.ko 2>&1) || echo "@@L2 INSMOD_FAILED $m: $out"
+        done
+    done
+}
+# sz_wait PATH: waits up to 5 s for PATH to appear.
+sz_wait() {
+    n=0
+    while [ ! -e "$1" ] && [ $n -lt 50 ]; do sleep 0.1; n=$((n + 1)); done
+    [ -e "$1" ] || echo "@@L2 MISSING $1"
+}
+# sz_try KEY COMMAND...: runs COMMAND, prints `@@L2 KEY ok|failed: <output>`.
+sz_try() {
+    key=$1
+    shift
+    if out=$("$@" 2>&1); then
+        echo "@@L2 $key ok $(echo "$out" | tr '\n' ' ')"
+    else
+        echo "@@L2 $key failed: $(echo "$out" | tr '\n' ' ')"
+    fi
+}
+sz_sha() { sha256sum | cut -d' ' -f1; }
+
 case "$sz_scenario" in
 boot | stats | live | vmlinux-*)
     echo "@@L2 UNAME $(uname -r)"
@@ -178,6 +446,57 @@ stdin)
     IFS= read -r line
     echo "@@L2 ECHO [$line]"
     ;;
+block)
+    sz_load virtio_mmio virtio_blk
+    sz_wait /dev/vda
+    echo "@@L2 DISK_SECTORS $(cat /sys/block/vda/size)"
+    echo "@@L2 DISK_RO $(cat /sys/block/vda/ro)"
+    mkdir -p /mnt
+    sz_try MOUNT mount -t ext4 /dev/vda /mnt
+    echo "@@L2 KNOWN_SHA256 $(sz_sha < /mnt/known.bin)"
+    sz_try WRITE sh -c "lab-peer gen $SZ_WRITTEN_FILE > /mnt/written.bin && sync"
+    sz_try UMOUNT umount /mnt
+    ;;
+block-ro)
+    sz_load virtio_mmio virtio_blk
+    sz_wait /dev/vda
+    echo "@@L2 DISK_RO $(cat /sys/block/vda/ro)"
+    mkdir -p /mnt
+    sz_try MOUNT mount -t ext4 /dev/vda /mnt
+    echo "@@L2 MOUNT_OPTIONS $(awk '$2 == "/mnt" { print $4 }' /proc/mounts)"
+    echo "@@L2 KNOWN_SHA256 $(sz_sha < /mnt/known.bin)"
+    sz_try FS_WRITE sh -c 'echo x > /mnt/new.txt'
+    sz_try DEV_WRITE dd if=/dev/zero of=/dev/vda bs=4096 count=1 oflag=direct conv=notrunc
+    umount /mnt
+    ;;
+net)
+    sz_load virtio_mmio virtio_net
+    sz_wait /sys/class/net/eth0
+    echo "@@L2 MAC $(cat /sys/class/net/eth0/address)"
+    ip addr add 169.254.0.2/16 dev eth0
+    ip link set eth0 up
+    ping -c 3 -W 5 169.254.0.1 >/tmp/ping 2>&1
+    echo "@@L2 PING $(grep 'packets transmitted' /tmp/ping)"
+    lab-peer connect tcp:169.254.0.1:8000 --retry 10 </dev/null >/tmp/net.bin
+    echo "@@L2 DOWNLOAD_SHA256 $(sz_sha < /tmp/net.bin)"
+    sz_try UPLOAD lab-peer connect tcp:169.254.0.1:8001 --retry 10 </tmp/net.bin
+    ;;
+vsock)
+    sz_load virtio_mmio vmw_vsock_virtio_transport
+    sz_wait /dev/vsock
+    echo "@@L2 VSOCK_A_SHA256 $(lab-peer gen $SZ_VSOCK_A_GUEST | lab-peer listen vsock:5000 --timeout 40 | sz_sha)"
+    echo "@@L2 VSOCK_B_SHA256 $(lab-peer gen $SZ_VSOCK_B_GUEST | lab-peer connect vsock:2:5001 --retry 20 | sz_sha)"
+    ;;
+rng)
+    sz_load virtio_mmio virtio_rng
+    n=0
+    while [ "$(cat /sys/class/misc/hw_random/rng_current)" = none ] && [ $n -lt 50 ]; do sleep 0.1; n=$((n + 1)); done
+    echo "@@L2 RNG_AVAILABLE $(cat /sys/class/misc/hw_random/rng_available)"
+    echo "@@L2 RNG_CURRENT $(cat /sys/class/misc/hw_random/rng_current)"
+    head -c 4096 /dev/hwrng >/tmp/rng
+    echo "@@L2 RNG_BYTES $(wc -c < /tmp/rng)"
+    echo "@@L2 RNG_DISTINCT $(od -An -v -tu1 /tmp/rng | tr -s ' ' '\n' | grep -v '^$' | sort -u | wc -l)"
+    ;;
 *)
     echo "@@L2 UNKNOWN_SCENARIO [$sz_scenario]"
     ;;
@@ -186,6 +505,62 @@ echo "@@L2 POWEROFF"
 poweroff -f
 echo "@@L2 POWEROFF_FAILED"
 sleep 10
+"#;
+
+/// The rootfs scenario's initramfs /init: loads the virtio block stack
+/// (the Debian kernel has virtio_blk as a module, so it cannot mount
+/// `root=/dev/vda` by itself), mounts the `root=` device and
+/// `switch_root`s to its /sbin/init ([`ROOTFS_INIT`]). `modules`: module
+/// files in insmod order.
+pub fn rootfs_initrd_init(modules: &[String]) -> String {
+    format!(
+        "#!/bin/sh\nSZ_MODULES={}\n{}",
+        sh_quote(&modules.join(" ")),
+        r#"bb=/bin/busybox
+$bb mkdir -p /proc /sys /dev /newroot
+$bb mount -t proc proc /proc
+$bb mount -t sysfs sysfs /sys
+$bb mount -t devtmpfs devtmpfs /dev
+echo "@@L2 INIT scenario=$sz_scenario (initramfs)"
+for m in $SZ_MODULES; do
+    out=$($bb insmod /lib/modules/$m.ko 2>&1) || echo "@@L2 INSMOD_FAILED $m: $out"
+done
+root=
+for w in $($bb cat /proc/cmdline); do
+    case $w in root=*) root=${w#root=} ;; esac
+done
+n=0
+while [ ! -b "$root" ] && [ $n -lt 50 ]; do $bb sleep 0.1; n=$((n + 1)); done
+if ! out=$($bb mount -t ext4 -o rw "$root" /newroot 2>&1); then
+    echo "@@L2 ROOT_MOUNT_FAILED root=$root: $out"
+    $bb poweroff -f
+fi
+$bb umount /proc /sys
+$bb mount --move /dev /newroot/dev
+echo "@@L2 SWITCH_ROOT $root"
+exec $bb switch_root /newroot /sbin/init
+echo "@@L2 SWITCH_ROOT_FAILED"
+$bb poweroff -f
+"#
+    )
+}
+
+/// `/sbin/init` on the rootfs scenario's disk: proves it runs from the disk
+/// (what is mounted on /, a file only the disk has, the initramfs' /init
+/// gone), writes a file L1 reads back, and powers off cleanly.
+pub const ROOTFS_INIT: &str = r#"#!/bin/sh
+/bin/busybox mount -t proc proc /proc
+/bin/busybox --install -s
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+echo "@@L2 ROOTFS_INIT pid=$$"
+echo "@@L2 ROOT_MOUNT $(awk '$2 == "/" { m = $1 " " $3 " " substr($4, 1, 2) } END { print m }' /proc/mounts)"
+echo "@@L2 DISK_MARKER $(cat /etc/sz-rootfs-marker)"
+if [ -e /init ]; then echo "@@L2 INITRAMFS_INIT present"; else echo "@@L2 INITRAMFS_INIT absent"; fi
+echo "rootfs-write $(cat /etc/sz-rootfs-marker)" >/etc/sz-written
+sync
+if out=$(mount -o remount,ro / 2>&1); then echo "@@L2 REMOUNT_RO ok"; else echo "@@L2 REMOUNT_RO failed: $out"; fi
+echo "@@L2 POWEROFF"
+poweroff -f
 "#;
 
 fn sh_quote(s: &str) -> String {
@@ -211,6 +586,7 @@ pub fn l1_init(
     s.push_str(&format!("SZ_MODULES={}\n", sh_quote(&modules.join(" "))));
     s.push_str(&format!("SZ_TOKEN={}\n", sh_quote(token)));
     s.push_str(&format!("SZ_TIMEOUT={timeout_secs}\n"));
+    s.push_str(&blob_vars());
     s.push_str(
         r#"export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 /bin/busybox mkdir -p /proc /sys /dev /tmp /sbin /usr/bin /usr/sbin
@@ -258,7 +634,6 @@ sz_run() {
     name=$1
     mode=$2
     shift 2
-    echo "@@L1 BEGIN $name"
     rd=
     if [ "$mode" = handshake ]; then
         rm -f /tmp/sin /tmp/sout
@@ -320,6 +695,47 @@ sz_run() {
     fi
 }
 
+# sz_check KEY VALUE...: reports what L1 sees for the current scenario.
+sz_check() {
+    k=$1
+    shift
+    echo "@@L1 CHECK $name $k $(echo "$*" | tr '\n' ' ')"
+}
+
+# sz_inspect IMAGE KEY COMMAND: loop-mounts the ext4 IMAGE read-only and
+# reports the output of the shell COMMAND, run at its root, as KEY.
+sz_inspect() {
+    mkdir -p /tmp/mnt
+    if out=$(mount -t ext4 -o loop,ro "$1" /tmp/mnt 2>&1); then
+        sz_check "$2" "$(cd /tmp/mnt && sh -c "$3" 2>&1)"
+        umount /tmp/mnt
+    else
+        sz_check "$2" "mount failed: $out"
+    fi
+}
+
+# sz_track PID: a background helper that sz_reap stops.
+sz_track() { echo "$1" >>/tmp/sz.pids; }
+
+# sz_reap [JOB...]: gives the tracked helpers and JOBs 5 s to finish once
+# subzero has exited, then kills whatever is left.
+sz_reap() {
+    n=0
+    while [ $n -lt 50 ]; do
+        alive=
+        for p in "$@" $(cat /tmp/sz.pids 2>/dev/null); do
+            case "$(cut -d' ' -f3 /proc/$p/stat 2>/dev/null)" in "" | Z) ;; *) alive=1 ;; esac
+        done
+        [ -z "$alive" ] && break
+        sleep 0.1
+        n=$((n + 1))
+    done
+    [ $n -ge 50 ] && sz_check REAPED "helpers still running after 5 s were killed"
+    kill "$@" $(cat /tmp/sz.pids 2>/dev/null) 2>/dev/null
+    wait "$@" 2>/dev/null
+    rm -f /tmp/sz.pids
+}
+
 "#,
     );
     if let Some(off) = pvh_note_offset {
@@ -341,7 +757,10 @@ echo "@@L1 NOPVH note type bytes: $(od -An -tx1 -j {off} -N 4 {vml}) -> $(od -An
             "plain"
         };
         let args: Vec<String> = sc.subzero_args().iter().map(|a| sh_quote(a)).collect();
+        s.push_str(&format!("name={}\necho \"@@L1 BEGIN $name\"\n", sc.name));
+        s.push_str(sc.before);
         s.push_str(&format!("sz_run {} {mode} {}\n", sc.name, args.join(" ")));
+        s.push_str(sc.after);
     }
     s.push_str(
         r#"echo "@@L1 ALL_DONE uptime=$(cut -d' ' -f1 /proc/uptime)"

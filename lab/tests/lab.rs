@@ -7,7 +7,7 @@
 
 use std::sync::OnceLock;
 
-use subzero_lab::{outcome, run_from_env, LabError, LabRun};
+use subzero_lab::{images, outcome, run_from_env, scripts, LabError, LabRun, ScenarioRun};
 
 static RUN: OnceLock<Result<LabRun, LabError>> = OnceLock::new();
 
@@ -312,4 +312,285 @@ fn subzero_stat_watches_a_booting_guest_live() {
         ctx()
     );
     eprintln!("lab: live view: {refreshes} refreshes; busiest io-out rate {busiest_io:.0}/s");
+}
+
+/// `sc.l2(key)` starts with "ok" (a `sz_try` in the guest succeeded).
+fn l2_ok(sc: &ScenarioRun, key: &str) -> bool {
+    sc.l2(key)
+        .is_some_and(|v| v == "ok" || v.starts_with("ok "))
+}
+
+#[test]
+fn block_guest_reads_and_writes_an_ext4_disk() {
+    let Some(run) = lab() else { return };
+    let Some(sc) = run.scenario("block") else {
+        return;
+    };
+    let ctx = || run.context(sc);
+    let sectors = (images::IMAGE_MIB as u64 * 1024 * 1024 / 512).to_string();
+    assert_eq!(
+        sc.l2("DISK_SECTORS"),
+        Some(sectors.as_str()),
+        "/sys/block/vda/size in the guest (512-byte sectors)\n{}",
+        ctx()
+    );
+    assert_eq!(sc.l2("DISK_RO"), Some("0"), "vda read-only?\n{}", ctx());
+    assert!(
+        l2_ok(sc, "MOUNT"),
+        "guest could not mount /dev/vda\n{}",
+        ctx()
+    );
+    assert_eq!(
+        sc.l2("KNOWN_SHA256"),
+        Some(scripts::KNOWN_FILE.sha256().as_str()),
+        "sha256 of /known.bin read by the guest from the disk\n{}",
+        ctx()
+    );
+    assert!(
+        l2_ok(sc, "WRITE"),
+        "guest could not write /written.bin\n{}",
+        ctx()
+    );
+    assert!(l2_ok(sc, "UMOUNT"), "guest could not unmount\n{}", ctx());
+    assert_eq!(sc.exit_code, Some(0), "subzero exit code\n{}", ctx());
+    assert_eq!(
+        sc.l1("WRITTEN_SHA256"),
+        Some(scripts::WRITTEN_FILE.sha256().as_str()),
+        "sha256 of /written.bin that L1 read back from the image after subzero exited\n{}",
+        ctx()
+    );
+    // --stats: "virtio-blk0  0x...  <eventfd kicks> <mmio kicks> <interrupts> <needs reset>".
+    let row = sc
+        .stderr
+        .iter()
+        .find(|l| l.starts_with("virtio-blk0"))
+        .unwrap_or_else(|| panic!("no virtio-blk0 row in the --stats table\n{}", ctx()));
+    let cols: Vec<u64> = row
+        .split_whitespace()
+        .skip(2)
+        .filter_map(|c| c.parse().ok())
+        .collect();
+    assert!(
+        cols.len() >= 3 && cols[0] > 0 && cols[1] == 0 && cols[2] > 0,
+        "virtio-blk0 should have kicks only through its ioeventfd (eventfd kicks > 0, \
+         mmio kicks 0) and interrupts: {row:?}\n{}",
+        ctx()
+    );
+    eprintln!("lab: block: {row}");
+}
+
+#[test]
+fn block_readonly_refuses_writes_and_leaves_the_image_unchanged() {
+    let Some(run) = lab() else { return };
+    let Some(sc) = run.scenario("block-ro") else {
+        return;
+    };
+    let ctx = || run.context(sc);
+    assert_eq!(sc.l2("DISK_RO"), Some("1"), "/sys/block/vda/ro\n{}", ctx());
+    assert!(
+        l2_ok(sc, "MOUNT"),
+        "guest could not mount /dev/vda\n{}",
+        ctx()
+    );
+    assert!(
+        sc.l2("MOUNT_OPTIONS").is_some_and(|o| o.starts_with("ro")),
+        "the read-only disk should be mounted ro\n{}",
+        ctx()
+    );
+    assert_eq!(
+        sc.l2("KNOWN_SHA256"),
+        Some(scripts::KNOWN_FILE.sha256().as_str()),
+        "reads from the read-only disk\n{}",
+        ctx()
+    );
+    for key in ["FS_WRITE", "DEV_WRITE"] {
+        assert!(
+            sc.l2(key).is_some_and(|v| v.starts_with("failed")),
+            "{key} on the read-only disk should fail\n{}",
+            ctx()
+        );
+    }
+    let before = sc.l1("SHA256_BEFORE");
+    assert!(
+        before.is_some_and(|b| b.len() == 64),
+        "no image checksum from L1\n{}",
+        ctx()
+    );
+    assert_eq!(
+        sc.l1("SHA256_AFTER"),
+        before,
+        "the read-only image changed\n{}",
+        ctx()
+    );
+    assert_eq!(sc.exit_code, Some(0), "subzero exit code\n{}", ctx());
+    eprintln!(
+        "lab: block-ro: fs write: {}; device write: {}",
+        sc.l2("FS_WRITE").unwrap_or(""),
+        sc.l2("DEV_WRITE").unwrap_or("")
+    );
+}
+
+#[test]
+fn rootfs_boots_from_the_virtio_disk() {
+    let Some(run) = lab() else { return };
+    let Some(sc) = run.scenario("rootfs") else {
+        return;
+    };
+    let ctx = || run.context(sc);
+    assert_eq!(
+        sc.l2("SWITCH_ROOT"),
+        Some("/dev/vda"),
+        "the initramfs should switch to root=/dev/vda\n{}",
+        ctx()
+    );
+    assert_eq!(
+        sc.l2("ROOTFS_INIT"),
+        Some("pid=1"),
+        "the disk's /sbin/init should run as PID 1\n{}",
+        ctx()
+    );
+    assert_eq!(
+        sc.l2("ROOT_MOUNT"),
+        Some("/dev/vda ext4 rw"),
+        "/ should be /dev/vda (ext4, rw)\n{}",
+        ctx()
+    );
+    let marker = format!("disk-{}", run.token);
+    assert_eq!(
+        sc.l2("DISK_MARKER"),
+        Some(marker.as_str()),
+        "a file only this run's disk has\n{}",
+        ctx()
+    );
+    assert_eq!(
+        sc.l2("INITRAMFS_INIT"),
+        Some("absent"),
+        "the initramfs' /init is still visible\n{}",
+        ctx()
+    );
+    assert!(l2_ok(sc, "REMOUNT_RO"), "remount / ro\n{}", ctx());
+    assert_eq!(sc.exit_code, Some(0), "subzero exit code\n{}", ctx());
+    assert_eq!(
+        sc.l1("ROOT_WRITTEN"),
+        Some(format!("rootfs-write {marker}").as_str()),
+        "the file the disk's init wrote, read back by L1 from the image\n{}",
+        ctx()
+    );
+}
+
+#[test]
+fn net_guest_pings_and_moves_16_mib_over_tcp() {
+    let Some(run) = lab() else { return };
+    let Some(sc) = run.scenario("net") else {
+        return;
+    };
+    let ctx = || run.context(sc);
+    assert_eq!(
+        sc.l2("MAC"),
+        Some("52:54:00:12:34:56"),
+        "the guest's eth0 MAC should be the one given to --net\n{}",
+        ctx()
+    );
+    assert!(
+        sc.l2("PING")
+            .is_some_and(|p| p.contains("3 packets transmitted, 3 packets received")),
+        "guest ping of L1 (169.254.0.1)\n{}",
+        ctx()
+    );
+    let want = scripts::NET_FILE.sha256();
+    assert_eq!(
+        sc.l2("DOWNLOAD_SHA256"),
+        Some(want.as_str()),
+        "sha256 of the 16 MiB the guest fetched from L1\n{}",
+        ctx()
+    );
+    assert!(l2_ok(sc, "UPLOAD"), "guest upload to L1\n{}", ctx());
+    assert_eq!(
+        sc.l1("UPLOAD_SHA256"),
+        Some(want.as_str()),
+        "sha256 of what L1 received back from the guest\n{}",
+        ctx()
+    );
+    assert_eq!(sc.exit_code, Some(0), "subzero exit code\n{}", ctx());
+    eprintln!(
+        "lab: net: L1 server (guest download): {}",
+        sc.l1("SERVER_DOWN").unwrap_or("-")
+    );
+    eprintln!(
+        "lab: net: L1 server (guest upload): {}",
+        sc.l1("SERVER_UP").unwrap_or("-")
+    );
+}
+
+#[test]
+fn vsock_streams_reach_the_guest_and_the_host() {
+    let Some(run) = lab() else { return };
+    let Some(sc) = run.scenario("vsock") else {
+        return;
+    };
+    let ctx = || run.context(sc);
+    assert!(
+        sc.l1("A_OK")
+            .is_some_and(|l| l.starts_with("lab-peer: OK ")),
+        "CONNECT 5000 through subzero's Unix socket got no OK line\n{}",
+        ctx()
+    );
+    let checks = [
+        (
+            sc.l2("VSOCK_A_SHA256"),
+            scripts::VSOCK_A_HOST,
+            "guest listener (port 5000) received from L1",
+        ),
+        (
+            sc.l1("A_SHA256"),
+            scripts::VSOCK_A_GUEST,
+            "L1 (connected through the Unix socket) received from the guest",
+        ),
+        (
+            sc.l2("VSOCK_B_SHA256"),
+            scripts::VSOCK_B_HOST,
+            "guest (connected to CID 2 port 5001) received from L1",
+        ),
+        (
+            sc.l1("B_SHA256"),
+            scripts::VSOCK_B_GUEST,
+            "L1 listener on /tmp/vsock.sock_5001 received from the guest",
+        ),
+    ];
+    for (got, blob, what) in checks {
+        assert_eq!(
+            got,
+            Some(blob.sha256().as_str()),
+            "sha256 of the 1 MiB the {what}\n{}",
+            ctx()
+        );
+    }
+    assert_eq!(sc.exit_code, Some(0), "subzero exit code\n{}", ctx());
+}
+
+#[test]
+fn rng_guest_reads_random_bytes_from_virtio_rng() {
+    let Some(run) = lab() else { return };
+    let Some(sc) = run.scenario("rng") else {
+        return;
+    };
+    let ctx = || run.context(sc);
+    assert!(
+        sc.l2("RNG_CURRENT")
+            .is_some_and(|c| c.starts_with("virtio_rng")),
+        "/sys/class/misc/hw_random/rng_current should name virtio_rng\n{}",
+        ctx()
+    );
+    assert_eq!(sc.l2("RNG_BYTES"), Some("4096"), "bytes read\n{}", ctx());
+    let distinct: u32 = sc
+        .l2("RNG_DISTINCT")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    // 4096 random bytes take about 255.9 of the 256 values on average.
+    assert!(
+        distinct >= 240,
+        "only {distinct} distinct byte values in 4 KiB from /dev/hwrng\n{}",
+        ctx()
+    );
+    assert_eq!(sc.exit_code, Some(0), "subzero exit code\n{}", ctx());
 }
