@@ -8,6 +8,10 @@
 
 pub mod request;
 
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod tests;
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
@@ -150,6 +154,14 @@ impl Block {
     /// VIRTIO_BLK_T_GET_ID (max 20 bytes, default: file name truncated).
     pub fn open(path: &Path, readonly: bool, id: Option<String>) -> Result<Block, BlockError> {
         let p = || path.to_path_buf();
+        let id = match id {
+            Some(id) if id.len() > ID_BYTES => return Err(BlockError::IdTooLong { path: p(), id }),
+            Some(id) => id.into_bytes(),
+            None => path
+                .file_name()
+                .map(|n| n.as_encoded_bytes().to_vec())
+                .unwrap_or_default(),
+        };
         let file = OpenOptions::new()
             .read(true)
             .write(!readonly)
@@ -197,14 +209,6 @@ impl Block {
                 size % SECTOR_SIZE
             );
         }
-        let id = match id {
-            Some(id) if id.len() > ID_BYTES => return Err(BlockError::IdTooLong { path: p(), id }),
-            Some(id) => id.into_bytes(),
-            None => path
-                .file_name()
-                .map(|n| n.as_encoded_bytes().to_vec())
-                .unwrap_or_default(),
-        };
         let mut serial = [0u8; ID_BYTES];
         let n = id.len().min(ID_BYTES);
         serial[..n].copy_from_slice(&id[..n]);

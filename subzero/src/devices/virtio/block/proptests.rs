@@ -1,0 +1,1 @@
+//! Property tests: arbitrary chains never break the device.
