@@ -162,6 +162,10 @@ impl Block {
                 .map(|n| n.as_encoded_bytes().to_vec())
                 .unwrap_or_default(),
         };
+        // Look before opening: opening a FIFO would block until a writer comes.
+        if let Ok(meta) = std::fs::metadata(path) {
+            check_kind(path, meta.file_type())?;
+        }
         let file = OpenOptions::new()
             .read(true)
             .write(!readonly)
@@ -176,12 +180,7 @@ impl Block {
         };
         let meta = file.metadata().map_err(io_err("cannot stat"))?;
         let kind = meta.file_type();
-        if kind.is_dir() {
-            return Err(BlockError::IsDirectory { path: p() });
-        }
-        if !kind.is_file() && !kind.is_block_device() {
-            return Err(BlockError::NotADisk { path: p() });
-        }
+        check_kind(path, kind)?;
         lock(&file, readonly).map_err(|e| {
             if e.kind() == io::ErrorKind::WouldBlock {
                 BlockError::Locked { path: p() }
@@ -379,6 +378,21 @@ fn disk_offset(sector: u64) -> Result<u64, String> {
     sector
         .checked_mul(SECTOR_SIZE)
         .ok_or_else(|| format!("sector {sector} is out of range"))
+}
+
+/// Accepts regular files and block devices.
+fn check_kind(path: &Path, kind: std::fs::FileType) -> Result<(), BlockError> {
+    if kind.is_dir() {
+        Err(BlockError::IsDirectory {
+            path: path.to_path_buf(),
+        })
+    } else if kind.is_file() || kind.is_block_device() {
+        Ok(())
+    } else {
+        Err(BlockError::NotADisk {
+            path: path.to_path_buf(),
+        })
+    }
 }
 
 /// Takes an advisory lock on the whole image without waiting: shared for

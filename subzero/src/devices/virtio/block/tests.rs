@@ -365,6 +365,12 @@ fn open_errors_name_the_file_and_say_what_is_wrong() {
         assert!(e.to_string().contains("directory"), "{e}");
     }
 
+    let e = Block::open(Path::new("/dev/null"), true, None)
+        .err()
+        .unwrap();
+    assert!(matches!(e, BlockError::NotADisk { .. }), "{e}");
+    assert!(e.to_string().contains("/dev/null"), "{e}");
+
     let empty = TempImage::new("empty", &[]);
     let e = Block::open(&empty.path, false, None).err().unwrap();
     assert!(e.to_string().contains("empty"), "{e}");
