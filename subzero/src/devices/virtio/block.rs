@@ -90,7 +90,7 @@ pub enum BlockError {
         size: u64,
     },
     /// Another process holds a conflicting lock.
-    #[error("disk image {}: in use by another process (another VM?); two VMs writing one image corrupt it. Stop the other user, or attach the image readonly=on in every VM", .path.display())]
+    #[error("disk image {}: locked by another user (another VM, or the same image given twice); two writers corrupt an image. Stop the other user, or attach the image with readonly=on everywhere", .path.display())]
     Locked {
         /// The image path.
         path: PathBuf,
