@@ -388,7 +388,7 @@ fn an_image_in_use_is_locked() {
         let e = Block::open(&img.path, ro, None).err().unwrap();
         assert!(matches!(e, BlockError::Locked { .. }), "{e}");
         assert!(e.to_string().contains(&name), "{e}");
-        assert!(e.to_string().contains("another process"), "{e}");
+        assert!(e.to_string().contains("locked by another user"), "{e}");
     }
     drop(first);
     // Readers share the image, but keep writers out.
