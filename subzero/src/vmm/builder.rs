@@ -28,6 +28,7 @@ use crate::bus::BusError;
 use crate::devices::acpi_pm::AcpiPm;
 use crate::devices::i8042::I8042;
 use crate::devices::serial::{ConsoleOut, IrqTrigger, PanicWatch, SerialDevice};
+use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::VirtioDevice;
 use crate::kvm::{self, KvmError};
@@ -74,6 +75,9 @@ pub enum BuildError {
     /// Eventfd creation.
     #[error("creating an eventfd failed: {0}")]
     EventFd(#[source] std::io::Error),
+    /// A `--disk` image could not be opened.
+    #[error(transparent)]
+    Disk(#[from] BlockError),
     /// A virtio device could not be placed in the VM.
     #[error(transparent)]
     Virtio(#[from] VirtioSetupError),
@@ -83,7 +87,14 @@ pub enum BuildError {
 /// or name fails fast with nothing half-built.
 fn open_devices(cfg: &DevicesConfig) -> Result<Vec<Box<dyn VirtioDevice>>, BuildError> {
     let mut out: Vec<Box<dyn VirtioDevice>> = Vec::new();
-    if !cfg.disks.is_empty() || !cfg.nets.is_empty() || cfg.vsock.is_some() {
+    for disk in &cfg.disks {
+        out.push(Box::new(Block::open(
+            &disk.path,
+            disk.readonly,
+            disk.id.clone(),
+        )?));
+    }
+    if !cfg.nets.is_empty() || cfg.vsock.is_some() {
         return Err(VirtioSetupError::Io(
             "virtio".into(),
             std::io::Error::other("--disk, --net and --vsock are not wired up yet"),

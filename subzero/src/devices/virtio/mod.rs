@@ -7,6 +7,7 @@
 //! KVM ioeventfds, and interrupts the guest through an irqfd. A guest kick
 //! therefore never passes through a vCPU thread in userspace.
 
+pub mod block;
 pub mod chain;
 pub mod mmio;
 pub mod rng;
