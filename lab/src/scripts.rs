@@ -416,9 +416,9 @@ sz_try() {
     key=$1
     shift
     if out=$("$@" 2>&1); then
-        echo "@@L2 $key ok $(echo "$out" | tr '\n' ' ')"
+        echo "@@L2 $key ok $(printf '%s' "$out" | tr '\n' ' ')"
     else
-        echo "@@L2 $key failed: $(echo "$out" | tr '\n' ' ')"
+        echo "@@L2 $key failed: $(printf '%s' "$out" | tr '\n' ' ')"
     fi
 }
 sz_sha() { sha256sum | cut -d' ' -f1; }
@@ -699,7 +699,7 @@ sz_run() {
 sz_check() {
     k=$1
     shift
-    echo "@@L1 CHECK $name $k $(echo "$*" | tr '\n' ' ')"
+    echo "@@L1 CHECK $name $k $(printf '%s' "$*" | tr '\n' ' ')"
 }
 
 # sz_inspect IMAGE KEY COMMAND: loop-mounts the ext4 IMAGE read-only and

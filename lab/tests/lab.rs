@@ -363,7 +363,10 @@ fn block_guest_reads_and_writes_an_ext4_disk() {
     let row = sc
         .stderr
         .iter()
-        .find(|l| l.starts_with("virtio-blk0"))
+        .find(|l| {
+            let mut w = l.split_whitespace();
+            w.next() == Some("virtio-blk0") && w.next().is_some_and(|b| b.starts_with("0x"))
+        })
         .unwrap_or_else(|| panic!("no virtio-blk0 row in the --stats table\n{}", ctx()));
     let cols: Vec<u64> = row
         .split_whitespace()
