@@ -4,9 +4,10 @@
 //!
 //! ```text
 //! lab-peer gen SEED BYTES                 the test payload stream (see payload.rs) to stdout
-//! lab-peer listen ADDR [--timeout SECS]   accept one connection
+//! lab-peer listen ADDR [--timeout SECS] [--bytes N]   accept one connection
 //! lab-peer connect ADDR [--retry SECS] [--bytes N]
 //! lab-peer randread PATH SECS             4 KiB O_DIRECT reads at random offsets
+//! lab-peer seq read|write PATH BYTES      1 MiB O_DIRECT sequential I/O (+ fdatasync)
 //! ```
 //!
 //! ADDR: `tcp:IP:PORT`, `vsock:CID:PORT` (listen: `vsock:PORT`), `unix:PATH`,
@@ -15,12 +16,13 @@
 //! `OK ...` reply printed to stderr.
 //!
 //! Both `listen` and `connect` copy stdin to the socket and the socket to
-//! stdout at the same time. The connecting side half-closes when its stdin
-//! ends (or after `--bytes`); the listening side half-closes only once its
+//! stdout at the same time (`--bytes N`: only the first N bytes of stdin).
+//! The connecting side half-closes when its stdin ends; the listening side half-closes only once its
 //! stdin is sent *and* it has read the peer's end of stream and written it
 //! all to stdout. So when `connect` returns, the listener has everything:
 //! a guest can power off right after. Each side then prints one summary line
-//! (bytes and MiB/s per direction) to stderr.
+//! (bytes each way, time from connection to both ends closed, MiB/s) to
+//! stderr.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -33,8 +35,9 @@ use subzero_lab::payload::{parse_bytes, Payload};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: lab-peer gen SEED BYTES\n       lab-peer listen ADDR [--timeout SECS]\n       \
-         lab-peer connect ADDR [--retry SECS] [--bytes N]\n       lab-peer randread PATH SECS\n\
+        "usage: lab-peer gen SEED BYTES\n       lab-peer listen ADDR [--timeout SECS] [--bytes N]\n       \
+         lab-peer connect ADDR [--retry SECS] [--bytes N]\n       lab-peer randread PATH SECS\n       \
+         lab-peer seq read|write PATH BYTES\n\
          ADDR: tcp:IP:PORT | vsock:CID:PORT | vsock:PORT (listen) | unix:PATH | vsock-uds:PATH:PORT"
     );
     ExitCode::from(2)
@@ -47,6 +50,7 @@ fn main() -> ExitCode {
         Some("listen") if args.len() >= 2 => listen(&args[1], &args[2..]),
         Some("connect") if args.len() >= 2 => connect(&args[1], &args[2..]),
         Some("randread") if args.len() == 3 => randread(&args[1], &args[2]),
+        Some("seq") if args.len() == 4 => seq(&args[1], &args[2], &args[3]),
         _ => return usage(),
     };
     match res {
@@ -95,6 +99,10 @@ fn secs(v: &str) -> Res<Duration> {
         .filter(|s| *s >= 0.0)
         .map(Duration::from_secs_f64)
         .ok_or_else(|| format!("bad number of seconds {v:?}"))
+}
+
+fn byte_count(v: &str) -> Res<u64> {
+    parse_bytes(v).ok_or_else(|| format!("bad byte count {v:?}"))
 }
 
 fn last_os_error(what: &str) -> String {
@@ -211,9 +219,11 @@ fn accept(listener: &OwnedFd, timeout: Option<Duration>) -> Res<OwnedFd> {
 
 fn listen(addr: &str, rest: &[String]) -> Res<()> {
     let mut timeout = None;
-    for (k, v) in options(rest, &["timeout"])? {
-        if k == "timeout" {
-            timeout = Some(secs(&v)?);
+    let mut limit = None;
+    for (k, v) in options(rest, &["timeout", "bytes"])? {
+        match k.as_str() {
+            "timeout" => timeout = Some(secs(&v)?),
+            _ => limit = Some(byte_count(&v)?),
         }
     }
     let conn: OwnedFd = match parse_addr(addr, true)? {
@@ -230,7 +240,7 @@ fn listen(addr: &str, rest: &[String]) -> Res<()> {
         Addr::Vsock { cid, port } => accept(&vsock_socket(cid, port, true)?, timeout)?,
         Addr::VsockUds { .. } => return Err("vsock-uds: is for connect only".into()),
     };
-    transfer(addr, conn, true, None)
+    transfer(addr, conn, true, limit)
 }
 
 /// Connects to a Firecracker-style vsock Unix socket and does the
@@ -270,7 +280,7 @@ fn connect(addr: &str, rest: &[String]) -> Res<()> {
     for (k, v) in options(rest, &["retry", "bytes"])? {
         match k.as_str() {
             "retry" => retry = secs(&v)?,
-            _ => limit = Some(parse_bytes(&v).ok_or_else(|| format!("bad byte count {v:?}"))?),
+            _ => limit = Some(byte_count(&v)?),
         }
     }
     let target = parse_addr(addr, false)?;
@@ -318,7 +328,7 @@ fn transfer(addr: &str, conn: OwnedFd, listener: bool, limit: Option<u64>) -> Re
     let conn = std::sync::Arc::new(conn);
     let (done_tx, done_rx) = mpsc::channel::<()>();
     let rx_conn = conn.clone();
-    let receiver = std::thread::spawn(move || -> Res<(u64, Duration)> {
+    let receiver = std::thread::spawn(move || -> Res<(u64, ())> {
         let mut sock = File::from(rx_conn.try_clone().map_err(|e| format!("dup: {e}"))?);
         let mut out = io::stdout().lock();
         let mut buf = vec![0u8; 256 * 1024];
@@ -337,7 +347,7 @@ fn transfer(addr: &str, conn: OwnedFd, listener: bool, limit: Option<u64>) -> Re
         }
         out.flush().map_err(|e| format!("stdout: {e}"))?;
         let _ = done_tx.send(());
-        Ok((total, t0.elapsed()))
+        Ok((total, ()))
     });
     let mut sock = File::from(conn.try_clone().map_err(|e| format!("dup: {e}"))?);
     let mut input = io::stdin().lock();
@@ -362,7 +372,6 @@ fn transfer(addr: &str, conn: OwnedFd, listener: bool, limit: Option<u64>) -> Re
             }
         }
     }
-    let sent_at = t0.elapsed();
     if listener {
         // Half-close only once everything from the peer is on stdout.
         let _ = done_rx.recv();
@@ -371,13 +380,12 @@ fn transfer(addr: &str, conn: OwnedFd, listener: bool, limit: Option<u64>) -> Re
     let received = receiver
         .join()
         .map_err(|_| "receiver thread panicked".to_string())?;
-    let (got, got_at) = received?;
+    let (got, _) = received?;
+    let t = t0.elapsed();
     eprintln!(
-        "lab-peer: {addr}: sent {sent} bytes in {:.3}s ({:.1} MiB/s), received {got} bytes in {:.3}s ({:.1} MiB/s)",
-        sent_at.as_secs_f64(),
-        mib_s(sent, sent_at),
-        got_at.as_secs_f64(),
-        mib_s(got, got_at),
+        "lab-peer: {addr}: sent {sent} bytes, received {got} bytes in {:.3}s ({:.1} MiB/s)",
+        t.as_secs_f64(),
+        mib_s(sent + got, t),
     );
     match send_err {
         Some(e) => Err(e),
@@ -404,14 +412,8 @@ fn randread(path: &str, secs_arg: &str) -> Res<()> {
     if blocks == 0 {
         return Err(format!("{path} is smaller than 4 KiB"));
     }
-    let layout = std::alloc::Layout::from_size_align(4096, 4096).unwrap();
-    // SAFETY: the layout has a non-zero size.
-    let ptr = unsafe { std::alloc::alloc(layout) };
-    if ptr.is_null() {
-        return Err("out of memory".into());
-    }
-    // SAFETY: `ptr` is a fresh 4096-byte allocation, freed below.
-    let buf = unsafe { std::slice::from_raw_parts_mut(ptr, 4096) };
+    let mut aligned = Aligned::new(4096)?;
+    let buf = aligned.buf();
     let mut rng = Payload::new(size);
     let mut r = [0u8; 8];
     let t0 = Instant::now();
@@ -427,8 +429,6 @@ fn randread(path: &str, secs_arg: &str) -> Res<()> {
         reads += 1;
     }
     let t = t0.elapsed();
-    // SAFETY: allocated above with the same layout.
-    unsafe { std::alloc::dealloc(ptr, layout) };
     if let Some(e) = err {
         return Err(e);
     }
@@ -436,6 +436,80 @@ fn randread(path: &str, secs_arg: &str) -> Res<()> {
         "randread {path}: {reads} reads of 4096 bytes in {:.3}s: {:.0} IOPS",
         t.as_secs_f64(),
         reads as f64 / t.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// A 4096-aligned buffer for O_DIRECT.
+struct Aligned {
+    ptr: *mut u8,
+    layout: std::alloc::Layout,
+}
+
+impl Aligned {
+    fn new(len: usize) -> Res<Self> {
+        let layout = std::alloc::Layout::from_size_align(len, 4096).map_err(|e| e.to_string())?;
+        // SAFETY: callers ask for non-zero sizes.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        if ptr.is_null() {
+            return Err("out of memory".into());
+        }
+        Ok(Aligned { ptr, layout })
+    }
+
+    fn buf(&mut self) -> &mut [u8] {
+        // SAFETY: `ptr` is a live allocation of `layout.size()` bytes owned by self.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.layout.size()) }
+    }
+}
+
+impl Drop for Aligned {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { std::alloc::dealloc(self.ptr, self.layout) }
+    }
+}
+
+/// Sequential O_DIRECT reads or writes of 1 MiB blocks from offset 0; a
+/// write ends with fdatasync, inside the measured time.
+fn seq(dir: &str, path: &str, bytes: &str) -> Res<()> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    const BLOCK: u64 = 1 << 20;
+    let total = byte_count(bytes)?;
+    let write = match dir {
+        "read" => false,
+        "write" => true,
+        _ => return Err(format!("seq {dir:?}: read or write")),
+    };
+    let f = std::fs::OpenOptions::new()
+        .read(!write)
+        .write(write)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .map_err(|e| format!("{path}: {e}"))?;
+    let mut buf = Aligned::new(BLOCK as usize)?;
+    Payload::new(total).fill(buf.buf());
+    let t0 = Instant::now();
+    let mut off = 0;
+    while off < total {
+        let n = (total - off).min(BLOCK) as usize;
+        let r = if write {
+            f.write_all_at(&buf.buf()[..n], off)
+        } else {
+            f.read_exact_at(&mut buf.buf()[..n], off)
+        };
+        r.map_err(|e| format!("{path}: {dir} at {off}: {e}"))?;
+        off += n as u64;
+    }
+    if write {
+        f.sync_data()
+            .map_err(|e| format!("{path}: fdatasync: {e}"))?;
+    }
+    let t = t0.elapsed();
+    println!(
+        "seq {dir} {path}: {total} bytes in {:.3}s: {:.1} MiB/s",
+        t.as_secs_f64(),
+        mib_s(total, t)
     );
     Ok(())
 }
