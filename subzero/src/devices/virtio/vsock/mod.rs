@@ -1,0 +1,4 @@
+//! virtio-vsock with a host Unix-socket backend (Firecracker convention).
+
+pub mod conn;
+pub mod packet;
