@@ -15,6 +15,8 @@
 pub mod conn;
 pub mod muxer;
 pub mod packet;
+#[cfg(test)]
+mod tests;
 
 use std::io;
 use std::os::fd::RawFd;
