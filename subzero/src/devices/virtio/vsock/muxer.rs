@@ -159,7 +159,8 @@ impl Muxer {
     }
 
     fn accept(&mut self) {
-        loop {
+        // A bounded batch: the listener is level-triggered, the rest waits.
+        for _ in 0..64 {
             match self.listener.accept() {
                 Ok((stream, _)) => {
                     if self.conns.len() >= MAX_CONNS {
