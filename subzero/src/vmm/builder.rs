@@ -104,7 +104,7 @@ fn open_devices(cfg: &DevicesConfig) -> Result<Vec<Box<dyn VirtioDevice>>, Build
     if !cfg.nets.is_empty() {
         return Err(VirtioSetupError::Io(
             "virtio".into(),
-            std::io::Error::other("--disk, --net and --vsock are not wired up yet"),
+            std::io::Error::other("--net is not wired up yet"),
         )
         .into());
     }
