@@ -165,3 +165,44 @@ fn version_and_help_work() {
         assert!(help.contains(flag), "{help}");
     }
 }
+
+#[test]
+fn device_options_are_checked_with_an_example() {
+    let kernel = fake_kernel("devopts");
+    // clap reports malformed values with exit status 2.
+    for (args, needle) in [
+        (&["--disk", "rootfs.ext4"][..], "--disk path=rootfs.ext4"),
+        (&["--disk", "path=a,ro=1"][..], "unknown key \"ro\""),
+        (&["--vsock", "cid=2,uds=/tmp/x"][..], "0-2 are reserved"),
+        (&["--vsock", "cid=3"][..], "missing uds="),
+        (&["--net", "mac=52:54:00:00:00:01"][..], "missing tap="),
+    ] {
+        let out = run_with(&kernel, args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn device_backends_are_opened_before_the_vm_and_named_in_errors() {
+    let dir = common::scratch("devbackends");
+    let kernel = fake_kernel("devbackends-k");
+    let missing = dir.join("missing.img");
+    let out = run_with(&kernel, &["--disk", &format!("path={}", missing.display())]);
+    fails_with(&out, &["disk image", "missing.img", "no such file"]);
+    let out = run_with(&kernel, &["--disk", &format!("path={}", dir.display())]);
+    fails_with(&out, &["is a directory"]);
+    let file = dir.join("plain-file");
+    std::fs::write(&file, b"x").unwrap();
+    let out = run_with(
+        &kernel,
+        &["--vsock", &format!("cid=3,uds={}", file.display())],
+    );
+    fails_with(&out, &["plain-file", "not a socket"]);
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        b"x",
+        "the file is left alone"
+    );
+}

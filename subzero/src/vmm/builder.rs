@@ -30,6 +30,7 @@ use crate::devices::i8042::I8042;
 use crate::devices::serial::{ConsoleOut, IrqTrigger, PanicWatch, SerialDevice};
 use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::rng::Rng;
+use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::devices::virtio::VirtioDevice;
 use crate::kvm::{self, KvmError};
 
@@ -78,6 +79,9 @@ pub enum BuildError {
     /// A `--disk` image could not be opened.
     #[error(transparent)]
     Disk(#[from] BlockError),
+    /// The `--vsock` socket could not be set up.
+    #[error(transparent)]
+    Vsock(#[from] VsockError),
     /// A virtio device could not be placed in the VM.
     #[error(transparent)]
     Virtio(#[from] VirtioSetupError),
@@ -94,10 +98,13 @@ fn open_devices(cfg: &DevicesConfig) -> Result<Vec<Box<dyn VirtioDevice>>, Build
             disk.id.clone(),
         )?));
     }
-    if !cfg.nets.is_empty() || cfg.vsock.is_some() {
+    if let Some(v) = &cfg.vsock {
+        out.push(Box::new(Vsock::new(v.cid, &v.uds)?));
+    }
+    if !cfg.nets.is_empty() {
         return Err(VirtioSetupError::Io(
             "virtio".into(),
-            std::io::Error::other("--disk, --net and --vsock are not wired up yet"),
+            std::io::Error::other("--net is not wired up yet"),
         )
         .into());
     }

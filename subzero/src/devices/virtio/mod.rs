@@ -13,6 +13,7 @@ pub mod mmio;
 pub mod rng;
 #[cfg(test)]
 pub mod testing;
+pub mod vsock;
 pub mod worker;
 
 use std::os::fd::RawFd;
