@@ -119,16 +119,24 @@ impl Config {
             .expect("lab/ has a parent")
             .to_path_buf();
         let scenarios = match env("SUBZERO_LAB_SCENARIOS") {
-            None => SCENARIOS.iter().filter(|s| !s.bench).copied().collect(),
+            None => SCENARIOS.iter().filter(|s| !s.opt_in).copied().collect(),
             Some(list) => {
-                let mut v = Vec::new();
+                let mut v: Vec<Scenario> = Vec::new();
                 for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-                    let sc = SCENARIOS.iter().find(|s| s.name == name).ok_or_else(|| {
-                        LabError::Failed(format!(
+                    let picked: Vec<&Scenario> = SCENARIOS
+                        .iter()
+                        .filter(|s| s.name == name || s.group == name)
+                        .collect();
+                    if picked.is_empty() {
+                        return Err(LabError::Failed(format!(
                             "SUBZERO_LAB_SCENARIOS: unknown scenario {name:?}"
-                        ))
-                    })?;
-                    v.push(*sc);
+                        )));
+                    }
+                    for sc in picked {
+                        if !v.contains(sc) {
+                            v.push(*sc);
+                        }
+                    }
                 }
                 v
             }
@@ -429,6 +437,70 @@ fn read_static(path: &Path) -> Result<Vec<u8>, LabError> {
     Ok(bytes)
 }
 
+/// The host's QEMU for the virtio benchmark in L1: the binary, every
+/// library `ldd` lists (the dynamic loader included), stored as regular
+/// files at the same paths, and the microvm SeaBIOS.
+fn qemu_files() -> Result<Vec<(String, Vec<u8>, u32)>, LabError> {
+    let missing = |what: &str| LabError::Unavailable(format!("{what} for the virtio benchmark"));
+    if !Path::new(scripts::L1_QEMU).is_file() {
+        return Err(missing(
+            "/usr/bin/qemu-system-x86_64 (apt-get install qemu-system-x86)",
+        ));
+    }
+    if !Path::new(scripts::L1_MICROVM_BIOS).is_file() {
+        return Err(missing(
+            "/usr/share/seabios/bios-microvm.bin (apt-get install seabios)",
+        ));
+    }
+    let out = Command::new("ldd")
+        .arg(scripts::L1_QEMU)
+        .output()
+        .map_err(|e| missing(&format!("ldd ({e})")))?;
+    if !out.status.success() {
+        return Err(failed(format!(
+            "ldd {}: {}",
+            scripts::L1_QEMU,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let libs = parse_ldd(&String::from_utf8_lossy(&out.stdout));
+    let mut files = Vec::new();
+    let read = |p: &str| fs::read(p).map_err(|e| failed(format!("{p}: {e}")));
+    files.push((scripts::L1_QEMU.to_string(), read(scripts::L1_QEMU)?, 0o755));
+    for lib in libs {
+        let bytes = read(&lib)?;
+        files.push((lib, bytes, 0o755));
+    }
+    let bios = read(scripts::L1_MICROVM_BIOS)?;
+    files.push((scripts::L1_MICROVM_BIOS.to_string(), bios, 0o644));
+    let total: usize = files.iter().map(|f| f.1.len()).sum();
+    log(&format!(
+        "QEMU for L1: {} files, {:.1} MiB",
+        files.len(),
+        total as f64 / (1 << 20) as f64
+    ));
+    Ok(files)
+}
+
+/// The absolute library paths in `ldd` output: `libz.so.1 => /lib/.../libz.so.1 (0x...)`
+/// and the loader's `/lib64/ld-linux-x86-64.so.2 (0x...)`.
+pub fn parse_ldd(text: &str) -> Vec<String> {
+    let mut v = Vec::new();
+    for line in text.lines() {
+        let l = line.trim();
+        let path = match l.split_once("=>") {
+            Some((_, rest)) => rest.split_whitespace().next(),
+            None => l.split_whitespace().next(),
+        };
+        if let Some(p) = path.filter(|p| p.starts_with('/')) {
+            if !v.iter().any(|x| x == p) {
+                v.push(p.to_string());
+            }
+        }
+    }
+    v
+}
+
 /// `virtio_blk.ko` -> `virtio_blk`.
 fn module_stem(file_name: &str) -> String {
     file_name.trim_end_matches(".ko").to_string()
@@ -522,8 +594,8 @@ struct L1Parts<'a> {
     vmlinuz: &'a [u8],
     l2_initrd: &'a [u8],
     kernel_path: &'a Path,
-    /// Scenario-specific files: (path in L1, bytes).
-    assets: &'a [(&'static str, Vec<u8>)],
+    /// Scenario-specific files: (path in L1, bytes, mode).
+    assets: &'a [(String, Vec<u8>, u32)],
 }
 
 /// Builds an L1 initramfs that runs `scenarios` and boots it.
@@ -551,8 +623,8 @@ fn boot_l1(
         .file(scripts::LAB_PEER, 0o755, parts.lab_peer)
         .file(scripts::L1_L2_KERNEL, 0o644, parts.vmlinuz)
         .file(scripts::L1_L2_INITRD, 0o644, parts.l2_initrd);
-    for (path, bytes) in parts.assets {
-        c.file(path, 0o644, bytes);
+    for (path, bytes, mode) in parts.assets {
+        c.file(path, *mode, bytes);
     }
     let l1_path = cfg.out_dir.join("l1-initrd.cpio.gz");
     gzip_to(&c.finish(), &l1_path)?;
@@ -644,14 +716,15 @@ pub fn run_lab(cfg: &Config) -> Result<LabRun, LabError> {
 
     // Disk images and the rootfs scenario's initramfs, when selected.
     let needs = |a: scripts::Asset| cfg.scenarios.iter().any(|s| s.assets.contains(&a));
-    let mut assets: Vec<(&'static str, Vec<u8>)> = Vec::new();
+    let mut assets: Vec<(String, Vec<u8>, u32)> = Vec::new();
     if needs(scripts::Asset::BlockImage) {
-        assets.push((scripts::L1_BLOCK_IMAGE, images::block_image(&cfg.out_dir)?));
+        let image = images::block_image(&cfg.out_dir)?;
+        assets.push((scripts::L1_BLOCK_IMAGE.into(), image, 0o644));
     }
     if needs(scripts::Asset::Rootfs) {
         let marker = format!("disk-{token}");
         let image = images::rootfs_image(&cfg.out_dir, &busybox, &marker)?;
-        assets.push((scripts::L1_ROOTFS_IMAGE, image));
+        assets.push((scripts::L1_ROOTFS_IMAGE.into(), image, 0o644));
         let blk = kernel::modules(&kernel, &["virtio_mmio", "virtio_blk"])?;
         let names: Vec<String> = blk.iter().map(|m| module_stem(&m.file_name)).collect();
         let mut c = busybox_base(&busybox, &scripts::rootfs_initrd_init(&names));
@@ -661,7 +734,10 @@ pub fn run_lab(cfg: &Config) -> Result<LabRun, LabError> {
         let path = cfg.out_dir.join("rootfs-initrd.cpio.gz");
         gzip_to(&c.finish(), &path)?;
         let bytes = fs::read(&path).map_err(|e| failed(format!("{}: {e}", path.display())))?;
-        assets.push((scripts::L1_ROOTFS_INITRD, bytes));
+        assets.push((scripts::L1_ROOTFS_INITRD.into(), bytes, 0o644));
+    }
+    if needs(scripts::Asset::Qemu) {
+        assets.extend(qemu_files()?);
     }
 
     // L1 initramfs: busybox, modules, subzero, lab-peer, the L2 kernel and
@@ -790,5 +866,39 @@ pub fn outcome(result: &Result<LabRun, LabError>) -> Option<&LabRun> {
             panic!("lab prerequisites unavailable under CI=true: {why}")
         }
         Err(LabError::Failed(why)) => panic!("lab failed: {why}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ldd_output_gives_library_and_loader_paths() {
+        let text = "\tlinux-vdso.so.1 (0x00007ffd)\n\
+                    \tlibz.so.1 => /lib/x86_64-linux-gnu/libz.so.1 (0x00007f1)\n\
+                    \tlibfoo.so => not found\n\
+                    \t/lib64/ld-linux-x86-64.so.2 (0x00007f2)\n";
+        assert_eq!(
+            parse_ldd(text),
+            [
+                "/lib/x86_64-linux-gnu/libz.so.1",
+                "/lib64/ld-linux-x86-64.so.2"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_group_name_selects_its_members() {
+        let members: Vec<&str> = SCENARIOS
+            .iter()
+            .filter(|s| s.name == "virtio-bench" || s.group == "virtio-bench")
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(members, ["virtio-bench", "virtio-bench-qemu"]);
+        assert!(SCENARIOS
+            .iter()
+            .filter(|s| s.opt_in)
+            .all(|s| s.name.contains("bench")));
     }
 }

@@ -31,6 +31,20 @@ pub fn after<'a>(line: &'a str, marker: &str) -> Option<&'a str> {
         .map(|i| line[i + marker.len()..].trim_end())
 }
 
+/// The figure in a benchmark line: the number before its unit (`MiB/s`,
+/// `IOPS`), e.g. 12.5 and "MiB/s" from
+/// `lab-peer: tcp:...: sent 1 bytes, received 0 bytes in 0.1s (12.5 MiB/s)`.
+pub fn bench_figure(line: &str) -> Option<(f64, &'static str)> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    for unit in ["MiB/s", "IOPS"] {
+        if let Some(i) = words.iter().rposition(|w| w.trim_end_matches(')') == unit) {
+            let n = words.get(i.checked_sub(1)?)?.trim_start_matches('(');
+            return n.parse().ok().map(|v| (v, unit));
+        }
+    }
+    None
+}
+
 /// What L1 reported about itself.
 #[derive(Debug, Default, Clone)]
 pub struct L1Facts {
@@ -367,6 +381,25 @@ Kernel panic - not syncing: sysrq triggered crash@@L1 END panic rc=1
         assert_eq!(stdin.l2("ECHO"), Some("[sz-123]"));
         assert!(stdin.describe().contains("did not finish"));
         assert!(stdin.describe().contains("@@L2 ECHO [sz-123]"));
+    }
+
+    #[test]
+    fn bench_figures_are_the_number_before_the_unit() {
+        assert_eq!(
+            bench_figure(
+                "lab-peer: tcp:1.2.3.4:9: sent 5 bytes, received 0 bytes in 0.5s (12.5 MiB/s)"
+            ),
+            Some((12.5, "MiB/s"))
+        );
+        assert_eq!(
+            bench_figure("randread /dev/vda: 10 reads of 4096 bytes in 5.000s: 2 IOPS"),
+            Some((2.0, "IOPS"))
+        );
+        assert_eq!(
+            bench_figure("seq read /dev/vda: 67108864 bytes in 1.000s: 64.0 MiB/s"),
+            Some((64.0, "MiB/s"))
+        );
+        assert_eq!(bench_figure("lab-peer: connect: refused"), None);
     }
 
     #[test]

@@ -42,6 +42,16 @@ pub struct Scenario {
     pub after: &'static str,
     /// Files L1 must carry for this scenario (beyond the common ones).
     pub assets: &'static [Asset],
+    /// Boot L2 under QEMU's microvm machine ([`L1_QEMU`]) instead of
+    /// subzero; `extra` then holds QEMU's device options.
+    pub qemu: bool,
+    /// Not run unless named in `SUBZERO_LAB_SCENARIOS`.
+    pub opt_in: bool,
+    /// Selecting this name also selects the scenario (e.g. `virtio-bench`
+    /// runs `virtio-bench-qemu` too).
+    pub group: &'static str,
+    /// Seconds for this scenario if more than the lab's per-scenario timeout.
+    pub min_timeout: u64,
 }
 
 /// Files that only some scenarios need in L1's initramfs.
@@ -53,6 +63,9 @@ pub enum Asset {
     /// `/sbin/init`) and [`L1_ROOTFS_INITRD`] (loads virtio_blk and
     /// switches to it).
     Rootfs,
+    /// The host's `qemu-system-x86_64` with the libraries `ldd` lists, at
+    /// the same paths, and SeaBIOS's `bios-microvm.bin`.
+    Qemu,
 }
 
 /// The plain boot: 1 vCPU, 256 MiB, the bzImage. Scenarios differ from it.
@@ -69,6 +82,10 @@ const BOOT: Scenario = Scenario {
     before: "",
     after: "",
     assets: &[],
+    qemu: false,
+    opt_in: false,
+    group: "",
+    min_timeout: 0,
 };
 
 /// All scenarios, in the order L1 runs them.
@@ -179,9 +196,68 @@ rm -f /tmp/rootfs.img
         memory_mib: 0,
         kernel: "",
         bench: true,
+        opt_in: true,
+        ..BOOT
+    },
+    Scenario {
+        name: "virtio-bench",
+        extra: &[
+            "--disk",
+            "path=/tmp/bench.img",
+            "--net",
+            "tap=sztap0,mac=52:54:00:12:34:56",
+        ],
+        before: BENCH_BEFORE,
+        after: BENCH_AFTER,
+        opt_in: true,
+        min_timeout: 180,
+        ..BOOT
+    },
+    Scenario {
+        name: "virtio-bench-qemu",
+        extra: &[
+            "-drive",
+            "id=d0,file=/tmp/bench.img,format=raw,if=none",
+            "-device",
+            "virtio-blk-device,drive=d0",
+            "-netdev",
+            "tap,id=n0,ifname=sztap0,script=no,downscript=no",
+            "-device",
+            "virtio-net-device,netdev=n0,mac=52:54:00:12:34:56",
+        ],
+        before: BENCH_BEFORE,
+        after: BENCH_AFTER,
+        assets: &[Asset::Qemu],
+        qemu: true,
+        opt_in: true,
+        group: "virtio-bench",
+        min_timeout: 180,
         ..BOOT
     },
 ];
+
+/// Size of the virtio benchmark's disk and of each of its transfers.
+pub const BENCH_BYTES: &str = "64M";
+
+/// The virtio benchmark's L1 side (the same for subzero and QEMU): a raw
+/// disk image, a TAP with 169.254.0.1/16, a TCP sink on port 9000 and a
+/// source of [`BENCH_BYTES`] zeros on port 9001.
+const BENCH_BEFORE: &str = r#"dd if=/dev/zero of=/tmp/bench.img bs=1M count=0 seek=64 2>/dev/null
+tunctl -t sztap0 >/dev/null
+ip addr add 169.254.0.1/16 dev sztap0
+ip link set sztap0 up
+lab-peer listen tcp:169.254.0.1:9000 --timeout $SZ_TIMEOUT </dev/null >/dev/null 2>/tmp/bench.g2h.err &
+sz_track $!
+lab-peer listen tcp:169.254.0.1:9001 --timeout $SZ_TIMEOUT --bytes $SZ_BENCH_BYTES </dev/zero >/dev/null 2>/tmp/bench.h2g.err &
+sz_track $!
+"#;
+
+const BENCH_AFTER: &str = r#"sz_reap
+sz_check SERVER_G2H "$(cat /tmp/bench.g2h.err)"
+sz_check SERVER_H2G "$(cat /tmp/bench.h2g.err)"
+rm -f /tmp/bench.img
+tunctl -d sztap0 >/dev/null
+"#;
 
 /// The net scenario's L1 side: a persistent TAP with 169.254.0.1/16 (busybox
 /// `tunctl`; subzero opens it by name), a server that sends [`NET_FILE`] on
@@ -307,10 +383,12 @@ pub const BLOBS: &[Blob] = &[
 ];
 
 fn blob_vars() -> String {
-    BLOBS
+    let mut s: String = BLOBS
         .iter()
         .map(|b| format!("SZ_{}='{} {}'\n", b.var, b.seed, b.bytes))
-        .collect()
+        .collect();
+    s.push_str(&format!("SZ_BENCH_BYTES={BENCH_BYTES}\n"));
+    s
 }
 
 /// Exits per run and rounds of `subzero bench exits` in the lab, where a
@@ -319,6 +397,10 @@ pub const BENCH_ARGS: &[&str] = &["bench", "exits", "--exits", "500", "--rounds"
 
 /// Where things live inside L1.
 pub const L1_SUBZERO: &str = "/bin/subzero";
+/// QEMU inside L1 (the host's binary, at the same path).
+pub const L1_QEMU: &str = "/usr/bin/qemu-system-x86_64";
+/// SeaBIOS for QEMU's microvm machine, inside L1 (the host's path).
+pub const L1_MICROVM_BIOS: &str = "/usr/share/seabios/bios-microvm.bin";
 /// The L2 kernel inside L1.
 pub const L1_L2_KERNEL: &str = "/l2/bzImage";
 /// The ELF vmlinux extracted from the bzImage, inside L1.
@@ -348,24 +430,61 @@ impl Scenario {
         c
     }
 
-    /// subzero's arguments for this scenario.
-    pub fn subzero_args(&self) -> Vec<String> {
-        if self.bench {
-            return BENCH_ARGS.iter().map(|a| a.to_string()).collect();
-        }
-        let mut args: Vec<String> = vec![
-            "run".into(),
-            "--kernel".into(),
-            self.kernel.into(),
-            "--initrd".into(),
-            self.initrd.into(),
-            "--cmdline".into(),
-            self.cmdline(),
-            "--memory".into(),
-            format!("{}M", self.memory_mib),
-            "--vcpus".into(),
-            self.vcpus.to_string(),
-        ];
+    /// The command L1 runs: subzero (or QEMU) and its arguments.
+    pub fn command(&self) -> Vec<String> {
+        let mut args: Vec<String> = if self.bench {
+            let mut v = vec![L1_SUBZERO.to_string()];
+            v.extend(BENCH_ARGS.iter().map(|a| a.to_string()));
+            return v;
+        } else if self.qemu {
+            [
+                L1_QEMU,
+                "-M",
+                "microvm,acpi=on",
+                "-enable-kvm",
+                "-cpu",
+                "host",
+                "-nodefaults",
+                "-no-user-config",
+                "-display",
+                "none",
+                "-serial",
+                "stdio",
+                "-no-reboot",
+                "-bios",
+                L1_MICROVM_BIOS,
+                "-kernel",
+                self.kernel,
+                "-initrd",
+                self.initrd,
+                "-append",
+            ]
+            .iter()
+            .map(|a| a.to_string())
+            .chain([
+                self.cmdline(),
+                "-m".into(),
+                format!("{}M", self.memory_mib),
+                "-smp".into(),
+                self.vcpus.to_string(),
+            ])
+            .collect()
+        } else {
+            vec![
+                L1_SUBZERO.into(),
+                "run".into(),
+                "--kernel".into(),
+                self.kernel.into(),
+                "--initrd".into(),
+                self.initrd.into(),
+                "--cmdline".into(),
+                self.cmdline(),
+                "--memory".into(),
+                format!("{}M", self.memory_mib),
+                "--vcpus".into(),
+                self.vcpus.to_string(),
+            ]
+        };
         args.extend(self.extra.iter().map(|a| a.to_string()));
         args
     }
@@ -496,6 +615,19 @@ rng)
     head -c 4096 /dev/hwrng >/tmp/rng
     echo "@@L2 RNG_BYTES $(wc -c < /tmp/rng)"
     echo "@@L2 RNG_DISTINCT $(od -An -v -tu1 /tmp/rng | tr -s ' ' '\n' | grep -v '^$' | sort -u | wc -l)"
+    ;;
+virtio-bench*)
+    sz_load virtio_mmio virtio_blk virtio_net
+    sz_wait /dev/vda
+    sz_wait /sys/class/net/eth0
+    ip addr add 169.254.0.2/16 dev eth0
+    ip link set eth0 up
+    ping -c 1 -W 5 169.254.0.1 >/dev/null
+    echo "@@L2 BENCH seq-write $(lab-peer seq write /dev/vda $SZ_BENCH_BYTES 2>&1)"
+    echo "@@L2 BENCH seq-read $(lab-peer seq read /dev/vda $SZ_BENCH_BYTES 2>&1)"
+    echo "@@L2 BENCH rand-read $(lab-peer randread /dev/vda 5 2>&1)"
+    echo "@@L2 BENCH tcp-g2h $(lab-peer connect tcp:169.254.0.1:9000 --retry 10 --bytes $SZ_BENCH_BYTES </dev/zero 2>&1 >/dev/null)"
+    echo "@@L2 BENCH tcp-h2g $(lab-peer connect tcp:169.254.0.1:9001 --retry 10 </dev/null 2>&1 >/dev/null)"
     ;;
 *)
     echo "@@L2 UNKNOWN_SCENARIO [$sz_scenario]"
@@ -640,7 +772,7 @@ sz_run() {
         mkfifo /tmp/sin /tmp/sout
         (
             echo "@@L1 START $name"
-            exec timeout -s KILL $SZ_TIMEOUT /bin/subzero "$@" </tmp/sin >/tmp/sout 2>/tmp/err.$name
+            exec timeout -s KILL $SZ_TIMEOUT "$@" </tmp/sin >/tmp/sout 2>/tmp/err.$name
         ) &
         pid=$!
         (
@@ -663,7 +795,7 @@ sz_run() {
     else
         (
             echo "@@L1 START $name"
-            exec timeout -s KILL $SZ_TIMEOUT /bin/subzero "$@" </dev/null 2>/tmp/err.$name
+            exec timeout -s KILL $SZ_TIMEOUT "$@" </dev/null 2>/tmp/err.$name
         ) &
         pid=$!
         if [ "$mode" = live ]; then
@@ -756,11 +888,17 @@ echo "@@L1 NOPVH note type bytes: $(od -An -tx1 -j {off} -N 4 {vml}) -> $(od -An
         } else {
             "plain"
         };
-        let args: Vec<String> = sc.subzero_args().iter().map(|a| sh_quote(a)).collect();
+        let args: Vec<String> = sc.command().iter().map(|a| sh_quote(a)).collect();
         s.push_str(&format!("name={}\necho \"@@L1 BEGIN $name\"\n", sc.name));
+        if sc.min_timeout > timeout_secs {
+            s.push_str(&format!("SZ_TIMEOUT={}\n", sc.min_timeout));
+        }
         s.push_str(sc.before);
         s.push_str(&format!("sz_run {} {mode} {}\n", sc.name, args.join(" ")));
         s.push_str(sc.after);
+        if sc.min_timeout > timeout_secs {
+            s.push_str(&format!("SZ_TIMEOUT={timeout_secs}\n"));
+        }
     }
     s.push_str(
         r#"echo "@@L1 ALL_DONE uptime=$(cut -d' ' -f1 /proc/uptime)"
@@ -789,7 +927,7 @@ mod tests {
         assert!(s.contains("SZ_TOKEN='sz-abc'\n"));
         assert!(s.contains("SZ_TIMEOUT=90\n"));
         assert!(s.contains(
-            "sz_run smp plain 'run' '--kernel' '/l2/bzImage' '--initrd' '/l2/initrd.cpio.gz' \
+            "sz_run smp plain '/bin/subzero' 'run' '--kernel' '/l2/bzImage' '--initrd' '/l2/initrd.cpio.gz' \
              '--cmdline' 'console=ttyS0 quiet panic=-1 sz_scenario=smp' '--memory' '256M' '--vcpus' '4'\n"
         ));
         assert!(s.contains("sz_run stdin handshake "));
@@ -800,9 +938,13 @@ mod tests {
             .unwrap();
         assert!(
             patch
-                < s.find("sz_run vmlinux-64 plain 'run' '--kernel' '/l2/vmlinux-nopvh'")
-                    .unwrap()
+                < s.find(
+                    "sz_run vmlinux-64 plain '/bin/subzero' 'run' '--kernel' '/l2/vmlinux-nopvh'"
+                )
+                .unwrap()
         );
-        assert!(s.contains("sz_run vmlinux-pvh plain 'run' '--kernel' '/l2/vmlinux' "));
+        assert!(
+            s.contains("sz_run vmlinux-pvh plain '/bin/subzero' 'run' '--kernel' '/l2/vmlinux' ")
+        );
     }
 }

@@ -597,3 +597,88 @@ fn rng_guest_reads_random_bytes_from_virtio_rng() {
     );
     assert_eq!(sc.exit_code, Some(0), "subzero exit code\n{}", ctx());
 }
+
+/// The benchmark's measurements, in the order the guest takes them.
+const BENCH_METRICS: &[(&str, &str)] = &[
+    ("seq-write", "sequential write, 1 MiB O_DIRECT"),
+    ("seq-read", "sequential read, 1 MiB O_DIRECT"),
+    ("rand-read", "random read, 4 KiB O_DIRECT"),
+    ("tcp-g2h", "TCP guest -> L1"),
+    ("tcp-h2g", "TCP L1 -> guest"),
+];
+
+/// (metric, figure and unit) for each `@@L2 BENCH <metric> <line>`.
+fn bench_figures(sc: &ScenarioRun) -> Vec<(String, Option<(f64, &'static str)>)> {
+    BENCH_METRICS
+        .iter()
+        .map(|(m, _)| {
+            let line = sc
+                .output
+                .iter()
+                .find_map(|l| subzero_lab::parse::after(&l.text, &format!("@@L2 BENCH {m} ")));
+            (
+                m.to_string(),
+                line.and_then(subzero_lab::parse::bench_figure),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn virtio_benchmark_against_qemu_microvm() {
+    let Some(run) = lab() else { return };
+    let Some(sz) = run.scenario("virtio-bench") else {
+        return;
+    };
+    let Some(qemu) = run.scenario("virtio-bench-qemu") else {
+        return;
+    };
+    let (a, b) = (bench_figures(sz), bench_figures(qemu));
+    let mut table = String::from(
+        "lab: virtio benchmark, same guest kernel, initramfs and backing files in L1 \
+         (numbers only, never asserted):\n",
+    );
+    table.push_str(&format!(
+        "  {:<36} {:>12} {:>12} {:>16}\n",
+        "", "subzero", "QEMU microvm", "subzero / QEMU"
+    ));
+    let show = |f: &Option<(f64, &str)>| match f {
+        Some((v, u)) => format!("{v:.1} {u}"),
+        None => "-".into(),
+    };
+    for (((_, what), (_, x)), (_, y)) in BENCH_METRICS.iter().zip(&a).zip(&b) {
+        let ratio = match (x, y) {
+            (Some((x, _)), Some((y, _))) if *y > 0.0 => format!("{:.2}", x / y),
+            _ => "-".into(),
+        };
+        table.push_str(&format!(
+            "  {:<36} {:>12} {:>12} {:>16}\n",
+            what,
+            show(x),
+            show(y),
+            ratio
+        ));
+    }
+    for (name, sc) in [("subzero", sz), ("QEMU", qemu)] {
+        if let (Some(boot), Some(wall)) = (sc.boot_time(), sc.wall_time()) {
+            table.push_str(&format!(
+                "  {name}: start -> L2 init {:.2}s, whole run {:.1}s (host clock)\n",
+                boot.as_secs_f64(),
+                wall.as_secs_f64()
+            ));
+        }
+    }
+    eprint!("{table}");
+    for (name, sc, figs) in [("subzero", sz, &a), ("QEMU", qemu, &b)] {
+        let missing: Vec<&str> = figs
+            .iter()
+            .filter(|(_, f)| f.is_none())
+            .map(|(m, _)| m.as_str())
+            .collect();
+        assert!(
+            missing.is_empty() && sc.exit_code == Some(0),
+            "the benchmark under {name} gave no figure for {missing:?} or failed\n{}",
+            run.context(sc)
+        );
+    }
+}
