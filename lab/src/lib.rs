@@ -439,7 +439,8 @@ fn read_static(path: &Path) -> Result<Vec<u8>, LabError> {
 
 /// The host's QEMU for the virtio benchmark in L1: the binary, every
 /// library `ldd` lists (the dynamic loader included), stored as regular
-/// files at the same paths, and the microvm SeaBIOS.
+/// files at the same paths, the microvm SeaBIOS and QEMU's
+/// `linuxboot_dma.bin`.
 fn qemu_files() -> Result<Vec<(String, Vec<u8>, u32)>, LabError> {
     let missing = |what: &str| LabError::Unavailable(format!("{what} for the virtio benchmark"));
     if !Path::new(scripts::L1_QEMU).is_file() {
@@ -471,8 +472,11 @@ fn qemu_files() -> Result<Vec<(String, Vec<u8>, u32)>, LabError> {
         let bytes = read(&lib)?;
         files.push((lib, bytes, 0o755));
     }
-    let bios = read(scripts::L1_MICROVM_BIOS)?;
-    files.push((scripts::L1_MICROVM_BIOS.to_string(), bios, 0o644));
+    // SeaBIOS, and the option ROM QEMU loads for -kernel (from its data
+    // directory, package qemu-system-data).
+    for f in [scripts::L1_MICROVM_BIOS, "/usr/share/qemu/linuxboot_dma.bin"] {
+        files.push((f.to_string(), read(f)?, 0o644));
+    }
     let total: usize = files.iter().map(|f| f.1.len()).sum();
     log(&format!(
         "QEMU for L1: {} files, {:.1} MiB",

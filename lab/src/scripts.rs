@@ -210,7 +210,7 @@ rm -f /tmp/rootfs.img
         before: BENCH_BEFORE,
         after: BENCH_AFTER,
         opt_in: true,
-        min_timeout: 180,
+        min_timeout: 120,
         ..BOOT
     },
     Scenario {
@@ -231,7 +231,7 @@ rm -f /tmp/rootfs.img
         qemu: true,
         opt_in: true,
         group: "virtio-bench",
-        min_timeout: 180,
+        min_timeout: 120,
         ..BOOT
     },
 ];
