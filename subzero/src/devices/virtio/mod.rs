@@ -9,6 +9,7 @@
 
 pub mod chain;
 pub mod mmio;
+pub mod net;
 pub mod rng;
 #[cfg(test)]
 pub mod testing;
