@@ -30,6 +30,8 @@
 //! neither wakes the device thread in a loop nor delivers stale frames later.
 
 pub mod tap;
+#[cfg(test)]
+mod tests;
 
 use std::fmt;
 use std::fs::File;
