@@ -29,6 +29,8 @@
 //! receive queue is not set up) frames are read and dropped, so the TAP
 //! neither wakes the device thread in a loop nor delivers stale frames later.
 
+#[cfg(test)]
+mod proptests;
 pub mod tap;
 #[cfg(test)]
 mod tests;
