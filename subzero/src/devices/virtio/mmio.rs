@@ -140,6 +140,7 @@ impl TransportState {
             queues: &mut self.queues,
             irq: &self.irq,
             active,
+            bad_chains: &self.counters.bad_chains,
         };
         f(self.device.as_mut(), &mut ctx)
     }
