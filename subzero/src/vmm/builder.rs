@@ -29,6 +29,7 @@ use crate::devices::acpi_pm::AcpiPm;
 use crate::devices::i8042::I8042;
 use crate::devices::serial::{ConsoleOut, IrqTrigger, PanicWatch, SerialDevice};
 use crate::devices::virtio::block::{Block, BlockError};
+use crate::devices::virtio::net::{parse_mac, Net, NetError};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::devices::virtio::VirtioDevice;
@@ -79,6 +80,9 @@ pub enum BuildError {
     /// A `--disk` image could not be opened.
     #[error(transparent)]
     Disk(#[from] BlockError),
+    /// A `--net` TAP device could not be opened, or its MAC is invalid.
+    #[error(transparent)]
+    Net(#[from] NetError),
     /// The `--vsock` socket could not be set up.
     #[error(transparent)]
     Vsock(#[from] VsockError),
@@ -101,12 +105,9 @@ fn open_devices(cfg: &DevicesConfig) -> Result<Vec<Box<dyn VirtioDevice>>, Build
     if let Some(v) = &cfg.vsock {
         out.push(Box::new(Vsock::new(v.cid, &v.uds)?));
     }
-    if !cfg.nets.is_empty() {
-        return Err(VirtioSetupError::Io(
-            "virtio".into(),
-            std::io::Error::other("--net is not wired up yet"),
-        )
-        .into());
+    for net in &cfg.nets {
+        let mac = net.mac.as_deref().map(parse_mac).transpose()?;
+        out.push(Box::new(Net::open(&net.tap, mac)?));
     }
     if cfg.rng {
         out.push(Box::new(Rng::default()));

@@ -140,6 +140,7 @@ impl TransportState {
             queues: &mut self.queues,
             irq: &self.irq,
             active,
+            bad_chains: &self.counters.bad_chains,
         };
         f(self.device.as_mut(), &mut ctx)
     }
@@ -225,35 +226,8 @@ impl TransportState {
                     q.set_ready(v == 1);
                 }
             }
-            regs::QUEUE_DESC_LOW if setup => {
-                if let Some(q) = self.selected() {
-                    q.set_desc_table_address(Some(v), None)
-                }
-            }
-            regs::QUEUE_DESC_HIGH if setup => {
-                if let Some(q) = self.selected() {
-                    q.set_desc_table_address(None, Some(v))
-                }
-            }
-            regs::QUEUE_AVAIL_LOW if setup => {
-                if let Some(q) = self.selected() {
-                    q.set_avail_ring_address(Some(v), None)
-                }
-            }
-            regs::QUEUE_AVAIL_HIGH if setup => {
-                if let Some(q) = self.selected() {
-                    q.set_avail_ring_address(None, Some(v))
-                }
-            }
-            regs::QUEUE_USED_LOW if setup => {
-                if let Some(q) = self.selected() {
-                    q.set_used_ring_address(Some(v), None)
-                }
-            }
-            regs::QUEUE_USED_HIGH if setup => {
-                if let Some(q) = self.selected() {
-                    q.set_used_ring_address(None, Some(v))
-                }
+            regs::QUEUE_DESC_LOW..=regs::QUEUE_USED_HIGH if setup => {
+                self.set_queue_address(offset, v)
             }
             regs::QUEUE_NOTIFY => {
                 // Only reaches userspace if the ioeventfd is missing.
@@ -267,6 +241,24 @@ impl TransportState {
                 "{}: ignored write {v:#x} to register {offset:#x}",
                 self.device.name()
             ),
+        }
+    }
+
+    /// QueueDesc/QueueDriver/QueueDevice, low (offset multiple of 8) or high half.
+    fn set_queue_address(&mut self, offset: u64, v: u32) {
+        let Some(q) = self.selected() else {
+            return;
+        };
+        let (low, high) = if offset % 8 == 0 {
+            (Some(v), None)
+        } else {
+            (None, Some(v))
+        };
+        match offset & !7 {
+            regs::QUEUE_DESC_LOW => q.set_desc_table_address(low, high),
+            regs::QUEUE_AVAIL_LOW => q.set_avail_ring_address(low, high),
+            regs::QUEUE_USED_LOW => q.set_used_ring_address(low, high),
+            _ => {}
         }
     }
 

@@ -10,6 +10,7 @@
 pub mod block;
 pub mod chain;
 pub mod mmio;
+pub mod net;
 pub mod rng;
 #[cfg(test)]
 pub mod testing;
@@ -116,6 +117,8 @@ pub struct QueueCtx<'a> {
     /// Whether the driver has set DRIVER_OK (and the device is not broken).
     /// Before that, a device must not touch its queues.
     pub active: bool,
+    /// Chains refused so far (the transport's counter).
+    pub bad_chains: &'a AtomicU64,
 }
 
 impl QueueCtx<'_> {
@@ -134,6 +137,7 @@ impl QueueCtx<'_> {
         match DescChain::parse(self.mem, chain, max_len) {
             Ok(c) => Ok(Some(c)),
             Err(e) => {
+                self.bad_chains.fetch_add(1, Ordering::Relaxed);
                 let _ = queue.add_used(self.mem, head, 0);
                 Err(e)
             }
@@ -169,14 +173,36 @@ impl QueueCtx<'_> {
 
     /// Re-enables driver notifications on queue `q` and says whether more
     /// chains arrived meanwhile (then the device should keep going).
+    ///
+    /// A driver whose available index runs more than a queue's length ahead
+    /// of the device breaks the protocol: the queue would look non-empty
+    /// while yielding no chains, so this is an error (DEVICE_NEEDS_RESET)
+    /// rather than a reason to spin.
     pub fn enable_notification(&mut self, q: usize) -> Result<bool, DeviceError> {
         let queue = self
             .queues
             .get_mut(q)
             .ok_or_else(|| DeviceError::Queue(q, "no such queue".into()))?;
-        queue
+        let more = queue
             .enable_notification(self.mem)
-            .map_err(|e| DeviceError::Queue(q, e.to_string()))
+            .map_err(|e| DeviceError::Queue(q, e.to_string()))?;
+        if more {
+            let avail = queue
+                .avail_idx(self.mem, std::sync::atomic::Ordering::Acquire)
+                .map_err(|e| DeviceError::Queue(q, e.to_string()))?;
+            let pending = (avail - std::num::Wrapping(queue.next_avail())).0;
+            if pending > queue.size() {
+                return Err(DeviceError::Queue(
+                    q,
+                    format!(
+                        "available index is {pending} entries ahead of the device, \
+                         more than the queue size {}",
+                        queue.size()
+                    ),
+                ));
+            }
+        }
+        Ok(more)
     }
 
     /// Turns off driver notifications on queue `q` while the device drains it.

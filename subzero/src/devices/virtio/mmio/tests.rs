@@ -121,3 +121,25 @@ fn odd_sized_register_accesses_are_ignored() {
     d.transport.write(regs::STATUS, &[1]);
     assert_eq!(d.status(), 0);
 }
+
+#[test]
+fn an_available_index_far_ahead_needs_reset_instead_of_spinning() {
+    let mut d = TestDriver::new(Box::new(Rng::default()));
+    d.add_chain(0, &[(DATA, 8, true)]);
+    // The driver claims 1000 entries on a 16-entry queue.
+    let avail = 0x10_0000 + 0x4000 + 2;
+    vm_memory::Bytes::write_obj(&d.mem, 1000u16, vm_memory::GuestAddress(avail)).unwrap();
+    d.kick(0);
+    assert!(d.needs_reset());
+    let c = lock(&d.shared).counters().clone();
+    assert_eq!(c.needs_reset.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn refused_chains_are_counted() {
+    let mut d = TestDriver::new(Box::new(Rng::default()));
+    d.add_chain(0, &[(MEM_SIZE as u64, 8, true)]);
+    d.kick(0);
+    let c = lock(&d.shared).counters().clone();
+    assert_eq!(c.bad_chains.load(Ordering::Relaxed), 1);
+}

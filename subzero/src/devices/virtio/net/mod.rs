@@ -1,0 +1,681 @@
+//! virtio-net on a host TAP device.
+//!
+//! Two queues: receive (0, host to guest) and transmit (1, guest to host).
+//! The device offers only `VIRTIO_NET_F_MAC` and `VIRTIO_NET_F_STATUS`: no
+//! checksum or segmentation offload and no mergeable receive buffers, so a
+//! frame travels in one chain behind a 12-byte virtio-net header whose
+//! flags and GSO type are zero.
+//!
+//! Every frame is checked rather than trusted. A bad transmit chain (device-
+//! writable buffers, outside guest memory, a loop, a frame without an
+//! Ethernet header or over [`MAX_FRAME`] bytes, an offload the device did not
+//! offer) is returned with length 0 and counted in [`NetCounters`]; only a
+//! broken ring puts the device in DEVICE_NEEDS_RESET.
+//!
+//! # Receive back-pressure
+//!
+//! The device thread does not watch the TAP directly but an epoll instance
+//! the device owns ([`VirtioDevice::event_fds`] returns it). The TAP is in
+//! that inner epoll's interest list, level-triggered, only while the device
+//! wants frames: an epoll fd is readable exactly when one of its members
+//! is. When the guest has no receive buffer left, the device keeps the frame
+//! it already read, removes the TAP from its epoll, and asks the driver for a
+//! notification; the device thread then sleeps however many frames wait in
+//! the TAP (the kernel queues them, and drops past the TAP's `txqueuelen`,
+//! like a NIC with a full ring). The driver's next kick of the receive queue
+//! puts the TAP back, delivers the held frame first, and reads on.
+//!
+//! Before the driver is ready (or while the device needs a reset, or if the
+//! receive queue is not set up) frames are read and dropped, so the TAP
+//! neither wakes the device thread in a loop nor delivers stale frames later.
+
+mod mac;
+#[cfg(test)]
+mod proptests;
+pub mod tap;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use virtio_bindings::bindings::virtio_net::{
+    VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
+};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+
+use super::{types, DescChain, DeviceError, QueueCtx, VirtioDevice};
+use mac::{check_mac, random_mac};
+pub use mac::{format_mac, parse_mac};
+pub use tap::Tap;
+
+/// Size of the virtio-net header before every frame (virtio 1.x: with
+/// `num_buffers`).
+pub const VNET_HDR_LEN: usize = 12;
+/// Largest frame (without the header) the device passes either way.
+pub const MAX_FRAME: usize = 65550;
+/// Largest header plus frame.
+pub const MAX_PACKET: usize = VNET_HDR_LEN + MAX_FRAME;
+/// Length of an Ethernet header: the shortest frame worth sending.
+const ETH_HLEN: usize = 14;
+/// Receive queue index.
+pub const RX_QUEUE: usize = 0;
+/// Transmit queue index.
+pub const TX_QUEUE: usize = 1;
+/// Size of both queues.
+const QUEUE_SIZE: u16 = 256;
+/// Frames read from the backend per call before the device thread gets to
+/// serve other devices (the TAP stays watched, so it comes back).
+const RX_BUDGET: usize = 256;
+/// Largest receive chain accepted; only the first [`MAX_PACKET`] bytes are
+/// ever written.
+const RX_CHAIN_MAX: u64 = u32::MAX as u64;
+/// Token of the device's only host-side source.
+const RX_TOKEN: usize = 0;
+
+/// Why a network device could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// The TUN/TAP driver is not available.
+    #[error("/dev/net/tun does not exist or has no driver: load the tun module (modprobe tun)")]
+    NoTunDevice,
+    /// Not allowed to create or attach to the TAP.
+    #[error(
+        "not allowed to open TAP device {0:?}: creating one needs CAP_NET_ADMIN; \
+         or create it beforehand with `ip tuntap add {0} mode tap user $USER` \
+         (and make sure /dev/net/tun is readable and writable)"
+    )]
+    Permission(String),
+    /// The name does not fit in IFNAMSIZ.
+    #[error("TAP device name {0:?} is too long: at most 15 bytes (IFNAMSIZ)")]
+    NameTooLong(String),
+    /// The kernel would refuse the name.
+    #[error("invalid TAP device name {0:?}: it must be non-empty, without '/', ':' or spaces")]
+    InvalidName(String),
+    /// Someone else has the (single-queue) TAP open.
+    #[error("TAP device {0:?} is busy: another process has it open")]
+    Busy(String),
+    /// The name belongs to something that is not a single-queue TAP.
+    #[error(
+        "{0:?} exists but cannot be opened as a single-queue TAP device \
+         (is it a TUN, a multi-queue TAP, or another kind of interface?)"
+    )]
+    NotTap(String),
+    /// Another system call failed.
+    #[error("TAP device {name:?}: {what}: {source}")]
+    Io {
+        /// The TAP.
+        name: String,
+        /// What was being done.
+        what: &'static str,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// Not a MAC address.
+    #[error("invalid MAC address {mac:?}: {reason}")]
+    InvalidMac {
+        /// What was given.
+        mac: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+}
+
+/// Counters of one network device, readable while the VM runs.
+#[derive(Debug, Default)]
+pub struct NetCounters {
+    /// Frames sent to the host.
+    pub tx_frames: AtomicU64,
+    /// Bytes sent to the host (frames, without the virtio-net header).
+    pub tx_bytes: AtomicU64,
+    /// Transmit chains refused: malformed, device-writable buffers, a frame
+    /// without an Ethernet header or too long, offloads not negotiated.
+    pub tx_invalid: AtomicU64,
+    /// Frames dropped because the TAP could not take them now (EAGAIN).
+    pub tx_backend_drops: AtomicU64,
+    /// Frames the TAP refused (e.g. EIO while the interface is down).
+    pub tx_backend_errors: AtomicU64,
+    /// Frames delivered to the guest.
+    pub rx_frames: AtomicU64,
+    /// Bytes delivered to the guest (frames, without the header).
+    pub rx_bytes: AtomicU64,
+    /// Frames dropped because they did not fit the guest's buffer.
+    pub rx_too_big: AtomicU64,
+    /// Frames from the host the device cannot deliver: shorter than an
+    /// Ethernet header, longer than [`MAX_FRAME`], or with an offload.
+    pub rx_invalid: AtomicU64,
+    /// Frames dropped because the driver was not ready for them.
+    pub rx_not_ready: AtomicU64,
+    /// Receive chains refused (malformed, or with device-readable buffers).
+    pub rx_bad_chains: AtomicU64,
+    /// Times the device stopped reading the TAP for lack of receive buffers.
+    pub rx_parked: AtomicU64,
+    /// Read errors from the TAP.
+    pub rx_backend_errors: AtomicU64,
+}
+
+/// Adds one to `c`; logs the first occurrence as a warning and later ones
+/// at debug level, so a misbehaving guest cannot flood the log.
+fn count(c: &AtomicU64, what: fmt::Arguments) {
+    if c.fetch_add(1, Ordering::Relaxed) == 0 {
+        log::warn!("virtio-net: {what} (further ones are only counted)");
+    } else {
+        log::debug!("virtio-net: {what}");
+    }
+}
+
+/// What a read from the backend gave.
+enum Backend {
+    /// A frame of this many bytes (header included) is in the rx buffer.
+    Frame(usize),
+    /// Nothing to read now.
+    Empty,
+    /// The backend is gone or broken; stop watching it.
+    Gone,
+}
+
+/// The virtio network device.
+pub struct Net {
+    backend: File,
+    /// The device's event source: holds the backend while it is armed.
+    epoll: Epoll,
+    armed: bool,
+    mac: [u8; 6],
+    tap_name: String,
+    /// One frame from the backend, header first. One byte longer than
+    /// [`MAX_PACKET`] to notice a longer frame.
+    rx_buf: Box<[u8]>,
+    /// Length of the frame in `rx_buf` waiting for a receive buffer.
+    rx_pending: Option<usize>,
+    tx_buf: Box<[u8]>,
+    counters: Arc<NetCounters>,
+}
+
+impl fmt::Debug for Net {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Net")
+            .field("tap", &self.tap_name)
+            .field("mac", &format_mac(&self.mac))
+            .field("armed", &self.armed)
+            .field("rx_pending", &self.rx_pending)
+            .finish()
+    }
+}
+
+/// Sets O_NONBLOCK on `fd`.
+fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: F_GETFL reads the flags of `fd`, which the caller owns; no
+    // memory is passed.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above; F_SETFL takes the flags by value.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+impl Net {
+    /// Opens (creating it if absent) the TAP device `tap`; MAC defaults to
+    /// a random locally administered unicast address.
+    pub fn open(tap: &str, mac: Option<[u8; 6]>) -> Result<Net, NetError> {
+        let t = Tap::open(tap)?;
+        let name = t.name().to_string();
+        Net::with_backend(OwnedFd::from(t), &name, mac)
+    }
+
+    /// A device on `fd`, which must carry one frame per read and write,
+    /// each behind a 12-byte virtio-net header (a TAP with `IFF_VNET_HDR`,
+    /// or a datagram socket in tests). It is made non-blocking.
+    pub(crate) fn with_backend(
+        fd: OwnedFd,
+        name: &str,
+        mac: Option<[u8; 6]>,
+    ) -> Result<Net, NetError> {
+        let io_err = |what: &'static str, source: io::Error| NetError::Io {
+            name: name.to_string(),
+            what,
+            source,
+        };
+        let mac = match mac {
+            Some(m) => {
+                check_mac(&m).map_err(|reason| NetError::InvalidMac {
+                    mac: format_mac(&m),
+                    reason,
+                })?;
+                m
+            }
+            None => random_mac().map_err(|e| io_err("cannot draw a random MAC address", e))?,
+        };
+        set_nonblocking(fd.as_raw_fd()).map_err(|e| io_err("cannot make it non-blocking", e))?;
+        let epoll = Epoll::new().map_err(|e| io_err("cannot create an epoll instance", e))?;
+        let mut net = Net {
+            backend: File::from(fd),
+            epoll,
+            armed: false,
+            mac,
+            tap_name: name.to_string(),
+            rx_buf: vec![0u8; MAX_PACKET + 1].into_boxed_slice(),
+            rx_pending: None,
+            tx_buf: vec![0u8; MAX_PACKET].into_boxed_slice(),
+            counters: Arc::default(),
+        };
+        net.arm()
+            .map_err(|e| io_err("cannot watch it with epoll", e))?;
+        Ok(net)
+    }
+
+    /// The device's MAC address.
+    pub fn mac(&self) -> [u8; 6] {
+        self.mac
+    }
+
+    /// The host TAP's name.
+    pub fn tap_name(&self) -> &str {
+        &self.tap_name
+    }
+
+    /// The device's counters (shared: they stay readable once the device
+    /// is handed to the transport).
+    pub fn counters(&self) -> Arc<NetCounters> {
+        self.counters.clone()
+    }
+
+    /// Watches the backend again.
+    fn arm(&mut self) -> io::Result<()> {
+        if !self.armed {
+            let ev = EpollEvent::new(EventSet::IN, RX_TOKEN as u64);
+            self.epoll
+                .ctl(ControlOperation::Add, self.backend.as_raw_fd(), ev)?;
+            self.armed = true;
+        }
+        Ok(())
+    }
+
+    /// [`Net::arm`] from a place that cannot fail: an error (which would
+    /// take a kernel out of memory) is logged.
+    fn rearm(&mut self) {
+        if let Err(e) = self.arm() {
+            log::error!("virtio-net {}: cannot watch the TAP: {e}", self.tap_name);
+        }
+    }
+
+    /// Stops watching the backend, so its readiness no longer wakes the
+    /// device thread.
+    fn disarm(&mut self) {
+        if self.armed {
+            let fd = self.backend.as_raw_fd();
+            if let Err(e) = self
+                .epoll
+                .ctl(ControlOperation::Delete, fd, EpollEvent::default())
+            {
+                log::error!(
+                    "virtio-net {}: cannot stop watching the TAP: {e}",
+                    self.tap_name
+                );
+            }
+            self.armed = false;
+        }
+    }
+
+    /// Reads one frame from the backend into `rx_buf`.
+    fn read_backend(&mut self) -> Backend {
+        loop {
+            match (&self.backend).read(&mut self.rx_buf) {
+                // A TAP never reads as empty: the peer of a test socket closed.
+                Ok(0) => {
+                    log::warn!("virtio-net {}: the backend closed", self.tap_name);
+                    return Backend::Gone;
+                }
+                Ok(n) => return Backend::Frame(n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Backend::Empty,
+                Err(e) => {
+                    count(
+                        &self.counters.rx_backend_errors,
+                        format_args!("{}: read failed: {e}", self.tap_name),
+                    );
+                    return Backend::Gone;
+                }
+            }
+        }
+    }
+
+    /// Checks a frame of `n` bytes just read, and rewrites its header for
+    /// the guest: no flags, no GSO, one buffer.
+    fn accept_rx(&mut self, n: usize) -> Result<(), &'static str> {
+        if n < VNET_HDR_LEN + ETH_HLEN {
+            return Err("frame shorter than an Ethernet header");
+        }
+        if n > MAX_PACKET {
+            return Err("frame longer than the device supports");
+        }
+        let hdr = &mut self.rx_buf[..VNET_HDR_LEN];
+        // flags NEEDS_CSUM: the checksum is not filled in; a GSO type: the
+        // frame is a batch of segments. Neither can go to a driver that
+        // did not negotiate offloads (and with none enabled on the TAP,
+        // the kernel does not send them).
+        if hdr[0] & 1 != 0 || hdr[1] != 0 {
+            return Err("frame with an offload the guest did not negotiate");
+        }
+        hdr.fill(0);
+        // num_buffers: 1 (virtio 1.x, without VIRTIO_NET_F_MRG_RXBUF).
+        hdr[10..12].copy_from_slice(&1u16.to_le_bytes());
+        Ok(())
+    }
+
+    /// Reads and drops frames while the driver cannot take them.
+    fn drop_rx(&mut self) {
+        if self.rx_pending.take().is_some() {
+            self.counters.rx_not_ready.fetch_add(1, Ordering::Relaxed);
+        }
+        for _ in 0..RX_BUDGET {
+            match self.read_backend() {
+                Backend::Frame(_) => {
+                    self.counters.rx_not_ready.fetch_add(1, Ordering::Relaxed);
+                }
+                Backend::Empty => return,
+                Backend::Gone => return self.disarm(),
+            }
+        }
+    }
+
+    /// Moves frames from the backend to the receive queue while there are
+    /// frames and buffers.
+    fn rx(&mut self, ctx: &mut QueueCtx) -> Result<(), DeviceError> {
+        if !ctx.ready(RX_QUEUE) {
+            self.drop_rx();
+            return Ok(());
+        }
+        let mut used = false;
+        let mut reads = 0;
+        // Set when the queue said it had chains but gave none.
+        let mut empty_after_enable = false;
+        loop {
+            let n = match self.rx_pending {
+                Some(n) => n,
+                None => {
+                    if reads == RX_BUDGET {
+                        // Still armed: the device thread comes back.
+                        break;
+                    }
+                    reads += 1;
+                    match self.read_backend() {
+                        Backend::Frame(n) => {
+                            if let Err(why) = self.accept_rx(n) {
+                                count(
+                                    &self.counters.rx_invalid,
+                                    format_args!("{}: {n}-byte {why}", self.tap_name),
+                                );
+                                continue;
+                            }
+                            self.rx_pending = Some(n);
+                            n
+                        }
+                        Backend::Empty => break,
+                        Backend::Gone => {
+                            self.disarm();
+                            break;
+                        }
+                    }
+                }
+            };
+            let chain = match ctx.pop(RX_QUEUE, RX_CHAIN_MAX) {
+                Ok(Some(c)) => c,
+                Ok(None) => {
+                    if !ctx.enable_notification(RX_QUEUE)? {
+                        // No buffer: keep the frame, stop watching the TAP
+                        // until the driver kicks the receive queue.
+                        self.disarm();
+                        self.counters.rx_parked.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
+                    if empty_after_enable {
+                        return Err(broken_avail_ring(RX_QUEUE));
+                    }
+                    empty_after_enable = true;
+                    continue;
+                }
+                Err(e) => {
+                    count(
+                        &self.counters.rx_bad_chains,
+                        format_args!("receive chain refused: {e}"),
+                    );
+                    used = true;
+                    empty_after_enable = false;
+                    continue;
+                }
+            };
+            empty_after_enable = false;
+            used = true;
+            let len = self.fill_rx_chain(ctx.mem, &chain, n);
+            ctx.add_used(RX_QUEUE, chain.head, len)?;
+        }
+        if used {
+            ctx.notify(RX_QUEUE)?;
+        }
+        Ok(())
+    }
+
+    /// Puts the pending frame of `n` bytes in `chain`, or drops it if it
+    /// does not fit; returns the length to report as used.
+    fn fill_rx_chain(&mut self, mem: &GuestMemoryMmap, chain: &DescChain, n: usize) -> u32 {
+        if !chain.readable.is_empty() {
+            // The frame waits for the next chain.
+            count(
+                &self.counters.rx_bad_chains,
+                format_args!("receive chain with device-readable buffers"),
+            );
+            return 0;
+        }
+        if n as u64 > chain.writable_len() {
+            self.rx_pending = None;
+            count(
+                &self.counters.rx_too_big,
+                format_args!(
+                    "{}-byte frame dropped: larger than the guest's {}-byte buffer",
+                    n - VNET_HDR_LEN,
+                    chain.writable_len()
+                ),
+            );
+            return 0;
+        }
+        if let Err(e) = chain.write_at(mem, 0, &self.rx_buf[..n]) {
+            count(
+                &self.counters.rx_bad_chains,
+                format_args!("receive chain not writable: {e}"),
+            );
+            return 0;
+        }
+        self.rx_pending = None;
+        self.counters.rx_frames.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .rx_bytes
+            .fetch_add((n - VNET_HDR_LEN) as u64, Ordering::Relaxed);
+        n as u32
+    }
+
+    /// Sends every available transmit chain.
+    fn tx(&mut self, ctx: &mut QueueCtx) -> Result<(), DeviceError> {
+        let mut used = false;
+        loop {
+            ctx.disable_notification(TX_QUEUE)?;
+            let mut popped = false;
+            loop {
+                let chain = match ctx.pop(TX_QUEUE, MAX_PACKET as u64) {
+                    Ok(Some(c)) => c,
+                    Ok(None) => break,
+                    Err(e) => {
+                        popped = true;
+                        count(
+                            &self.counters.tx_invalid,
+                            format_args!("transmit chain refused: {e}"),
+                        );
+                        continue;
+                    }
+                };
+                popped = true;
+                self.tx_chain(ctx.mem, &chain);
+                ctx.add_used(TX_QUEUE, chain.head, 0)?;
+            }
+            used |= popped;
+            if !ctx.enable_notification(TX_QUEUE)? {
+                break;
+            }
+            if !popped {
+                return Err(broken_avail_ring(TX_QUEUE));
+            }
+        }
+        if used {
+            ctx.notify(TX_QUEUE)?;
+        }
+        Ok(())
+    }
+
+    /// Sends the frame in `chain` to the backend, or counts why not.
+    fn tx_chain(&mut self, mem: &GuestMemoryMmap, chain: &DescChain) {
+        let invalid = |why: fmt::Arguments| count(&self.counters.tx_invalid, why);
+        if !chain.writable.is_empty() {
+            return invalid(format_args!("transmit chain with device-writable buffers"));
+        }
+        let len = chain.readable_len();
+        if len < (VNET_HDR_LEN + ETH_HLEN) as u64 || len > MAX_PACKET as u64 {
+            return invalid(format_args!(
+                "transmit chain of {len} bytes: not a header and a frame of 14 to {MAX_FRAME} bytes"
+            ));
+        }
+        let len = len as usize;
+        let buf = &mut self.tx_buf[..len];
+        if let Err(e) = chain.read_at(mem, 0, buf) {
+            return invalid(format_args!("transmit chain unreadable: {e}"));
+        }
+        if buf[0] != 0 || buf[1] != 0 {
+            return invalid(format_args!(
+                "transmit header asks for an offload not negotiated (flags {:#x}, gso {:#x})",
+                buf[0], buf[1]
+            ));
+        }
+        let result = loop {
+            match (&self.backend).write(buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => break r,
+            }
+        };
+        match result {
+            Ok(n) if n == len => {
+                self.counters.tx_frames.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .tx_bytes
+                    .fetch_add((len - VNET_HDR_LEN) as u64, Ordering::Relaxed);
+            }
+            Ok(n) => count(
+                &self.counters.tx_backend_errors,
+                format_args!("{}: short write, {n} of {len} bytes", self.tap_name),
+            ),
+            Err(e)
+                if e.kind() == io::ErrorKind::WouldBlock
+                    || e.raw_os_error() == Some(libc::ENOBUFS) =>
+            {
+                count(
+                    &self.counters.tx_backend_drops,
+                    format_args!("{}: TAP full, frame dropped", self.tap_name),
+                )
+            }
+            Err(e) => count(
+                &self.counters.tx_backend_errors,
+                format_args!("{}: write failed: {e}", self.tap_name),
+            ),
+        }
+    }
+
+    /// Bytes of the configuration space: MAC, then status.
+    fn config(&self) -> [u8; 8] {
+        let mut c = [0u8; 8];
+        c[..6].copy_from_slice(&self.mac);
+        c[6..8].copy_from_slice(&(VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
+        c
+    }
+}
+
+/// The driver's available index is more than a queue ahead of the device.
+fn broken_avail_ring(q: usize) -> DeviceError {
+    DeviceError::Queue(q, "available ring index out of range".into())
+}
+
+impl VirtioDevice for Net {
+    fn name(&self) -> &str {
+        "virtio-net"
+    }
+
+    fn device_type(&self) -> u32 {
+        types::NET
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE, QUEUE_SIZE]
+    }
+
+    fn features(&self) -> u64 {
+        (1 << VIRTIO_NET_F_MAC) | (1 << VIRTIO_NET_F_STATUS)
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        let config = self.config();
+        let Ok(start) = usize::try_from(offset) else {
+            return;
+        };
+        if start < config.len() {
+            let n = data.len().min(config.len() - start);
+            data[..n].copy_from_slice(&config[start..start + n]);
+        }
+    }
+
+    fn activate(&mut self, _acked_features: u64) -> Result<(), DeviceError> {
+        self.arm()
+            .map_err(|e| DeviceError::Backend(format!("cannot watch the TAP: {e}")))
+    }
+
+    fn reset(&mut self) {
+        if self.rx_pending.take().is_some() {
+            self.counters.rx_not_ready.fetch_add(1, Ordering::Relaxed);
+        }
+        self.rearm();
+    }
+
+    fn process_queue(&mut self, q: usize, ctx: &mut QueueCtx) -> Result<(), DeviceError> {
+        match q {
+            RX_QUEUE => {
+                // New receive buffers: read the TAP again.
+                self.rearm();
+                self.rx(ctx)
+            }
+            TX_QUEUE => self.tx(ctx),
+            _ => Ok(()),
+        }
+    }
+
+    fn event_fds(&self) -> Vec<RawFd> {
+        vec![self.epoll.as_raw_fd()]
+    }
+
+    fn process_event(&mut self, token: usize, ctx: &mut QueueCtx) -> Result<(), DeviceError> {
+        if token != RX_TOKEN {
+            return Ok(());
+        }
+        if ctx.active {
+            self.rx(ctx)
+        } else {
+            self.drop_rx();
+            Ok(())
+        }
+    }
+}
