@@ -12,17 +12,47 @@
 //! `smp` (4 vCPUs), `memory` (512 MiB), `panic` (sysrq-c; subzero must fail
 //! with a reason), `stdin` (a token fed through subzero's stdin is echoed
 //! back), `vmlinux-pvh` and `vmlinux-64` (the ELF vmlinux extracted from the
-//! bzImage with `lz4`, booted with its PVH note and with that note hidden).
+//! bzImage with `lz4`, booted with its PVH note and with that note hidden),
+//! `stats`, `live`, and the virtio devices:
+//! - `block`: an ext4 `--disk` holding a known file; the guest prints its
+//!   sha256 and writes another file, which L1 reads back from the image
+//!   (loop mount) after subzero exits. Run with `--stats`: the virtio table
+//!   must show ioeventfd kicks and no MMIO-exit kicks.
+//! - `block-ro`: `readonly=on`; writes through the file system and to the
+//!   raw device fail, and the image's sha256 in L1 does not change.
+//! - `rootfs`: `root=/dev/vda`. virtio_blk is a module in the Debian kernel,
+//!   so a small initramfs ([`scripts::rootfs_initrd_init`]) loads it, mounts
+//!   `root=` and `switch_root`s to the disk's `/sbin/init`.
+//! - `net`: a persistent TAP in L1 (busybox `tunctl`, 169.254.0.1/16; the
+//!   guest is .2). The guest pings L1, downloads 16 MiB from it and sends
+//!   them back; both ends print sha256s. L1 itself has `-nic none`.
+//! - `vsock`: 1 MiB each way between L1 (through subzero's Unix socket and
+//!   `CONNECT 5000`) and a guest listener, then from the guest to an L1
+//!   listener on `<uds>_5001`.
+//! - `rng`: `--rng`; `rng_current` is virtio_rng and 4 KiB of `/dev/hwrng`
+//!   take (nearly) all 256 byte values.
+//!
+//! Payloads are generated, not shipped: `lab-peer gen SEED BYTES` in L1 and
+//! L2, and [`payload`] on the host for the expected sha256 ([`scripts::BLOBS`]).
+//!
+//! Opt-in (only run when named in `SUBZERO_LAB_SCENARIOS`): `bench`
+//! (`subzero bench exits`) and `virtio-bench`, which boots the same guest
+//! with the same disk image and TAP once under subzero and once under
+//! `qemu-system-x86_64 -M microvm` in L1 (`virtio-bench-qemu`) and prints
+//! disk and TCP figures side by side.
 //!
 //! Host tools: `qemu-system-x86_64`, `/bin/busybox` (static), `gzip`,
 //! `apt-get`/`apt-cache`/`dpkg-deb` (until the kernel is cached), `lz4` (for
-//! the vmlinux scenarios), and cargo to build subzero.
+//! the vmlinux scenarios), `mkfs.ext4` (e2fsprogs, for `block`, `block-ro`
+//! and `rootfs`), cargo to build the static subzero and `lab-peer`, and for
+//! `virtio-bench` also `ldd` and SeaBIOS's `bios-microvm.bin`.
 //!
 //! Environment knobs:
 //! - `SUBZERO_LAB_CACHE`: download/unpack cache (default `<workspace>/.lab-cache`).
 //! - `SUBZERO_LAB_BIN`: use this static subzero instead of building one.
 //! - `SUBZERO_LAB_SCENARIOS`: comma-separated scenarios to run (default:
-//!   every scenario except `bench`, which is opt-in: see [`scripts::SCENARIOS`]).
+//!   every scenario except the opt-in `bench` and `virtio-bench`: see
+//!   [`scripts::SCENARIOS`]). `virtio-bench` also selects `virtio-bench-qemu`.
 //! - `SUBZERO_LAB_SCENARIO_TIMEOUT`: seconds per scenario inside L1 (default 60).
 //! - `SUBZERO_LAB_TIMEOUT`: overall seconds before QEMU is killed.
 //! - `SUBZERO_LAB_ACCEL`: QEMU `-accel` value (default `tcg`).
@@ -474,7 +504,10 @@ fn qemu_files() -> Result<Vec<(String, Vec<u8>, u32)>, LabError> {
     }
     // SeaBIOS, and the option ROM QEMU loads for -kernel (from its data
     // directory, package qemu-system-data).
-    for f in [scripts::L1_MICROVM_BIOS, "/usr/share/qemu/linuxboot_dma.bin"] {
+    for f in [
+        scripts::L1_MICROVM_BIOS,
+        "/usr/share/qemu/linuxboot_dma.bin",
+    ] {
         files.push((f.to_string(), read(f)?, 0o644));
     }
     let total: usize = files.iter().map(|f| f.1.len()).sum();

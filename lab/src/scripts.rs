@@ -947,4 +947,68 @@ mod tests {
             s.contains("sz_run vmlinux-pvh plain '/bin/subzero' 'run' '--kernel' '/l2/vmlinux' ")
         );
     }
+
+    #[test]
+    fn virtio_scenarios_run_their_l1_steps_around_the_vmm() {
+        let s = l1_init(SCENARIOS, &[], "sz-abc", 60, None);
+        assert!(s.contains("SZ_NET_FILE='1003 16777216'\n"));
+        let begin = s.find("name=block\necho \"@@L1 BEGIN $name\"\n").unwrap();
+        let copy = s.find("cp /l2/block.img /tmp/block.img\n").unwrap();
+        let run = s
+            .find(
+                "sz_run block plain '/bin/subzero' 'run' '--kernel' '/l2/bzImage' '--initrd' \
+                 '/l2/initrd.cpio.gz' '--cmdline' 'console=ttyS0 quiet panic=-1 sz_scenario=block' \
+                 '--memory' '256M' '--vcpus' '1' '--disk' 'path=/tmp/block.img' '--stats'\n",
+            )
+            .unwrap();
+        let check = s.find("sz_inspect /tmp/block.img WRITTEN_SHA256").unwrap();
+        assert!(begin < copy && copy < run && run < check);
+        assert!(s.contains(
+            "'--initrd' '/l2/rootfs-initrd.cpio.gz' '--cmdline' \
+             'console=ttyS0 quiet panic=-1 sz_scenario=rootfs root=/dev/vda'"
+        ));
+        // The benchmarks get a longer timeout, and the default comes back.
+        let qemu = s
+            .find("sz_run virtio-bench-qemu plain '/usr/bin/qemu-system-x86_64' '-M' 'microvm,acpi=on'")
+            .unwrap();
+        let longer = s[..qemu].rfind("SZ_TIMEOUT=120\n").unwrap();
+        assert!(s[longer..qemu].find("SZ_TIMEOUT=60\n").is_none());
+        assert!(s[qemu..].contains("SZ_TIMEOUT=60\n"));
+        assert!(s[qemu..].contains("'-device' 'virtio-net-device,netdev=n0,mac=52:54:00:12:34:56'"));
+    }
+
+    #[test]
+    fn l2_init_knows_each_modules_dependencies() {
+        let mods = [(
+            "virtio_blk".to_string(),
+            vec![
+                "virtio_ring".to_string(),
+                "virtio".into(),
+                "virtio_blk".into(),
+            ],
+        )];
+        let s = l2_init(&mods);
+        assert!(s.starts_with("#!/bin/sh\n"));
+        let var = s
+            .find("SZ_MOD_virtio_blk='virtio_ring virtio virtio_blk'\n")
+            .unwrap();
+        assert!(var < s.find("sz_load virtio_mmio virtio_blk").unwrap());
+        assert!(s.contains("SZ_WRITTEN_FILE='1002 1048576'\n"));
+        for sc in SCENARIOS
+            .iter()
+            .filter(|s| s.initrd == L1_L2_INITRD && !s.bench)
+        {
+            let covered = s.contains(&format!("\n{})\n", sc.name))
+                || s.contains(&format!("\n{} |", sc.name))
+                || s.contains(&format!(" {} |", sc.name))
+                || s.contains(&format!("| {})", sc.name))
+                || ["vmlinux-", "virtio-bench"]
+                    .iter()
+                    .any(|p| sc.name.starts_with(p));
+            assert!(covered, "the L2 init has no case for {}", sc.name);
+        }
+        let r = rootfs_initrd_init(&["virtio_ring".into(), "virtio".into(), "virtio_blk".into()]);
+        assert!(r.contains("SZ_MODULES='virtio_ring virtio virtio_blk'\n"));
+        assert!(r.contains("exec $bb switch_root /newroot /sbin/init\n"));
+    }
 }
