@@ -35,3 +35,42 @@ fn virtio_kicks_bypass_userspace_and_data_arrives() {
         "{text}"
     );
 }
+
+#[test]
+fn stats_report_lists_eventfd_kicks_in_every_format() {
+    use subzero::stats::report::StatsReport;
+    if !common::kvm_available() {
+        return;
+    }
+    let r = run_virtio(50, 16).expect("virtio guest runs");
+    let buses = subzero::vmm::exit::Buses::default();
+    let mut report = StatsReport::build(
+        &r.run.per_vcpu,
+        r.run.elapsed,
+        r.run.ns_per_tick,
+        &buses,
+        None,
+        None,
+    );
+    report.virtio = r.run.virtio.clone();
+    let table = report.to_table();
+    assert!(table.contains("virtio queue notifications"), "{table}");
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("virtio-rng0"))
+        .unwrap_or_else(|| panic!("no device row: {table}"));
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(
+        &cols[..4],
+        ["virtio-rng0", "0xd0000000", "50", "0"],
+        "{row}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+    assert_eq!(json["virtio"][0]["eventfd_kicks"], 50);
+    assert_eq!(json["virtio"][0]["mmio_kicks"], 0);
+    let prom = report.to_prometheus();
+    assert!(
+        prom.contains("subzero_virtio_eventfd_kicks_total{device=\"virtio-rng0\"} 50"),
+        "{prom}"
+    );
+}
