@@ -74,3 +74,77 @@ fn stats_report_lists_eventfd_kicks_in_every_format() {
         "{prom}"
     );
 }
+
+/// Reads `len` bytes of guest memory at `addr`.
+fn guest_bytes(m: &subzero::vmm::Machine, addr: u64, len: usize) -> Vec<u8> {
+    use vm_memory::Bytes;
+    let mut buf = vec![0u8; len];
+    m.memory
+        .read_slice(&mut buf, vm_memory::GuestAddress(addr))
+        .expect("guest memory");
+    buf
+}
+
+#[test]
+fn linux_vm_describes_its_devices_in_acpi_and_on_request_the_command_line() {
+    use subzero::vmm::config::{DevicesConfig, VmConfig};
+    use subzero::vmm::device_config::DiskConfig;
+    if !common::kvm_available() {
+        return;
+    }
+    let dir = common::scratch("virtio-build");
+    let kernel = dir.join("bzImage");
+    common::fake_bzimage(&kernel, &[0xf4; 64]);
+    let disk = dir.join("disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let cfg = |mmio_cmdline| VmConfig {
+        kernel: kernel.clone(),
+        initrd: None,
+        cmdline: "console=ttyS0".into(),
+        memory: 64 << 20,
+        vcpus: 1,
+        devices: DevicesConfig {
+            disks: vec![DiskConfig {
+                path: disk.clone(),
+                readonly: true,
+                id: None,
+            }],
+            rng: true,
+            mmio_cmdline,
+            ..Default::default()
+        },
+    };
+    for mmio_cmdline in [false, true] {
+        let m = subzero::vmm::build_linux(&cfg(mmio_cmdline), Box::new(std::io::sink()))
+            .expect("build");
+        let names: Vec<_> = m
+            .virtio
+            .slots
+            .iter()
+            .map(|s| (s.name.clone(), s.base, s.gsi))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("virtio-blk0".to_string(), 0xd000_0000, 5),
+                ("virtio-rng0".to_string(), 0xd000_1000, 6)
+            ]
+        );
+        // Both devices are in the DSDT as LNRO0005 (ACPI area 0xe0000-0xfffff).
+        let acpi = guest_bytes(&m, 0xe_0000, 0x2_0000);
+        let hids = acpi.windows(8).filter(|w| w == b"LNRO0005").count();
+        assert_eq!(hids, 2, "LNRO0005 entries in the DSDT");
+        let cmdline = guest_bytes(&m, 0x2_0000, 256);
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        let cmdline = cmdline.trim_end_matches('\0');
+        if mmio_cmdline {
+            assert_eq!(
+                cmdline,
+                "console=ttyS0 virtio_mmio.device=4K@0xd0000000:5 \
+                 virtio_mmio.device=4K@0xd0001000:6"
+            );
+        } else {
+            assert_eq!(cmdline, "console=ttyS0");
+        }
+    }
+}

@@ -83,13 +83,17 @@ impl VirtioSlot {
 
     /// The `virtio_mmio.device=` kernel parameter describing this device.
     pub fn cmdline(&self) -> String {
-        format!(
-            "virtio_mmio.device={}K@{:#x}:{}",
-            MMIO_DEVICE_SLOT_SIZE >> 10,
-            self.base,
-            self.gsi
-        )
+        cmdline_param(self.base, self.gsi)
     }
+}
+
+/// `virtio_mmio.device=<size>@<base>:<irq>`, the form the kernel's
+/// `virtio_mmio` driver parses with CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES.
+pub fn cmdline_param(base: u64, gsi: u32) -> String {
+    format!(
+        "virtio_mmio.device={}K@{base:#x}:{gsi}",
+        MMIO_DEVICE_SLOT_SIZE >> 10
+    )
 }
 
 /// The VM's virtio devices and the thread that serves them.
@@ -187,5 +191,27 @@ impl VirtioDevices {
     /// Counters of every device.
     pub fn counts(&self) -> Vec<VirtioRow> {
         self.slots.iter().map(VirtioSlot::counts).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_form_matches_the_kernel_syntax() {
+        assert_eq!(
+            cmdline_param(0xd000_1000, 6),
+            "virtio_mmio.device=4K@0xd0001000:6"
+        );
+    }
+
+    #[test]
+    fn every_device_gets_its_own_pin_below_the_ioapic_limit() {
+        assert_eq!(
+            FIRST_GSI as usize + MAX_DEVICES,
+            layout::IOAPIC_NUM_PINS as usize
+        );
+        assert!(FIRST_GSI > crate::arch::x86_64::layout::ports::SERIAL_COM1_IRQ);
     }
 }
