@@ -65,10 +65,12 @@
 //! - `SUBZERO_LAB_VERBOSE=1`: echo every L1 console line live.
 //! - `CI=true`: missing prerequisites fail instead of skipping.
 
+pub mod binaries;
 pub mod cpio;
 pub mod elf;
 pub mod images;
 pub mod kernel;
+pub mod l2_scripts;
 pub mod parse;
 pub mod payload;
 pub mod qemu;
@@ -80,6 +82,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+pub use binaries::{lab_peer_binary, parse_ldd, subzero_binary};
+use binaries::{qemu_files, read_static};
 
 pub use parse::{Line, ScenarioRun};
 pub use scripts::{Scenario, SCENARIOS};
@@ -360,11 +365,11 @@ impl LabRun {
     }
 }
 
-fn log(msg: &str) {
+pub(crate) fn log(msg: &str) {
     eprintln!("lab: {msg}");
 }
 
-fn failed(what: impl std::fmt::Display) -> LabError {
+pub(crate) fn failed(what: impl std::fmt::Display) -> LabError {
     LabError::Failed(what.to_string())
 }
 
@@ -393,163 +398,6 @@ pub fn check_prerequisites() -> Result<(), LabError> {
             missing.join(", ")
         )))
     }
-}
-
-/// Builds the static subzero (or takes `SUBZERO_LAB_BIN`).
-pub fn subzero_binary(cfg: &Config) -> Result<PathBuf, LabError> {
-    if let Some(bin) = &cfg.subzero_bin {
-        log(&format!("using SUBZERO_LAB_BIN={}", bin.display()));
-        return Ok(bin.clone());
-    }
-    static_binary(cfg, "subzero", "subzero", &[])
-}
-
-/// Builds the static `lab-peer` helper (this crate's binary) for L1 and L2,
-/// stripped: it is in every L2 initramfs, and 7 MiB of static glibc and
-/// line tables shrink to about 1.4 MiB.
-pub fn lab_peer_binary(cfg: &Config) -> Result<PathBuf, LabError> {
-    let strip = [
-        "--config",
-        "profile.release.debug=false",
-        "--config",
-        "profile.release.strip=true",
-    ];
-    static_binary(cfg, "subzero-lab", "lab-peer", &strip)
-}
-
-/// Builds `bin` of `package` statically linked (glibc, `+crt-static`), so
-/// it runs in L1 and L2 without libraries, in `<workspace>/target/lab`.
-fn static_binary(
-    cfg: &Config,
-    package: &str,
-    bin: &str,
-    more: &[&str],
-) -> Result<PathBuf, LabError> {
-    let target_dir = cfg.workspace.join("target/lab");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut args = vec![
-        "build",
-        "--release",
-        "-p",
-        package,
-        "--bin",
-        bin,
-        "--target",
-        "x86_64-unknown-linux-gnu",
-    ];
-    args.extend_from_slice(more);
-    log(&format!(
-        "building static {bin}: RUSTFLAGS=\"-C target-feature=+crt-static\" CARGO_TARGET_DIR={} cargo {}",
-        target_dir.display(),
-        args.join(" ")
-    ));
-    let t = Instant::now();
-    let out = Command::new(&cargo)
-        .args(args)
-        .current_dir(&cfg.workspace)
-        .env("RUSTFLAGS", "-C target-feature=+crt-static")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env("CARGO_TARGET_DIR", &target_dir)
-        .output()
-        .map_err(|e| failed(format!("running {cargo:?}: {e}")))?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        let tail: Vec<&str> = err.lines().rev().take(60).collect();
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
-        return Err(failed(format!(
-            "building the static {bin} failed ({}):\n{}",
-            out.status,
-            tail.join("\n")
-        )));
-    }
-    log(&format!("built {bin} in {:.1}s", t.elapsed().as_secs_f64()));
-    Ok(target_dir
-        .join("x86_64-unknown-linux-gnu/release")
-        .join(bin))
-}
-
-fn read_static(path: &Path) -> Result<Vec<u8>, LabError> {
-    let bytes = fs::read(path).map_err(|e| failed(format!("reading {}: {e}", path.display())))?;
-    match elf::is_static(&bytes) {
-        Ok(true) => {}
-        Ok(false) => log(&format!(
-            "warning: {} is dynamically linked and will not run in L1",
-            path.display()
-        )),
-        Err(e) => log(&format!("warning: {}: {e}", path.display())),
-    }
-    Ok(bytes)
-}
-
-/// The host's QEMU for the virtio benchmark in L1: the binary, every
-/// library `ldd` lists (the dynamic loader included), stored as regular
-/// files at the same paths, the microvm SeaBIOS and QEMU's
-/// `linuxboot_dma.bin`.
-fn qemu_files() -> Result<Vec<(String, Vec<u8>, u32)>, LabError> {
-    let missing = |what: &str| LabError::Unavailable(format!("{what} for the virtio benchmark"));
-    if !Path::new(scripts::L1_QEMU).is_file() {
-        return Err(missing(
-            "/usr/bin/qemu-system-x86_64 (apt-get install qemu-system-x86)",
-        ));
-    }
-    if !Path::new(scripts::L1_MICROVM_BIOS).is_file() {
-        return Err(missing(
-            "/usr/share/seabios/bios-microvm.bin (apt-get install seabios)",
-        ));
-    }
-    let out = Command::new("ldd")
-        .arg(scripts::L1_QEMU)
-        .output()
-        .map_err(|e| missing(&format!("ldd ({e})")))?;
-    if !out.status.success() {
-        return Err(failed(format!(
-            "ldd {}: {}",
-            scripts::L1_QEMU,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    let libs = parse_ldd(&String::from_utf8_lossy(&out.stdout));
-    let mut files = Vec::new();
-    let read = |p: &str| fs::read(p).map_err(|e| failed(format!("{p}: {e}")));
-    files.push((scripts::L1_QEMU.to_string(), read(scripts::L1_QEMU)?, 0o755));
-    for lib in libs {
-        let bytes = read(&lib)?;
-        files.push((lib, bytes, 0o755));
-    }
-    // SeaBIOS, and the option ROM QEMU loads for -kernel (from its data
-    // directory, package qemu-system-data).
-    for f in [
-        scripts::L1_MICROVM_BIOS,
-        "/usr/share/qemu/linuxboot_dma.bin",
-    ] {
-        files.push((f.to_string(), read(f)?, 0o644));
-    }
-    let total: usize = files.iter().map(|f| f.1.len()).sum();
-    log(&format!(
-        "QEMU for L1: {} files, {:.1} MiB",
-        files.len(),
-        total as f64 / (1 << 20) as f64
-    ));
-    Ok(files)
-}
-
-/// The absolute library paths in `ldd` output: `libz.so.1 => /lib/.../libz.so.1 (0x...)`
-/// and the loader's `/lib64/ld-linux-x86-64.so.2 (0x...)`.
-pub fn parse_ldd(text: &str) -> Vec<String> {
-    let mut v = Vec::new();
-    for line in text.lines() {
-        let l = line.trim();
-        let path = match l.split_once("=>") {
-            Some((_, rest)) => rest.split_whitespace().next(),
-            None => l.split_whitespace().next(),
-        };
-        if let Some(p) = path.filter(|p| p.starts_with('/')) {
-            if !v.iter().any(|x| x == p) {
-                v.push(p.to_string());
-            }
-        }
-    }
-    v
 }
 
 /// `virtio_blk.ko` -> `virtio_blk`.

@@ -1,0 +1,210 @@
+//! The scripts that run inside L2: the initramfs /init of every scenario
+//! (markers for the host to check), and the rootfs scenario's initramfs and
+//! on-disk init.
+
+use crate::scripts::{blob_vars, sh_quote};
+
+/// The L2 guest's /init. `modules`: for each virtio driver module the
+/// L2 initramfs carries under /lib/modules, the module files it needs in
+/// insmod order (its dependencies first, itself last), e.g.
+/// `("virtio_blk", ["virtio_ring", "virtio", "virtio_blk"])`.
+pub fn l2_init(modules: &[(String, Vec<String>)]) -> String {
+    let mut s = String::from("#!/bin/sh\n");
+    for (m, deps) in modules {
+        s.push_str(&format!("SZ_MOD_{m}={}\n", sh_quote(&deps.join(" "))));
+    }
+    s.push_str(&blob_vars());
+    s.push_str(L2_INIT_BODY);
+    s
+}
+
+pub(crate) const L2_INIT_BODY: &str = r#"echo "@@L2 INIT scenario=$sz_scenario"
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+/bin/busybox mkdir -p /proc /sys /tmp /sbin /usr/bin /usr/sbin
+/bin/busybox --install -s
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+echo "@@L2 UPTIME $(cut -d' ' -f1 /proc/uptime)"
+
+# sz_load MODULE...: insmods each module after those it depends on.
+sz_load() {
+    for top in "$@"; do
+        eval "mods=\$SZ_MOD_$top"
+        [ -n "$mods" ] || echo "@@L2 INSMOD_FAILED $top: not in this initramfs"
+        for m in $mods; do
+            [ -d /sys/module/$m ] && continue
+            out=$(insmod /lib/modules/$m.ko 2>&1) || echo "@@L2 INSMOD_FAILED $m: $out"
+        done
+    done
+}
+# sz_wait PATH: waits up to 5 s for PATH to appear.
+sz_wait() {
+    n=0
+    while [ ! -e "$1" ] && [ $n -lt 50 ]; do sleep 0.1; n=$((n + 1)); done
+    [ -e "$1" ] || echo "@@L2 MISSING $1"
+}
+# sz_try KEY COMMAND...: runs COMMAND, prints `@@L2 KEY ok|failed: <output>`.
+sz_try() {
+    key=$1
+    shift
+    if out=$("$@" 2>&1); then
+        echo "@@L2 $key ok $(printf '%s' "$out" | tr '\n' ' ')"
+    else
+        echo "@@L2 $key failed: $(printf '%s' "$out" | tr '\n' ' ')"
+    fi
+}
+sz_sha() { sha256sum | cut -d' ' -f1; }
+
+case "$sz_scenario" in
+boot | stats | live | vmlinux-*)
+    echo "@@L2 UNAME $(uname -r)"
+    ;;
+smp)
+    echo "@@L2 NPROC $(nproc)"
+    echo "@@L2 CPU_ONLINE $(cat /sys/devices/system/cpu/online)"
+    echo "@@L2 CPUINFO_PROCESSORS $(grep -c '^processor' /proc/cpuinfo)"
+    ;;
+memory)
+    echo "@@L2 MEMTOTAL_KB $(awk '/^MemTotal:/ { print $2 }' /proc/meminfo)"
+    ;;
+panic)
+    echo "@@L2 PANIC_TRIGGER"
+    echo c > /proc/sysrq-trigger
+    echo "@@L2 STILL_ALIVE"
+    exit 1
+    ;;
+stdin)
+    echo "@@L2 READY"
+    IFS= read -r line
+    echo "@@L2 ECHO [$line]"
+    ;;
+block)
+    sz_load virtio_mmio virtio_blk
+    sz_wait /dev/vda
+    echo "@@L2 DISK_SECTORS $(cat /sys/block/vda/size)"
+    echo "@@L2 DISK_RO $(cat /sys/block/vda/ro)"
+    mkdir -p /mnt
+    sz_try MOUNT mount -t ext4 /dev/vda /mnt
+    echo "@@L2 KNOWN_SHA256 $(sz_sha < /mnt/known.bin)"
+    sz_try WRITE sh -c "lab-peer gen $SZ_WRITTEN_FILE > /mnt/written.bin && sync"
+    sz_try UMOUNT umount /mnt
+    ;;
+block-ro)
+    sz_load virtio_mmio virtio_blk
+    sz_wait /dev/vda
+    echo "@@L2 DISK_RO $(cat /sys/block/vda/ro)"
+    mkdir -p /mnt
+    sz_try MOUNT mount -t ext4 /dev/vda /mnt
+    echo "@@L2 MOUNT_OPTIONS $(awk '$2 == "/mnt" { print $4 }' /proc/mounts)"
+    echo "@@L2 KNOWN_SHA256 $(sz_sha < /mnt/known.bin)"
+    sz_try FS_WRITE sh -c 'echo x > /mnt/new.txt'
+    sz_try DEV_WRITE dd if=/dev/zero of=/dev/vda bs=4096 count=1 oflag=direct conv=notrunc
+    umount /mnt
+    ;;
+net)
+    sz_load virtio_mmio virtio_net
+    sz_wait /sys/class/net/eth0
+    echo "@@L2 MAC $(cat /sys/class/net/eth0/address)"
+    ip addr add 169.254.0.2/16 dev eth0
+    ip link set eth0 up
+    ping -c 3 -W 5 169.254.0.1 >/tmp/ping 2>&1
+    echo "@@L2 PING $(grep 'packets transmitted' /tmp/ping)"
+    lab-peer connect tcp:169.254.0.1:8000 --retry 10 </dev/null >/tmp/net.bin
+    echo "@@L2 DOWNLOAD_SHA256 $(sz_sha < /tmp/net.bin)"
+    sz_try UPLOAD lab-peer connect tcp:169.254.0.1:8001 --retry 10 </tmp/net.bin
+    ;;
+vsock)
+    sz_load virtio_mmio vmw_vsock_virtio_transport
+    sz_wait /dev/vsock
+    echo "@@L2 VSOCK_A_SHA256 $(lab-peer gen $SZ_VSOCK_A_GUEST | lab-peer listen vsock:5000 --timeout 40 | sz_sha)"
+    echo "@@L2 VSOCK_B_SHA256 $(lab-peer gen $SZ_VSOCK_B_GUEST | lab-peer connect vsock:2:5001 --retry 20 | sz_sha)"
+    ;;
+rng)
+    sz_load virtio_mmio virtio_rng
+    n=0
+    while [ "$(cat /sys/class/misc/hw_random/rng_current)" = none ] && [ $n -lt 50 ]; do sleep 0.1; n=$((n + 1)); done
+    echo "@@L2 RNG_AVAILABLE $(cat /sys/class/misc/hw_random/rng_available)"
+    echo "@@L2 RNG_CURRENT $(cat /sys/class/misc/hw_random/rng_current)"
+    head -c 4096 /dev/hwrng >/tmp/rng
+    echo "@@L2 RNG_BYTES $(wc -c < /tmp/rng)"
+    echo "@@L2 RNG_DISTINCT $(od -An -v -tu1 /tmp/rng | tr -s ' ' '\n' | grep -v '^$' | sort -u | wc -l)"
+    ;;
+virtio-bench*)
+    sz_load virtio_mmio virtio_blk virtio_net
+    sz_wait /dev/vda
+    sz_wait /sys/class/net/eth0
+    ip addr add 169.254.0.2/16 dev eth0
+    ip link set eth0 up
+    ping -c 1 -W 5 169.254.0.1 >/dev/null
+    echo "@@L2 BENCH seq-write $(lab-peer seq write /dev/vda $SZ_BENCH_BYTES 2>&1)"
+    echo "@@L2 BENCH seq-read $(lab-peer seq read /dev/vda $SZ_BENCH_BYTES 2>&1)"
+    echo "@@L2 BENCH rand-read $(lab-peer randread /dev/vda 5 2>&1)"
+    echo "@@L2 BENCH tcp-g2h $(lab-peer connect tcp:169.254.0.1:9000 --retry 10 --bytes $SZ_BENCH_BYTES </dev/zero 2>&1 >/dev/null)"
+    echo "@@L2 BENCH tcp-h2g $(lab-peer connect tcp:169.254.0.1:9001 --retry 10 </dev/null 2>&1 >/dev/null)"
+    ;;
+*)
+    echo "@@L2 UNKNOWN_SCENARIO [$sz_scenario]"
+    ;;
+esac
+echo "@@L2 POWEROFF"
+poweroff -f
+echo "@@L2 POWEROFF_FAILED"
+sleep 10
+"#;
+
+/// The rootfs scenario's initramfs /init: loads the virtio block stack
+/// (the Debian kernel has virtio_blk as a module, so it cannot mount
+/// `root=/dev/vda` by itself), mounts the `root=` device and
+/// `switch_root`s to its /sbin/init ([`ROOTFS_INIT`]). `modules`: module
+/// files in insmod order.
+pub fn rootfs_initrd_init(modules: &[String]) -> String {
+    format!(
+        "#!/bin/sh\nSZ_MODULES={}\n{}",
+        sh_quote(&modules.join(" ")),
+        r#"bb=/bin/busybox
+$bb mkdir -p /proc /sys /dev /newroot
+$bb mount -t proc proc /proc
+$bb mount -t sysfs sysfs /sys
+$bb mount -t devtmpfs devtmpfs /dev
+echo "@@L2 INIT scenario=$sz_scenario (initramfs)"
+for m in $SZ_MODULES; do
+    out=$($bb insmod /lib/modules/$m.ko 2>&1) || echo "@@L2 INSMOD_FAILED $m: $out"
+done
+root=
+for w in $($bb cat /proc/cmdline); do
+    case $w in root=*) root=${w#root=} ;; esac
+done
+n=0
+while [ ! -b "$root" ] && [ $n -lt 50 ]; do $bb sleep 0.1; n=$((n + 1)); done
+if ! out=$($bb mount -t ext4 -o rw "$root" /newroot 2>&1); then
+    echo "@@L2 ROOT_MOUNT_FAILED root=$root: $out"
+    $bb poweroff -f
+fi
+$bb umount /proc /sys
+$bb mount --move /dev /newroot/dev
+echo "@@L2 SWITCH_ROOT $root"
+exec $bb switch_root /newroot /sbin/init
+echo "@@L2 SWITCH_ROOT_FAILED"
+$bb poweroff -f
+"#
+    )
+}
+
+/// `/sbin/init` on the rootfs scenario's disk: proves it runs from the disk
+/// (what is mounted on /, a file only the disk has, the initramfs' /init
+/// gone), writes a file L1 reads back, and powers off cleanly.
+pub const ROOTFS_INIT: &str = r#"#!/bin/sh
+/bin/busybox mount -t proc proc /proc
+/bin/busybox --install -s
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+echo "@@L2 ROOTFS_INIT pid=$$"
+echo "@@L2 ROOT_MOUNT $(awk '$2 == "/" { m = $1 " " $3 " " substr($4, 1, 2) } END { print m }' /proc/mounts)"
+echo "@@L2 DISK_MARKER $(cat /etc/sz-rootfs-marker)"
+if [ -e /init ]; then echo "@@L2 INITRAMFS_INIT present"; else echo "@@L2 INITRAMFS_INIT absent"; fi
+echo "rootfs-write $(cat /etc/sz-rootfs-marker)" >/etc/sz-written
+sync
+if out=$(mount -o remount,ro / 2>&1); then echo "@@L2 REMOUNT_RO ok"; else echo "@@L2 REMOUNT_RO failed: $out"; fi
+echo "@@L2 POWEROFF"
+poweroff -f
+"#;
