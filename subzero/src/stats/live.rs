@@ -97,6 +97,9 @@ pub struct Rates {
     pub reasons: Vec<(String, f64)>,
     /// Exits per second by target label, highest first.
     pub targets: Vec<(String, f64)>,
+    /// Per virtio device: queue kicks per second through the ioeventfd
+    /// (no exit) and as MMIO exits, in device order.
+    pub virtio: Vec<(String, f64, f64)>,
 }
 
 fn target_label(t: &TargetRow) -> String {
@@ -141,10 +144,26 @@ pub fn rates(before: &StatsReport, after: &StatsReport) -> Rates {
     for v in [&mut reasons, &mut targets] {
         v.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     }
+    let virtio = after
+        .virtio
+        .iter()
+        .map(|v| {
+            let old = before.virtio.iter().find(|o| o.device == v.device);
+            let delta = |now: u64, then: fn(&super::report::VirtioRow) -> u64| {
+                now.saturating_sub(old.map_or(0, then)) as f64 / seconds
+            };
+            (
+                v.device.clone(),
+                delta(v.eventfd_kicks, |o| o.eventfd_kicks),
+                delta(v.mmio_kicks, |o| o.mmio_kicks),
+            )
+        })
+        .collect();
     Rates {
         seconds,
         reasons,
         targets,
+        virtio,
     }
 }
 
@@ -160,6 +179,15 @@ pub fn render(r: &Rates, report: &StatsReport) -> String {
     o.push_str(&format!("\n{:<40} {:>12}\n", "top targets", "exits/s"));
     for (name, rate) in r.targets.iter().take(8) {
         o.push_str(&format!("{name:<40} {rate:>12.1}\n"));
+    }
+    if !r.virtio.is_empty() {
+        o.push_str(&format!(
+            "\n{:<16} {:>16} {:>16}\n",
+            "virtio kicks/s", "via ioeventfd", "as MMIO exits"
+        ));
+        for (name, eventfd, mmio) in &r.virtio {
+            o.push_str(&format!("{name:<16} {eventfd:>16.1} {mmio:>16.1}\n"));
+        }
     }
     o
 }
@@ -251,6 +279,33 @@ mod tests {
         );
         let text = render(&r, &report(3.0, 700));
         assert!(text.contains("io-out") && text.contains("300.0"), "{text}");
+        assert!(
+            !text.contains("virtio"),
+            "no devices, no virtio rows: {text}"
+        );
+    }
+
+    #[test]
+    fn virtio_kick_rates_are_deltas_too() {
+        let with_kicks = |t: f64, kicks: u64| {
+            let mut r = report(t, 0);
+            r.virtio = vec![super::super::report::VirtioRow {
+                device: "virtio-blk0".into(),
+                base: 0xd000_0000,
+                eventfd_kicks: kicks,
+                mmio_kicks: 0,
+                interrupts: kicks,
+                needs_reset: 0,
+            }];
+            r
+        };
+        let r = rates(&with_kicks(1.0, 50), &with_kicks(2.0, 250));
+        assert_eq!(r.virtio, vec![("virtio-blk0".to_string(), 200.0, 0.0)]);
+        let text = render(&r, &with_kicks(2.0, 250));
+        assert!(
+            text.contains("virtio-blk0") && text.contains("200.0"),
+            "{text}"
+        );
     }
 
     #[test]
