@@ -5,7 +5,7 @@
 use std::os::fd::{OwnedFd, RawFd};
 use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -24,31 +24,55 @@ pub(super) struct Rig {
     /// The host side of the "TAP".
     pub host: UnixDatagram,
     pub c: Arc<NetCounters>,
+    /// Every offload setting the device gave its backend, in order.
+    pub offloads: Arc<Mutex<Vec<u32>>>,
     /// Stands in for the device thread's epoll: watches the device's
     /// event fd level-triggered, like event-manager does.
     outer: Epoll,
 }
 
-pub(super) fn device() -> (Net, UnixDatagram) {
-    let (dev, host) = UnixDatagram::pair().unwrap();
-    host.set_nonblocking(true).unwrap();
-    let net = Net::with_backend(OwnedFd::from(dev), "test", Some(MAC)).unwrap();
-    (net, host)
+/// Features without the offloads (and merged receive buffers): what the
+/// tests written before them negotiate.
+pub(super) const PLAIN: u64 = !OFFLOAD_FEATURES;
+
+/// A backend offload setter that records the flags it is given.
+pub(super) fn recorder() -> (SetOffload, Arc<Mutex<Vec<u32>>>) {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let l = log.clone();
+    let set: SetOffload = Box::new(move |_, flags| {
+        l.lock().unwrap().push(flags);
+        Ok(())
+    });
+    (set, log)
+}
+
+/// A device with a recording offload setter.
+fn with_recorder(fd: OwnedFd, name: &str, mac: Option<[u8; 6]>) -> Result<Net, NetError> {
+    Net::with_backend(fd, name, mac, recorder().0)
 }
 
 impl Rig {
-    /// A device brought to DRIVER_OK.
+    /// A device brought to DRIVER_OK without offloads.
     pub fn new() -> Rig {
-        Self::wrap(TestDriver::new)
+        Self::with(PLAIN)
+    }
+
+    /// A device brought to DRIVER_OK with every offered feature in `mask`.
+    pub fn with(mask: u64) -> Rig {
+        let mut r = Self::raw();
+        r.d.setup_with(mask, |_, max| {
+            max.min(crate::devices::virtio::testing::QSIZE)
+        });
+        assert!(!r.d.needs_reset());
+        r
     }
 
     /// A device the driver has not initialized.
     pub fn raw() -> Rig {
-        Self::wrap(TestDriver::raw)
-    }
-
-    fn wrap(make: fn(Box<dyn VirtioDevice>) -> TestDriver) -> Rig {
-        let (net, host) = device();
+        let (dev, host) = UnixDatagram::pair().unwrap();
+        host.set_nonblocking(true).unwrap();
+        let (set, offloads) = recorder();
+        let net = Net::with_backend(OwnedFd::from(dev), "test", Some(MAC), set).unwrap();
         let c = net.counters();
         let fds = net.event_fds();
         assert_eq!(fds.len(), 1);
@@ -61,9 +85,10 @@ impl Rig {
             )
             .unwrap();
         Rig {
-            d: make(Box::new(net)),
+            d: TestDriver::raw(Box::new(net)),
             host,
             c,
+            offloads,
             outer,
         }
     }
@@ -496,11 +521,11 @@ fn config_space_holds_the_mac_and_link_up() {
     r.d.write(regs::DEVICE_FEATURES_SEL, 0);
     let low = r.d.read(regs::DEVICE_FEATURES);
     let transport = (1 << 28) | (1 << 29);
-    assert_eq!(
-        low & !transport,
-        (1 << 5) | (1 << 16),
-        "MAC and STATUS only"
-    );
+    // CSUM, GUEST_CSUM, GUEST_TSO4/6, GUEST_ECN, HOST_TSO4/6, HOST_ECN,
+    // MRG_RXBUF, MAC, STATUS; nothing else (no UFO, no control queue).
+    let offloads = 0b1011_1011_1000_0011;
+    assert_eq!(u64::from(offloads), OFFLOAD_FEATURES);
+    assert_eq!(low & !transport, offloads | (1 << 5) | (1 << 16));
     r.d.write(regs::DEVICE_FEATURES_SEL, 1);
     assert_eq!(r.d.read(regs::DEVICE_FEATURES), 1, "VERSION_1 only");
     for q in 0..2 {
@@ -564,18 +589,14 @@ fn parse_mac_accepts_unicast_and_refuses_the_rest() {
 fn the_default_mac_is_random_locally_administered_unicast() {
     let (a, _h1) = UnixDatagram::pair().unwrap();
     let (b, _h2) = UnixDatagram::pair().unwrap();
-    let a = Net::with_backend(OwnedFd::from(a), "a", None)
-        .unwrap()
-        .mac();
-    let b = Net::with_backend(OwnedFd::from(b), "b", None)
-        .unwrap()
-        .mac();
+    let a = with_recorder(OwnedFd::from(a), "a", None).unwrap().mac();
+    let b = with_recorder(OwnedFd::from(b), "b", None).unwrap().mac();
     for m in [a, b] {
         assert_eq!(m[0] & 0x03, 0x02, "{}", format_mac(&m));
     }
     assert_ne!(a, b);
     let (c, _h3) = UnixDatagram::pair().unwrap();
-    let e = Net::with_backend(OwnedFd::from(c), "c", Some([1, 2, 3, 4, 5, 6])).unwrap_err();
+    let e = with_recorder(OwnedFd::from(c), "c", Some([1, 2, 3, 4, 5, 6])).unwrap_err();
     assert!(matches!(e, NetError::InvalidMac { .. }), "{e}");
 }
 
