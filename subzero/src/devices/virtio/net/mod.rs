@@ -13,12 +13,12 @@
 //!   header (partial checksum, GSO type and size) goes to the TAP as is; the
 //!   kernel validates it, and a header it refuses costs the frame only
 //!   (counted in `tx_backend_errors`). A header asking for an offload the
-//!   driver did not negotiate is dropped before ([`tx`]).
+//!   driver did not negotiate is dropped before (`tx.rs`).
 //! - receive: `GUEST_CSUM`, `GUEST_TSO4`, `GUEST_TSO6`, `GUEST_ECN`. On
 //!   activation the TAP is told (`TUNSETOFFLOAD`) which of them the kernel
 //!   may use; a reset turns them off. The kernel's header is kept (only
 //!   `num_buffers` is set), after checking it uses no more than that.
-//! - `MRG_RXBUF`: a frame may span several receive chains ([`rx`]).
+//! - `MRG_RXBUF`: a frame may span several receive chains (`rx.rs`).
 //!
 //! Every frame is checked rather than trusted. A bad transmit chain (device-
 //! writable buffers, outside guest memory, a loop, a frame without an
