@@ -88,11 +88,16 @@ impl TestDriver {
 
     /// Negotiates all features and sets up each queue with the size `size(q, max)` gives.
     pub fn setup(&mut self, size: impl Fn(usize, u16) -> u16) {
+        self.setup_with(u64::MAX, size)
+    }
+
+    /// Like [`TestDriver::setup`], accepting only the offered features in `mask`.
+    pub fn setup_with(&mut self, mask: u64, size: impl Fn(usize, u16) -> u16) {
         self.write(regs::STATUS, 0);
         self.write(regs::STATUS, status::ACKNOWLEDGE | status::DRIVER);
         for sel in 0..2 {
             self.write(regs::DEVICE_FEATURES_SEL, sel);
-            let f = self.read(regs::DEVICE_FEATURES);
+            let f = self.read(regs::DEVICE_FEATURES) & (mask >> (32 * sel)) as u32;
             self.write(regs::DRIVER_FEATURES_SEL, sel);
             self.write(regs::DRIVER_FEATURES, f);
         }

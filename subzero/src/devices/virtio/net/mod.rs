@@ -1,16 +1,30 @@
 //! virtio-net on a host TAP device.
 //!
 //! Two queues: receive (0, host to guest) and transmit (1, guest to host).
-//! The device offers only `VIRTIO_NET_F_MAC` and `VIRTIO_NET_F_STATUS`: no
-//! checksum or segmentation offload and no mergeable receive buffers, so a
-//! frame travels in one chain behind a 12-byte virtio-net header whose
-//! flags and GSO type are zero.
+//! Every frame travels behind the 12-byte virtio-net header, which the TAP
+//! (`IFF_VNET_HDR`) uses too, so checksum and segmentation offloads pass
+//! through it unchanged.
+//!
+//! # Offloads
+//!
+//! Besides `VIRTIO_NET_F_MAC` and `VIRTIO_NET_F_STATUS` the device offers
+//! ([`OFFLOAD_FEATURES`]):
+//! - transmit: `CSUM`, `HOST_TSO4`, `HOST_TSO6`, `HOST_ECN`. The guest's
+//!   header (partial checksum, GSO type and size) goes to the TAP as is; the
+//!   kernel validates it, and a header it refuses costs the frame only
+//!   (counted in `tx_backend_errors`). A header asking for an offload the
+//!   driver did not negotiate is dropped before (`tx.rs`).
+//! - receive: `GUEST_CSUM`, `GUEST_TSO4`, `GUEST_TSO6`, `GUEST_ECN`. On
+//!   activation the TAP is told (`TUNSETOFFLOAD`) which of them the kernel
+//!   may use; a reset turns them off. The kernel's header is kept (only
+//!   `num_buffers` is set), after checking it uses no more than that.
+//! - `MRG_RXBUF`: a frame may span several receive chains (`rx.rs`).
 //!
 //! Every frame is checked rather than trusted. A bad transmit chain (device-
 //! writable buffers, outside guest memory, a loop, a frame without an
-//! Ethernet header or over [`MAX_FRAME`] bytes, an offload the device did not
-//! offer) is returned with length 0 and counted in [`NetCounters`]; only a
-//! broken ring puts the device in DEVICE_NEEDS_RESET.
+//! Ethernet header or over [`MAX_FRAME`] bytes, an offload not negotiated)
+//! is returned with length 0 and counted in [`NetCounters`]; only a broken
+//! ring puts the device in DEVICE_NEEDS_RESET.
 //!
 //! # Receive back-pressure
 //!
@@ -32,21 +46,25 @@
 mod mac;
 #[cfg(test)]
 mod proptests;
+mod rx;
 pub mod tap;
 #[cfg(test)]
 mod tests;
+mod tx;
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::fs::File;
-use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use virtio_bindings::bindings::virtio_net::{
-    VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_GUEST_TSO4,
+    VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_HOST_ECN, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6,
+    VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
 };
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use super::{types, DescChain, DeviceError, QueueCtx, VirtioDevice};
@@ -77,6 +95,48 @@ const RX_BUDGET: usize = 256;
 const RX_CHAIN_MAX: u64 = u32::MAX as u64;
 /// Token of the device's only host-side source.
 const RX_TOKEN: usize = 0;
+
+/// Feature bit `b` as a mask.
+const fn bit(b: u32) -> u64 {
+    1 << b
+}
+
+/// The offload features the device offers on top of MAC and STATUS.
+pub const OFFLOAD_FEATURES: u64 = bit(VIRTIO_NET_F_CSUM)
+    | bit(VIRTIO_NET_F_GUEST_CSUM)
+    | bit(VIRTIO_NET_F_GUEST_TSO4)
+    | bit(VIRTIO_NET_F_GUEST_TSO6)
+    | bit(VIRTIO_NET_F_GUEST_ECN)
+    | bit(VIRTIO_NET_F_HOST_TSO4)
+    | bit(VIRTIO_NET_F_HOST_TSO6)
+    | bit(VIRTIO_NET_F_HOST_ECN)
+    | bit(VIRTIO_NET_F_MRG_RXBUF);
+
+/// The TAP's receive offloads (`TUN_F_*`) matching the features the driver
+/// accepted. The kernel wants `TUN_F_CSUM` under any TSO flag and a TSO
+/// flag under `TUN_F_TSO_ECN`, and so does the virtio spec of the matching
+/// features: a driver that acked them without their prerequisites gets less.
+pub fn tun_offloads(acked: u64) -> u32 {
+    let has = |b: u32| acked & bit(b) != 0;
+    if !has(VIRTIO_NET_F_GUEST_CSUM) {
+        return 0;
+    }
+    let mut f = libc::TUN_F_CSUM;
+    if has(VIRTIO_NET_F_GUEST_TSO4) {
+        f |= libc::TUN_F_TSO4;
+    }
+    if has(VIRTIO_NET_F_GUEST_TSO6) {
+        f |= libc::TUN_F_TSO6;
+    }
+    if has(VIRTIO_NET_F_GUEST_ECN) && f & (libc::TUN_F_TSO4 | libc::TUN_F_TSO6) != 0 {
+        f |= libc::TUN_F_TSO_ECN;
+    }
+    f
+}
+
+/// Sets the backend's receive offloads (`TUN_F_*` flags): `TUNSETOFFLOAD`
+/// on a TAP ([`tap::set_offload`]); tests record the calls.
+pub type SetOffload = Box<dyn FnMut(BorrowedFd, u32) -> io::Result<()> + Send>;
 
 /// Why a network device could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -145,10 +205,12 @@ pub struct NetCounters {
     pub rx_frames: AtomicU64,
     /// Bytes delivered to the guest (frames, without the header).
     pub rx_bytes: AtomicU64,
-    /// Frames dropped because they did not fit the guest's buffer.
+    /// Frames dropped because they did not fit the guest's buffer (without
+    /// `MRG_RXBUF`) or a whole queue of buffers (with it).
     pub rx_too_big: AtomicU64,
     /// Frames from the host the device cannot deliver: shorter than an
-    /// Ethernet header, longer than [`MAX_FRAME`], or with an offload.
+    /// Ethernet header, longer than [`MAX_FRAME`], or with an offload the
+    /// driver did not negotiate.
     pub rx_invalid: AtomicU64,
     /// Frames dropped because the driver was not ready for them.
     pub rx_not_ready: AtomicU64,
@@ -158,6 +220,8 @@ pub struct NetCounters {
     pub rx_parked: AtomicU64,
     /// Read errors from the TAP.
     pub rx_backend_errors: AtomicU64,
+    /// Failed attempts to set the TAP's offloads.
+    pub offload_errors: AtomicU64,
 }
 
 /// Adds one to `c`; logs the first occurrence as a warning and later ones
@@ -193,7 +257,16 @@ pub struct Net {
     rx_buf: Box<[u8]>,
     /// Length of the frame in `rx_buf` waiting for a receive buffer.
     rx_pending: Option<usize>,
+    /// Receive chains taken from the queue but not used yet: with
+    /// `MRG_RXBUF`, the ones gathered for a frame larger than the chains
+    /// available so far. The driver sees them as outstanding.
+    rx_chains: VecDeque<DescChain>,
     tx_buf: Box<[u8]>,
+    /// Features the driver accepted (0 until activation and after a reset).
+    acked: u64,
+    /// The receive offloads (`TUN_F_*`) the TAP was told it may use.
+    rx_offloads: u32,
+    set_offload: SetOffload,
     counters: Arc<NetCounters>,
 }
 
@@ -204,6 +277,9 @@ impl fmt::Debug for Net {
             .field("mac", &format_mac(&self.mac))
             .field("armed", &self.armed)
             .field("rx_pending", &self.rx_pending)
+            .field("rx_chains", &self.rx_chains.len())
+            .field("acked", &format_args!("{:#x}", self.acked))
+            .field("rx_offloads", &self.rx_offloads)
             .finish()
     }
 }
@@ -229,16 +305,19 @@ impl Net {
     pub fn open(tap: &str, mac: Option<[u8; 6]>) -> Result<Net, NetError> {
         let t = Tap::open(tap)?;
         let name = t.name().to_string();
-        Net::with_backend(OwnedFd::from(t), &name, mac)
+        let set_offload: SetOffload = Box::new(tap::set_offload);
+        Net::with_backend(OwnedFd::from(t), &name, mac, set_offload)
     }
 
     /// A device on `fd`, which must carry one frame per read and write,
     /// each behind a 12-byte virtio-net header (a TAP with `IFF_VNET_HDR`,
     /// or a datagram socket in tests). It is made non-blocking.
+    /// `set_offload` sets its receive offloads.
     pub(crate) fn with_backend(
         fd: OwnedFd,
         name: &str,
         mac: Option<[u8; 6]>,
+        set_offload: SetOffload,
     ) -> Result<Net, NetError> {
         let io_err = |what: &'static str, source: io::Error| NetError::Io {
             name: name.to_string(),
@@ -265,7 +344,11 @@ impl Net {
             tap_name: name.to_string(),
             rx_buf: vec![0u8; MAX_PACKET + 1].into_boxed_slice(),
             rx_pending: None,
+            rx_chains: VecDeque::new(),
             tx_buf: vec![0u8; MAX_PACKET].into_boxed_slice(),
+            acked: 0,
+            rx_offloads: 0,
+            set_offload,
             counters: Arc::default(),
         };
         net.arm()
@@ -326,273 +409,20 @@ impl Net {
         }
     }
 
-    /// Reads one frame from the backend into `rx_buf`.
-    fn read_backend(&mut self) -> Backend {
-        loop {
-            match (&self.backend).read(&mut self.rx_buf) {
-                // A TAP never reads as empty: the peer of a test socket closed.
-                Ok(0) => {
-                    log::warn!("virtio-net {}: the backend closed", self.tap_name);
-                    return Backend::Gone;
-                }
-                Ok(n) => return Backend::Frame(n),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Backend::Empty,
-                Err(e) => {
-                    count(
-                        &self.counters.rx_backend_errors,
-                        format_args!("{}: read failed: {e}", self.tap_name),
-                    );
-                    return Backend::Gone;
-                }
-            }
-        }
-    }
-
-    /// Checks a frame of `n` bytes just read, and rewrites its header for
-    /// the guest: no flags, no GSO, one buffer.
-    fn accept_rx(&mut self, n: usize) -> Result<(), &'static str> {
-        if n < VNET_HDR_LEN + ETH_HLEN {
-            return Err("frame shorter than an Ethernet header");
-        }
-        if n > MAX_PACKET {
-            return Err("frame longer than the device supports");
-        }
-        let hdr = &mut self.rx_buf[..VNET_HDR_LEN];
-        // flags NEEDS_CSUM: the checksum is not filled in; a GSO type: the
-        // frame is a batch of segments. Neither can go to a driver that
-        // did not negotiate offloads (and with none enabled on the TAP,
-        // the kernel does not send them).
-        if hdr[0] & 1 != 0 || hdr[1] != 0 {
-            return Err("frame with an offload the guest did not negotiate");
-        }
-        hdr.fill(0);
-        // num_buffers: 1 (virtio 1.x, without VIRTIO_NET_F_MRG_RXBUF).
-        hdr[10..12].copy_from_slice(&1u16.to_le_bytes());
-        Ok(())
-    }
-
-    /// Reads and drops frames while the driver cannot take them.
-    fn drop_rx(&mut self) {
-        if self.rx_pending.take().is_some() {
-            self.counters.rx_not_ready.fetch_add(1, Ordering::Relaxed);
-        }
-        for _ in 0..RX_BUDGET {
-            match self.read_backend() {
-                Backend::Frame(_) => {
-                    self.counters.rx_not_ready.fetch_add(1, Ordering::Relaxed);
-                }
-                Backend::Empty => return,
-                Backend::Gone => return self.disarm(),
-            }
-        }
-    }
-
-    /// Moves frames from the backend to the receive queue while there are
-    /// frames and buffers.
-    fn rx(&mut self, ctx: &mut QueueCtx) -> Result<(), DeviceError> {
-        if !ctx.ready(RX_QUEUE) {
-            self.drop_rx();
-            return Ok(());
-        }
-        let mut used = false;
-        let mut reads = 0;
-        // Set when the queue said it had chains but gave none.
-        let mut empty_after_enable = false;
-        loop {
-            let n = match self.rx_pending {
-                Some(n) => n,
-                None => {
-                    if reads == RX_BUDGET {
-                        // Still armed: the device thread comes back.
-                        break;
-                    }
-                    reads += 1;
-                    match self.read_backend() {
-                        Backend::Frame(n) => {
-                            if let Err(why) = self.accept_rx(n) {
-                                count(
-                                    &self.counters.rx_invalid,
-                                    format_args!("{}: {n}-byte {why}", self.tap_name),
-                                );
-                                continue;
-                            }
-                            self.rx_pending = Some(n);
-                            n
-                        }
-                        Backend::Empty => break,
-                        Backend::Gone => {
-                            self.disarm();
-                            break;
-                        }
-                    }
-                }
-            };
-            let chain = match ctx.pop(RX_QUEUE, RX_CHAIN_MAX) {
-                Ok(Some(c)) => c,
-                Ok(None) => {
-                    if !ctx.enable_notification(RX_QUEUE)? {
-                        // No buffer: keep the frame, stop watching the TAP
-                        // until the driver kicks the receive queue.
-                        self.disarm();
-                        self.counters.rx_parked.fetch_add(1, Ordering::Relaxed);
-                        break;
-                    }
-                    if empty_after_enable {
-                        return Err(broken_avail_ring(RX_QUEUE));
-                    }
-                    empty_after_enable = true;
-                    continue;
-                }
-                Err(e) => {
-                    count(
-                        &self.counters.rx_bad_chains,
-                        format_args!("receive chain refused: {e}"),
-                    );
-                    used = true;
-                    empty_after_enable = false;
-                    continue;
-                }
-            };
-            empty_after_enable = false;
-            used = true;
-            let len = self.fill_rx_chain(ctx.mem, &chain, n);
-            ctx.add_used(RX_QUEUE, chain.head, len)?;
-        }
-        if used {
-            ctx.notify(RX_QUEUE)?;
-        }
-        Ok(())
-    }
-
-    /// Puts the pending frame of `n` bytes in `chain`, or drops it if it
-    /// does not fit; returns the length to report as used.
-    fn fill_rx_chain(&mut self, mem: &GuestMemoryMmap, chain: &DescChain, n: usize) -> u32 {
-        if !chain.readable.is_empty() {
-            // The frame waits for the next chain.
-            count(
-                &self.counters.rx_bad_chains,
-                format_args!("receive chain with device-readable buffers"),
-            );
-            return 0;
-        }
-        if n as u64 > chain.writable_len() {
-            self.rx_pending = None;
-            count(
-                &self.counters.rx_too_big,
-                format_args!(
-                    "{}-byte frame dropped: larger than the guest's {}-byte buffer",
-                    n - VNET_HDR_LEN,
-                    chain.writable_len()
-                ),
-            );
-            return 0;
-        }
-        if let Err(e) = chain.write_at(mem, 0, &self.rx_buf[..n]) {
-            count(
-                &self.counters.rx_bad_chains,
-                format_args!("receive chain not writable: {e}"),
-            );
-            return 0;
-        }
-        self.rx_pending = None;
-        self.counters.rx_frames.fetch_add(1, Ordering::Relaxed);
-        self.counters
-            .rx_bytes
-            .fetch_add((n - VNET_HDR_LEN) as u64, Ordering::Relaxed);
-        n as u32
-    }
-
-    /// Sends every available transmit chain.
-    fn tx(&mut self, ctx: &mut QueueCtx) -> Result<(), DeviceError> {
-        let mut used = false;
-        loop {
-            ctx.disable_notification(TX_QUEUE)?;
-            let mut popped = false;
-            loop {
-                let chain = match ctx.pop(TX_QUEUE, MAX_PACKET as u64) {
-                    Ok(Some(c)) => c,
-                    Ok(None) => break,
-                    Err(e) => {
-                        popped = true;
-                        count(
-                            &self.counters.tx_invalid,
-                            format_args!("transmit chain refused: {e}"),
-                        );
-                        continue;
-                    }
-                };
-                popped = true;
-                self.tx_chain(ctx.mem, &chain);
-                ctx.add_used(TX_QUEUE, chain.head, 0)?;
-            }
-            used |= popped;
-            if !ctx.enable_notification(TX_QUEUE)? {
-                break;
-            }
-            if !popped {
-                return Err(broken_avail_ring(TX_QUEUE));
-            }
-        }
-        if used {
-            ctx.notify(TX_QUEUE)?;
-        }
-        Ok(())
-    }
-
-    /// Sends the frame in `chain` to the backend, or counts why not.
-    fn tx_chain(&mut self, mem: &GuestMemoryMmap, chain: &DescChain) {
-        let invalid = |why: fmt::Arguments| count(&self.counters.tx_invalid, why);
-        if !chain.writable.is_empty() {
-            return invalid(format_args!("transmit chain with device-writable buffers"));
-        }
-        let len = chain.readable_len();
-        if len < (VNET_HDR_LEN + ETH_HLEN) as u64 || len > MAX_PACKET as u64 {
-            return invalid(format_args!(
-                "transmit chain of {len} bytes: not a header and a frame of 14 to {MAX_FRAME} bytes"
-            ));
-        }
-        let len = len as usize;
-        let buf = &mut self.tx_buf[..len];
-        if let Err(e) = chain.read_at(mem, 0, buf) {
-            return invalid(format_args!("transmit chain unreadable: {e}"));
-        }
-        if buf[0] != 0 || buf[1] != 0 {
-            return invalid(format_args!(
-                "transmit header asks for an offload not negotiated (flags {:#x}, gso {:#x})",
-                buf[0], buf[1]
-            ));
-        }
-        let result = loop {
-            match (&self.backend).write(buf) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                r => break r,
-            }
-        };
-        match result {
-            Ok(n) if n == len => {
-                self.counters.tx_frames.fetch_add(1, Ordering::Relaxed);
-                self.counters
-                    .tx_bytes
-                    .fetch_add((len - VNET_HDR_LEN) as u64, Ordering::Relaxed);
-            }
-            Ok(n) => count(
-                &self.counters.tx_backend_errors,
-                format_args!("{}: short write, {n} of {len} bytes", self.tap_name),
-            ),
-            Err(e)
-                if e.kind() == io::ErrorKind::WouldBlock
-                    || e.raw_os_error() == Some(libc::ENOBUFS) =>
-            {
+    /// Sets the TAP's receive offloads to `flags` (`TUN_F_*`). If that
+    /// fails the device assumes none: frames with offloads the kernel
+    /// still sends are then dropped, not passed to a driver that may not
+    /// expect them.
+    fn offload(&mut self, flags: u32) {
+        match (self.set_offload)(self.backend.as_fd(), flags) {
+            Ok(()) => self.rx_offloads = flags,
+            Err(e) => {
+                self.rx_offloads = 0;
                 count(
-                    &self.counters.tx_backend_drops,
-                    format_args!("{}: TAP full, frame dropped", self.tap_name),
-                )
+                    &self.counters.offload_errors,
+                    format_args!("{}: cannot set offloads {flags:#x}: {e}", self.tap_name),
+                );
             }
-            Err(e) => count(
-                &self.counters.tx_backend_errors,
-                format_args!("{}: write failed: {e}", self.tap_name),
-            ),
         }
     }
 
@@ -624,7 +454,7 @@ impl VirtioDevice for Net {
     }
 
     fn features(&self) -> u64 {
-        (1 << VIRTIO_NET_F_MAC) | (1 << VIRTIO_NET_F_STATUS)
+        bit(VIRTIO_NET_F_MAC) | bit(VIRTIO_NET_F_STATUS) | OFFLOAD_FEATURES
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -639,7 +469,10 @@ impl VirtioDevice for Net {
         }
     }
 
-    fn activate(&mut self, _acked_features: u64) -> Result<(), DeviceError> {
+    fn activate(&mut self, acked_features: u64) -> Result<(), DeviceError> {
+        self.acked = acked_features;
+        self.rx_chains.clear();
+        self.offload(tun_offloads(acked_features));
         self.arm()
             .map_err(|e| DeviceError::Backend(format!("cannot watch the TAP: {e}")))
     }
@@ -648,6 +481,9 @@ impl VirtioDevice for Net {
         if self.rx_pending.take().is_some() {
             self.counters.rx_not_ready.fetch_add(1, Ordering::Relaxed);
         }
+        self.rx_chains.clear();
+        self.acked = 0;
+        self.offload(0);
         self.rearm();
     }
 

@@ -1,6 +1,6 @@
 //! Property tests: arbitrary descriptor tables and guest bytes through the
 //! transmit path, arbitrary frame sizes and buffer layouts through the
-//! receive path. The number of cases follows PROPTEST_CASES (default 64
+//! receive path, with and without offloads and mergeable buffers. The number of cases follows PROPTEST_CASES (default 64
 //! here, so a plain `cargo test` stays quick).
 
 use std::collections::VecDeque;
@@ -250,12 +250,15 @@ struct Posted {
     descs: usize,
 }
 
-/// A packet delivered into the buffers (address, length) of a chain.
+/// A packet delivered into buffers (address, length), and the bytes they
+/// must hold (header as the guest must see it).
 type Delivery = (Vec<(u64, u32)>, Vec<u8>);
 
 /// What the device must do, frame by frame.
 #[derive(Default)]
 struct Model {
+    /// Offloads and mergeable receive buffers negotiated.
+    merge: bool,
     /// Sent by the host and not yet delivered or dropped.
     frames: VecDeque<Vec<u8>>,
     /// Posted by the guest and not yet used.
@@ -276,6 +279,9 @@ impl Model {
     /// Moves frames to chains as the device must; returns what was
     /// delivered.
     fn settle(&mut self) -> Vec<Delivery> {
+        if self.merge {
+            return self.settle_merged();
+        }
         let mut out = Vec::new();
         while let Some(p) = self.frames.front() {
             if !plain(p) {
@@ -301,10 +307,76 @@ impl Model {
             }
             self.used.push((head, p.len() as u32));
             self.rx_frames += 1;
-            out.push((c.bufs, p));
+            let mut want = p;
+            want[..VNET_HDR_LEN].copy_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
+            out.push((c.bufs, want));
         }
         out
     }
+
+    /// [`Model::settle`] with offloads and mergeable receive buffers: a
+    /// frame takes chains in order until they hold it, or waits for more
+    /// with none used, or is dropped once a queue's worth of descriptors
+    /// cannot hold it. A chain smaller than the header, or with a
+    /// device-readable buffer, comes back empty when its turn comes.
+    fn settle_merged(&mut self) -> Vec<Delivery> {
+        let mut out = Vec::new();
+        'frames: while let Some(p) = self.frames.front() {
+            if !valid_merged(p) {
+                self.frames.pop_front();
+                self.invalid += 1;
+                continue;
+            }
+            let n = p.len() as u64;
+            let (mut k, mut cap, mut descs) = (0, 0u64, 0usize);
+            while cap < n {
+                if descs >= QSIZE as usize {
+                    self.frames.pop_front();
+                    self.too_big += 1;
+                    continue 'frames;
+                }
+                let Some(c) = self.chains.get(k) else {
+                    break 'frames;
+                };
+                let ccap: u64 = c.bufs.iter().map(|&(_, l)| u64::from(l)).sum();
+                if c.readable || ccap < VNET_HDR_LEN as u64 {
+                    let c = self.chains.remove(k).unwrap();
+                    self.used.push((u32::from(c.head), 0));
+                    self.bad_chains += 1;
+                    continue;
+                }
+                cap += ccap;
+                descs += c.bufs.len();
+                k += 1;
+            }
+            let mut want = self.frames.pop_front().unwrap();
+            want[0] &= 3;
+            want[10..12].copy_from_slice(&(k as u16).to_le_bytes());
+            let mut left = n;
+            let mut bufs = Vec::new();
+            for c in self.chains.drain(..k) {
+                let ccap: u64 = c.bufs.iter().map(|&(_, l)| u64::from(l)).sum();
+                let fill = ccap.min(left);
+                self.used.push((u32::from(c.head), fill as u32));
+                let mut f = fill;
+                for (addr, len) in c.bufs {
+                    let take = u64::from(len).min(f);
+                    bufs.push((addr, take as u32));
+                    f -= take;
+                }
+                left -= fill;
+            }
+            self.rx_frames += 1;
+            out.push((bufs, want));
+        }
+        out
+    }
+}
+
+/// Whether the device must pass packet `p` on with every offload
+/// negotiated: TCP segmentation and checksum flags are fine, UDP is not.
+fn valid_merged(p: &[u8]) -> bool {
+    p.len() >= 26 && p.len() <= MAX_PACKET && matches!(p[1], 0 | 1 | 4)
 }
 
 /// Whether the device must pass packet `p` (header and frame) on.
@@ -399,69 +471,109 @@ proptest! {
     /// order, and the device thread never spins.
     #[test]
     fn rx_delivers_or_drops_every_frame(ops in prop::collection::vec(op(), 1..30)) {
-        let mut r = Rig::new();
-        let mut m = Model::default();
-        for op in ops {
-            match op {
-                Op::Send { len, hdr, seed } => {
-                    let p = make_packet(len, hdr, seed);
-                    // A full socket refuses the packet: the host never sent it.
-                    if r.host.send(&p).is_ok() {
-                        m.frames.push_back(p);
-                    }
-                }
-                Op::Give(chains) => {
-                    for mut c in chains {
-                        if let Some(delta) = c.fit {
-                            let k = m.chains.iter().filter(|c| !c.readable).count();
-                            let next = m.frames.iter().filter(|p| plain(p)).nth(k);
-                            let len = next.map_or(1526, |p| p.len() as i64) + i64::from(delta);
-                            c.bufs = vec![len.max(0) as u32];
-                        }
-                        let descs = c.bufs.len() + usize::from(c.readable);
-                        if m.outstanding() + descs > QSIZE as usize {
-                            continue;
-                        }
-                        let slot = |k: usize| DATA + u64::from((m.next_desc + k as u16) % QSIZE) * SLOT;
-                        let mut spec = Vec::new();
-                        if c.readable {
-                            spec.push((slot(0), 64, false));
-                        }
-                        for &len in &c.bufs {
-                            spec.push((slot(spec.len()), len, true));
-                        }
-                        let head = r.d.add_chain(RX_QUEUE, &spec);
-                        prop_assert_eq!(head, m.next_desc);
-                        m.next_desc = (m.next_desc + descs as u16) % QSIZE;
-                        let bufs = spec.iter().filter(|s| s.2).map(|s| (s.0, s.1)).collect();
-                        m.chains.push_back(Posted { head, bufs, readable: c.readable, descs });
-                    }
-                    r.d.kick(RX_QUEUE);
-                }
-                Op::Idle => {}
-            }
-            let seen = m.used.len();
-            let calls = r.run();
-            prop_assert!(calls <= 2, "{} wake-ups for one event", calls);
-            let delivered = m.settle();
-            prop_assert!(!r.d.needs_reset());
-            prop_assert_eq!(&r.d.used(RX_QUEUE)[seen..], &m.used[seen..]);
-            for (bufs, p) in delivered {
-                let mut got = Vec::new();
-                for (addr, len) in bufs {
-                    got.extend(r.guest(addr, len as usize));
-                }
-                got.truncate(p.len());
-                prop_assert_eq!(&got[..VNET_HDR_LEN], &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
-                prop_assert!(got[VNET_HDR_LEN..] == p[VNET_HDR_LEN..], "frame bytes differ");
-            }
-            prop_assert_eq!(get(&r.c.rx_frames), m.rx_frames);
-            prop_assert_eq!(get(&r.c.rx_too_big), m.too_big);
-            prop_assert_eq!(get(&r.c.rx_invalid), m.invalid);
-            prop_assert_eq!(get(&r.c.rx_bad_chains), m.bad_chains);
-            prop_assert_eq!(get(&r.c.rx_backend_errors), 0);
-            // Quiet unless frames wait without buffers (then the TAP is not watched).
-            prop_assert!(!r.wakes());
-        }
+        run_rx(ops, false)?;
     }
+
+    /// The same with offloads and mergeable receive buffers: a frame
+    /// spreads over as many chains as it needs, behind the kernel's header
+    /// with the right `num_buffers`, or waits without using any.
+    #[test]
+    fn rx_merges_or_drops_every_frame(ops in prop::collection::vec(op(), 1..30)) {
+        run_rx(ops, true)?;
+    }
+}
+
+/// Runs `ops` on a device with (`merge`) or without offloads and
+/// mergeable receive buffers, checking it against [`Model`].
+fn run_rx(ops: Vec<Op>, merge: bool) -> Result<(), TestCaseError> {
+    let mut r = if merge {
+        Rig::with(u64::MAX)
+    } else {
+        Rig::new()
+    };
+    let mut m = Model {
+        merge,
+        ..Model::default()
+    };
+    for op in ops {
+        match op {
+            Op::Send { len, hdr, seed } => {
+                let p = make_packet(len, hdr, seed);
+                // A full socket refuses the packet: the host never sent it.
+                if r.host.send(&p).is_ok() {
+                    m.frames.push_back(p);
+                }
+            }
+            Op::Give(chains) => {
+                for mut c in chains {
+                    if let Some(delta) = c.fit {
+                        let k = m.chains.iter().filter(|c| !c.readable).count();
+                        let next = m.frames.iter().filter(|p| plain(p)).nth(k);
+                        let len = next.map_or(1526, |p| p.len() as i64) + i64::from(delta);
+                        c.bufs = vec![len.max(0) as u32];
+                    }
+                    let descs = c.bufs.len() + usize::from(c.readable);
+                    // Descriptors are handed out in ring order; with merged
+                    // buffers chains may come back out of order, so the
+                    // next ones may still be in use.
+                    let busy = |i: u16| {
+                        m.chains
+                            .iter()
+                            .any(|c| (i + QSIZE - c.head) % QSIZE < c.descs as u16)
+                    };
+                    if m.outstanding() + descs > QSIZE as usize
+                        || (0..descs as u16).any(|k| busy((m.next_desc + k) % QSIZE))
+                    {
+                        continue;
+                    }
+                    let slot = |k: usize| DATA + u64::from((m.next_desc + k as u16) % QSIZE) * SLOT;
+                    let mut spec = Vec::new();
+                    if c.readable {
+                        spec.push((slot(0), 64, false));
+                    }
+                    for &len in &c.bufs {
+                        spec.push((slot(spec.len()), len, true));
+                    }
+                    let head = r.d.add_chain(RX_QUEUE, &spec);
+                    prop_assert_eq!(head, m.next_desc);
+                    m.next_desc = (m.next_desc + descs as u16) % QSIZE;
+                    let bufs = spec.iter().filter(|s| s.2).map(|s| (s.0, s.1)).collect();
+                    m.chains.push_back(Posted {
+                        head,
+                        bufs,
+                        readable: c.readable,
+                        descs,
+                    });
+                }
+                r.d.kick(RX_QUEUE);
+            }
+            Op::Idle => {}
+        }
+        let seen = m.used.len();
+        let calls = r.run();
+        prop_assert!(calls <= 2, "{} wake-ups for one event", calls);
+        let delivered = m.settle();
+        prop_assert!(!r.d.needs_reset());
+        prop_assert_eq!(&r.d.used(RX_QUEUE)[seen..], &m.used[seen..]);
+        for (bufs, p) in delivered {
+            let mut got = Vec::new();
+            for (addr, len) in bufs {
+                got.extend(r.guest(addr, len as usize));
+            }
+            got.truncate(p.len());
+            prop_assert_eq!(&got[..VNET_HDR_LEN], &p[..VNET_HDR_LEN]);
+            prop_assert!(
+                got[VNET_HDR_LEN..] == p[VNET_HDR_LEN..],
+                "frame bytes differ"
+            );
+        }
+        prop_assert_eq!(get(&r.c.rx_frames), m.rx_frames);
+        prop_assert_eq!(get(&r.c.rx_too_big), m.too_big);
+        prop_assert_eq!(get(&r.c.rx_invalid), m.invalid);
+        prop_assert_eq!(get(&r.c.rx_bad_chains), m.bad_chains);
+        prop_assert_eq!(get(&r.c.rx_backend_errors), 0);
+        // Quiet unless frames wait without buffers (then the TAP is not watched).
+        prop_assert!(!r.wakes());
+    }
+    Ok(())
 }

@@ -3,12 +3,13 @@
 //! The TAP is single-queue, carries Ethernet frames without the packet
 //! information prefix (`IFF_NO_PI`), and prefixes every frame with a
 //! 12-byte virtio-net header (`IFF_VNET_HDR`, `TUNSETVNETHDRSZ` 12: the
-//! virtio 1.x header with `num_buffers`). No offloads are enabled, so the
-//! kernel hands over fully checksummed, unsegmented frames.
+//! virtio 1.x header with `num_buffers`). It starts without offloads (the
+//! kernel hands over fully checksummed, unsegmented frames); the device
+//! enables those the driver accepted with [`set_offload`].
 
 use std::fs::OpenOptions;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 use super::{NetError, VNET_HDR_LEN};
@@ -26,6 +27,22 @@ struct IfReq {
 }
 
 const _: () = assert!(std::mem::size_of::<IfReq>() == std::mem::size_of::<libc::ifreq>());
+
+/// Tells the kernel which offloads it may use in frames it hands to the
+/// reader of the TAP `fd` (`TUN_F_*` flags): `TUN_F_CSUM` lets it leave
+/// checksums to the reader (`VIRTIO_NET_HDR_F_NEEDS_CSUM`), `TUN_F_TSO4`,
+/// `TUN_F_TSO6` (both need `TUN_F_CSUM`) and `TUN_F_TSO_ECN` (needs one of
+/// them) let it hand over TCP segments of up to 64 KiB. Frames written to
+/// the TAP may carry offloads whatever is set here.
+pub fn set_offload(fd: BorrowedFd, flags: libc::c_uint) -> io::Result<()> {
+    // SAFETY: TUNSETOFFLOAD takes its argument by value and touches no
+    // memory of ours; `fd` is open for the duration of the call.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETOFFLOAD, flags as libc::c_ulong) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
 
 /// An open TAP device.
 #[derive(Debug)]
@@ -103,12 +120,7 @@ impl Tap {
             return Err(io_err("TUNSETVNETHDRSZ failed", io::Error::last_os_error()));
         }
 
-        // SAFETY: TUNSETOFFLOAD takes its argument by value (offload flags,
-        // here none) and touches no memory of ours.
-        let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETOFFLOAD, 0 as libc::c_ulong) };
-        if rc < 0 {
-            return Err(io_err("TUNSETOFFLOAD failed", io::Error::last_os_error()));
-        }
+        set_offload(fd.as_fd(), 0).map_err(|e| io_err("TUNSETOFFLOAD failed", e))?;
 
         // The kernel wrote back the device's name (it expands "tap%d").
         let end = ifr
