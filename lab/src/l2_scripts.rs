@@ -106,6 +106,7 @@ net)
     sz_load virtio_mmio virtio_net
     sz_wait /sys/class/net/eth0
     echo "@@L2 MAC $(cat /sys/class/net/eth0/address)"
+    echo "@@L2 NET_FEATURES $(cat /sys/class/net/eth0/device/features)"
     ip addr add 169.254.0.2/16 dev eth0
     ip link set eth0 up
     ping -c 3 -W 5 169.254.0.1 >/tmp/ping 2>&1

@@ -494,6 +494,27 @@ fn net_guest_pings_and_moves_16_mib_over_tcp() {
         "the guest's eth0 MAC should be the one given to --net\n{}",
         ctx()
     );
+    // The driver's accepted features, one '0'/'1' per bit: checksum and
+    // TSO offloads both ways, mergeable rx buffers, event index, virtio 1.
+    let features = sc.l2("NET_FEATURES").unwrap_or("");
+    for (bit, name) in [
+        (0, "CSUM"),
+        (1, "GUEST_CSUM"),
+        (5, "MAC"),
+        (7, "GUEST_TSO4"),
+        (11, "HOST_TSO4"),
+        (15, "MRG_RXBUF"),
+        (16, "STATUS"),
+        (29, "RING_EVENT_IDX"),
+        (32, "VERSION_1"),
+    ] {
+        assert_eq!(
+            features.as_bytes().get(bit),
+            Some(&b'1'),
+            "virtio-net feature {name} (bit {bit}) not negotiated: {features:?}\n{}",
+            ctx()
+        );
+    }
     assert!(
         sc.l2("PING")
             .is_some_and(|p| p.contains("3 packets transmitted, 3 packets received")),
