@@ -93,6 +93,15 @@ impl TestDriver {
 
     /// Like [`TestDriver::setup`], accepting only the offered features in `mask`.
     pub fn setup_with(&mut self, mask: u64, size: impl Fn(usize, u16) -> u16) {
+        self.setup_before_ok(mask, size);
+        self.write(
+            regs::STATUS,
+            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK,
+        );
+    }
+
+    /// Everything up to (not including) DRIVER_OK.
+    pub fn setup_before_ok(&mut self, mask: u64, size: impl Fn(usize, u16) -> u16) {
         self.write(regs::STATUS, 0);
         self.write(regs::STATUS, status::ACKNOWLEDGE | status::DRIVER);
         for sel in 0..2 {
@@ -121,10 +130,6 @@ impl TestDriver {
             self.write(regs::QUEUE_USED_HIGH, 0);
             self.write(regs::QUEUE_READY, 1);
         }
-        self.write(
-            regs::STATUS,
-            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK,
-        );
     }
 
     /// Reads a 32-bit register.

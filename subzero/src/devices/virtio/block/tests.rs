@@ -397,3 +397,15 @@ fn an_image_in_use_is_locked() {
     assert!(Block::open(&img.path, false, None).is_err());
     drop(r1);
 }
+
+#[test]
+fn review_an_over_long_read_comes_back_without_a_status() {
+    let img = TempImage::new("long", &pattern(64 << 10));
+    let (mut d, _stats) = driver(&img, false);
+    header(&d, T_IN, 0);
+    // 18 MiB of (overlapping) writable data: above MAX_CHAIN.
+    let nine = 9 << 20;
+    let descs = [(HDR, 16, false), (BUF, nine, true), (BUF, nine, true), (STATUS, 1, true)];
+    // Linux leaves the status byte of a reused request at its last value: S_OK.
+    assert_eq!(submit(&mut d, &descs), (1, S_IOERR), "status left for the guest to misread");
+}

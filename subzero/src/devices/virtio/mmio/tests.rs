@@ -143,3 +143,59 @@ fn refused_chains_are_counted() {
     let c = lock(&d.shared).counters().clone();
     assert_eq!(c.bad_chains.load(Ordering::Relaxed), 1);
 }
+
+// ---- review: demonstrations ----
+
+/// Runs `f` on another thread; true if it did not finish within 3 s.
+fn hangs(f: impl FnOnce() + Send + 'static) -> bool {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        f();
+        let _ = tx.send(());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(3)).is_err()
+}
+
+#[test]
+fn review_avail_ring_at_gpa_0_spins_the_device_thread() {
+    use vm_memory::{Bytes, GuestAddress};
+    let mut d = TestDriver::raw(Box::new(Rng::default()));
+    // A driver that never writes QueueDesc/QueueDriver/QueueDevice: all
+    // three stay at the default address 0, which is valid guest RAM.
+    d.write(regs::STATUS, 0);
+    d.write(regs::STATUS, status::ACKNOWLEDGE | status::DRIVER);
+    d.write(regs::DRIVER_FEATURES_SEL, 1);
+    d.write(regs::DRIVER_FEATURES, 1); // VERSION_1
+    d.write(regs::STATUS, 0xb);
+    d.write(regs::QUEUE_SEL, 0);
+    d.write(regs::QUEUE_NUM, 16);
+    d.write(regs::QUEUE_READY, 1);
+    d.write(regs::STATUS, 0xf);
+    assert!(!d.needs_reset(), "rings at GPA 0 are accepted");
+    // avail.idx (GPA 2) = 1: one chain "available".
+    d.mem.write_obj(1u16, GuestAddress(2)).unwrap();
+    let shared = d.shared.clone();
+    let spun = hangs(move || {
+        let mut d = d;
+        d.worker.handle_kick(0);
+    });
+    assert!(!spun, "process_queue never returns; transport lock held: {}", shared.try_lock().is_err());
+}
+
+#[test]
+fn review_kick_before_driver_ok_is_never_served() {
+    let mut d = TestDriver::raw(Box::new(Rng::default()));
+    d.setup_before_ok(u64::MAX, |_, m| m.min(16));
+    // Linux 5.18 virtio-rng: request_entropy() in probe, before DRIVER_OK.
+    let head = d.add_chain(0, &[(DATA, 64, true)]);
+    d.kick(0);
+    d.write(
+        regs::STATUS,
+        status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK,
+    );
+    assert!(!d.needs_reset());
+    // Nothing more from the driver: it waits for this buffer (and with
+    // EVENT_IDX, avail_event is still 0, so its next add would not kick either).
+    d.worker.handle_source(0);
+    assert_eq!(d.used(0), vec![(u32::from(head), 64)], "buffer posted before DRIVER_OK never used");
+}

@@ -736,3 +736,23 @@ fn tx_waits_while_answers_back_up_then_resumes() {
     assert_eq!(g.d.used(1).len(), 259);
     assert!(!g.d.needs_reset());
 }
+
+#[test]
+fn review_a_44_byte_rx_buffer_with_host_data_spins() {
+    let dir = TempDir::new();
+    let mut g = Guest::inactive(&dir.sock());
+    g.rx_len = HDR_LEN as u32; // header only: room for 0 payload bytes
+    g.d.setup(|_, max| max.min(QSIZE));
+    g.post_rx(4);
+    let (mut s, _local) = host_connect(&mut g, &dir.sock(), 5000, 64 << 10);
+    s.write_all(b"hello").unwrap();
+    let shared = g.d.shared.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut g = g;
+        g.pump();
+        let _ = tx.send(());
+    });
+    let hung = rx.recv_timeout(Duration::from_secs(3)).is_err();
+    assert!(!hung, "device thread spins in Muxer::next_packet; lock held: {}", shared.try_lock().is_err());
+}
