@@ -438,7 +438,13 @@ impl Muxer {
                 data: Vec::new(),
             });
         }
-        while let Some(token) = self.ready.pop_front() {
+        // One pass over the ready connections at most: a connection whose
+        // data does not fit `max_payload` (e.g. 0 bytes) is re-queued behind
+        // the others and must not be retried forever.
+        for _ in 0..self.ready.len() {
+            let Some(token) = self.ready.pop_front() else {
+                break;
+            };
             let Some(conn) = self.conns.get_mut(&token) else {
                 continue;
             };

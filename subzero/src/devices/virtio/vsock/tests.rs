@@ -738,7 +738,7 @@ fn tx_waits_while_answers_back_up_then_resumes() {
 }
 
 #[test]
-fn review_a_44_byte_rx_buffer_with_host_data_spins() {
+fn header_only_rx_buffers_with_host_data_do_not_spin() {
     let dir = TempDir::new();
     let mut g = Guest::inactive(&dir.sock());
     g.rx_len = HDR_LEN as u32; // header only: room for 0 payload bytes
@@ -754,5 +754,9 @@ fn review_a_44_byte_rx_buffer_with_host_data_spins() {
         let _ = tx.send(());
     });
     let hung = rx.recv_timeout(Duration::from_secs(3)).is_err();
-    assert!(!hung, "device thread spins in Muxer::next_packet; lock held: {}", shared.try_lock().is_err());
+    assert!(
+        !hung,
+        "device thread spins in Muxer::next_packet; lock held: {}",
+        shared.try_lock().is_err()
+    );
 }
