@@ -12,9 +12,9 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::exit::Buses;
 use crate::arch::x86_64::acpi::AcpiMmioDevice;
 use crate::arch::x86_64::layout::{self, MMIO_DEVICES_START, MMIO_DEVICE_SLOT_SIZE};
-use crate::devices::virtio::mmio::{lock, regs, MmioTransport, SharedTransport};
+use crate::devices::virtio::mmio::{lock, regs, MmioTransport, VirtioCounters};
 use crate::devices::virtio::worker::{DeviceWorker, WorkerThread};
-use crate::devices::virtio::VirtioDevice;
+use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::stats::report::VirtioRow;
 
 /// First IOAPIC pin for virtio devices (0-4 are the PIT, keyboard,
@@ -53,20 +53,22 @@ pub struct VirtioSlot {
     pub base: u64,
     /// IOAPIC pin.
     pub gsi: u32,
-    transport: SharedTransport,
+    // Read without the transport lock, so statistics never wait for a
+    // device busy with (possibly slow) I/O.
+    counters: Arc<VirtioCounters>,
+    irq: Arc<Interrupt>,
 }
 
 impl VirtioSlot {
     /// The counters now.
     pub fn counts(&self) -> VirtioRow {
-        let t = lock(&self.transport);
-        let c = t.counters();
+        let c = &self.counters;
         VirtioRow {
             device: self.name.clone(),
             base: self.base,
             eventfd_kicks: c.eventfd_kicks.load(Ordering::Relaxed),
             mmio_kicks: c.mmio_kicks.load(Ordering::Relaxed),
-            interrupts: t.interrupts_sent(),
+            interrupts: self.irq.sent(),
             needs_reset: c.needs_reset.load(Ordering::Relaxed),
         }
     }
@@ -151,7 +153,9 @@ impl VirtioDevices {
         let transport = MmioTransport::new(device, mem.clone(), clones(&kicks)?, irqfd)
             .map_err(|e| VirtioSetupError::Transport(name.clone(), e))?;
         let shared = transport.shared();
-        self.workers.push(DeviceWorker::new(shared.clone(), kicks));
+        let counters = lock(&shared).counters().clone();
+        let irq = transport.interrupt();
+        self.workers.push(DeviceWorker::new(shared, kicks));
         buses.mmio.insert(
             &name,
             base,
@@ -163,7 +167,8 @@ impl VirtioDevices {
             name,
             base,
             gsi,
-            transport: shared,
+            counters,
+            irq,
         });
         Ok(self.slots.last().expect("just pushed"))
     }

@@ -86,6 +86,7 @@ pub struct TransportState {
     queues: Vec<Queue>,
     size_invalid: Vec<bool>,
     kicks: Vec<EventFd>,
+    activated: EventFd,
     irq: Arc<Interrupt>,
     queue_sel: u32,
     device_features_sel: u32,
@@ -122,6 +123,11 @@ impl TransportState {
         self.status
     }
 
+    /// Signalled when the driver sets DRIVER_OK, for the device thread.
+    pub fn activated_event(&self) -> std::io::Result<EventFd> {
+        self.activated.try_clone()
+    }
+
     /// Interrupts raised so far.
     pub fn interrupts_sent(&self) -> u64 {
         self.irq.sent()
@@ -141,6 +147,7 @@ impl TransportState {
             irq: &self.irq,
             active,
             bad_chains: &self.counters.bad_chains,
+            stalled: None,
         };
         f(self.device.as_mut(), &mut ctx)
     }
@@ -160,6 +167,7 @@ impl TransportState {
 
     fn reset(&mut self) {
         self.device.reset();
+        self.irq.clear();
         for q in &mut self.queues {
             q.reset();
         }
@@ -305,6 +313,11 @@ impl TransportState {
                 let e = DeviceError::Queue(i, "queue size is not a power of two".into());
                 return self.fail(&e);
             }
+            if q.avail_ring() == 0 || q.desc_table() == 0 || q.used_ring() == 0 {
+                let e =
+                    DeviceError::Queue(i, "queue rings left at address 0 (never set up)".into());
+                return self.fail(&e);
+            }
             if !q.is_valid(&self.mem) {
                 let e =
                     DeviceError::Queue(i, "queue rings misplaced or outside guest memory".into());
@@ -313,7 +326,13 @@ impl TransportState {
             q.set_event_idx(event_idx);
         }
         if let Err(e) = self.device.activate(self.driver_features) {
-            self.fail(&e);
+            return self.fail(&e);
+        }
+        // Some drivers add buffers and kick before DRIVER_OK (Linux 5.18's
+        // virtio-rng did); those kicks found the device inactive, so the
+        // device thread serves every ready queue once now.
+        if let Err(e) = self.activated.write(1) {
+            log::warn!("{}: cannot wake the device thread: {e}", self.device.name());
         }
     }
 }
@@ -345,6 +364,8 @@ impl MmioTransport {
             queues,
             size_invalid: vec![false; n],
             kicks,
+            activated: EventFd::new(libc::EFD_NONBLOCK)
+                .map_err(|e| DeviceError::Backend(format!("eventfd: {e}")))?,
             irq: Arc::new(Interrupt::new(isr.clone(), irqfd)),
             queue_sel: 0,
             device_features_sel: 0,

@@ -21,7 +21,10 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueT};
+use std::sync::atomic::Ordering as AtomicOrdering;
+
+use virtio_queue::desc::split::Descriptor;
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -94,6 +97,11 @@ impl Interrupt {
         }
     }
 
+    /// Clears the ISR bits (device reset).
+    pub fn clear(&self) {
+        self.status.store(0, Ordering::SeqCst);
+    }
+
     /// Interrupts raised so far.
     pub fn sent(&self) -> u64 {
         self.sent.load(Ordering::Relaxed)
@@ -119,6 +127,8 @@ pub struct QueueCtx<'a> {
     pub active: bool,
     /// Chains refused so far (the transport's counter).
     pub bad_chains: &'a AtomicU64,
+    /// A queue that looked non-empty but yielded nothing.
+    pub(crate) stalled: Option<usize>,
 }
 
 impl QueueCtx<'_> {
@@ -127,18 +137,45 @@ impl QueueCtx<'_> {
     /// to the driver as used with length 0 and reported as `Err`, so the
     /// device can count it and go on.
     pub fn pop(&mut self, q: usize, max_len: u64) -> Result<Option<DescChain>, ChainError> {
+        self.pop_or_fail(q, max_len, |_, _| 0)
+    }
+
+    /// Like [`QueueCtx::pop`], but a refused chain is first handed to
+    /// `fail` with its raw descriptors, so the device can write an error
+    /// status the driver will read; `fail` returns the used length.
+    pub fn pop_or_fail(
+        &mut self,
+        q: usize,
+        max_len: u64,
+        fail: impl FnOnce(&GuestMemoryMmap, &[Descriptor]) -> u32,
+    ) -> Result<Option<DescChain>, ChainError> {
         let Some(queue) = self.queues.get_mut(q) else {
             return Ok(None);
         };
-        let Some(chain) = queue.pop_descriptor_chain(self.mem) else {
+        // An iterator error means the queue cannot yield anything (rings
+        // not placed, or the available index too far ahead); remember it so
+        // enable_notification does not let the device retry forever. An
+        // empty queue is not an error, even if the driver adds a chain just
+        // after we looked.
+        let next = match queue.iter(self.mem) {
+            Ok(mut it) => it.next(),
+            Err(e) => {
+                log::debug!("queue {q}: {e}");
+                self.stalled = Some(q);
+                None
+            }
+        };
+        let Some(chain) = next else {
             return Ok(None);
         };
         let head = chain.head_index();
-        match DescChain::parse(self.mem, chain, max_len) {
+        let descs: Vec<Descriptor> = chain.collect();
+        match DescChain::from_descriptors(self.mem, head, &descs, max_len) {
             Ok(c) => Ok(Some(c)),
             Err(e) => {
                 self.bad_chains.fetch_add(1, Ordering::Relaxed);
-                let _ = queue.add_used(self.mem, head, 0);
+                let len = fail(self.mem, &descs);
+                let _ = queue.add_used(self.mem, head, len);
                 Err(e)
             }
         }
@@ -186,9 +223,15 @@ impl QueueCtx<'_> {
         let more = queue
             .enable_notification(self.mem)
             .map_err(|e| DeviceError::Queue(q, e.to_string()))?;
+        if more && self.stalled == Some(q) {
+            return Err(DeviceError::Queue(
+                q,
+                "the available ring has entries the queue cannot yield".into(),
+            ));
+        }
         if more {
             let avail = queue
-                .avail_idx(self.mem, std::sync::atomic::Ordering::Acquire)
+                .avail_idx(self.mem, AtomicOrdering::Acquire)
                 .map_err(|e| DeviceError::Queue(q, e.to_string()))?;
             let pending = (avail - std::num::Wrapping(queue.next_avail())).0;
             if pending > queue.size() {

@@ -14,22 +14,43 @@ use super::mmio::{lock, SharedTransport};
 
 /// Event data of host-side sources: `SOURCE_BASE + index`.
 const SOURCE_BASE: u32 = 1 << 16;
+/// Event data of the transport's DRIVER_OK event.
+const ACTIVATED: u32 = u32::MAX;
 
 /// Serves one device: its kick eventfds and its host-side sources.
 pub struct DeviceWorker {
     transport: SharedTransport,
     kicks: Vec<EventFd>,
+    activated: Option<EventFd>,
     sources: Vec<RawFd>,
 }
 
 impl DeviceWorker {
     /// A worker for `transport`, woken by `kicks[i]` for queue `i`.
     pub fn new(transport: SharedTransport, kicks: Vec<EventFd>) -> Self {
-        let sources = lock(&transport).device.event_fds();
+        let (sources, activated) = {
+            let t = lock(&transport);
+            (t.device.event_fds(), t.activated_event())
+        };
+        let activated = activated
+            .map_err(|e| log::error!("virtio: no DRIVER_OK event: {e}"))
+            .ok();
         DeviceWorker {
             transport,
             kicks,
+            activated,
             sources,
+        }
+    }
+
+    /// The driver set DRIVER_OK: serves every ready queue once, for
+    /// buffers it added (and kicked) before that.
+    pub fn handle_activated(&mut self) {
+        if let Some(a) = &self.activated {
+            let _ = a.read();
+        }
+        for q in 0..self.kicks.len() {
+            self.serve(q);
         }
     }
 
@@ -37,8 +58,16 @@ impl DeviceWorker {
     pub fn handle_kick(&mut self, q: usize) {
         // The eventfd counter holds the number of kicks since the last read.
         let n = self.kicks[q].read().unwrap_or(0);
+        lock(&self.transport)
+            .counters()
+            .eventfd_kicks
+            .fetch_add(n, Ordering::Relaxed);
+        self.serve(q);
+    }
+
+    /// Serves queue `q` if the device is active and the queue ready.
+    fn serve(&mut self, q: usize) {
         let mut t = lock(&self.transport);
-        t.counters().eventfd_kicks.fetch_add(n, Ordering::Relaxed);
         if !t.active() {
             return;
         }
@@ -69,6 +98,11 @@ impl MutEventSubscriber for DeviceWorker {
                 log::error!("cannot watch a virtio queue eventfd: {e:?}");
             }
         }
+        if let Some(a) = &self.activated {
+            if let Err(e) = ops.add(Events::with_data(a, ACTIVATED, EventSet::IN)) {
+                log::error!("cannot watch a virtio DRIVER_OK event: {e:?}");
+            }
+        }
         for (i, fd) in self.sources.iter().enumerate() {
             let ev = Events::with_data_raw(*fd, SOURCE_BASE + i as u32, EventSet::IN);
             if let Err(e) = ops.add(ev) {
@@ -79,7 +113,9 @@ impl MutEventSubscriber for DeviceWorker {
 
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
         let data = events.data();
-        if data >= SOURCE_BASE {
+        if data == ACTIVATED {
+            self.handle_activated();
+        } else if data >= SOURCE_BASE {
             self.handle_source((data - SOURCE_BASE) as usize);
         } else if (data as usize) < self.kicks.len() {
             self.handle_kick(data as usize);

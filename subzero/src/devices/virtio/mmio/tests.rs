@@ -144,8 +144,6 @@ fn refused_chains_are_counted() {
     assert_eq!(c.bad_chains.load(Ordering::Relaxed), 1);
 }
 
-// ---- review: demonstrations ----
-
 /// Runs `f` on another thread; true if it did not finish within 3 s.
 fn hangs(f: impl FnOnce() + Send + 'static) -> bool {
     let (tx, rx) = std::sync::mpsc::channel();
@@ -157,7 +155,7 @@ fn hangs(f: impl FnOnce() + Send + 'static) -> bool {
 }
 
 #[test]
-fn review_avail_ring_at_gpa_0_spins_the_device_thread() {
+fn queue_rings_never_placed_need_reset_and_never_spin() {
     use vm_memory::{Bytes, GuestAddress};
     let mut d = TestDriver::raw(Box::new(Rng::default()));
     // A driver that never writes QueueDesc/QueueDriver/QueueDevice: all
@@ -171,7 +169,7 @@ fn review_avail_ring_at_gpa_0_spins_the_device_thread() {
     d.write(regs::QUEUE_NUM, 16);
     d.write(regs::QUEUE_READY, 1);
     d.write(regs::STATUS, 0xf);
-    assert!(!d.needs_reset(), "rings at GPA 0 are accepted");
+    assert!(d.needs_reset(), "rings left at address 0 are refused");
     // avail.idx (GPA 2) = 1: one chain "available".
     d.mem.write_obj(1u16, GuestAddress(2)).unwrap();
     let shared = d.shared.clone();
@@ -179,11 +177,15 @@ fn review_avail_ring_at_gpa_0_spins_the_device_thread() {
         let mut d = d;
         d.worker.handle_kick(0);
     });
-    assert!(!spun, "process_queue never returns; transport lock held: {}", shared.try_lock().is_err());
+    assert!(
+        !spun,
+        "process_queue never returns; transport lock held: {}",
+        shared.try_lock().is_err()
+    );
 }
 
 #[test]
-fn review_kick_before_driver_ok_is_never_served() {
+fn buffers_kicked_before_driver_ok_are_served_at_driver_ok() {
     let mut d = TestDriver::raw(Box::new(Rng::default()));
     d.setup_before_ok(u64::MAX, |_, m| m.min(16));
     // Linux 5.18 virtio-rng: request_entropy() in probe, before DRIVER_OK.
@@ -196,6 +198,20 @@ fn review_kick_before_driver_ok_is_never_served() {
     assert!(!d.needs_reset());
     // Nothing more from the driver: it waits for this buffer (and with
     // EVENT_IDX, avail_event is still 0, so its next add would not kick either).
-    d.worker.handle_source(0);
-    assert_eq!(d.used(0), vec![(u32::from(head), 64)], "buffer posted before DRIVER_OK never used");
+    d.worker.handle_activated();
+    assert_eq!(
+        d.used(0),
+        vec![(u32::from(head), 64)],
+        "buffer posted before DRIVER_OK never used"
+    );
+}
+
+#[test]
+fn a_reset_clears_pending_interrupt_bits() {
+    let mut d = TestDriver::new(Box::new(Rng::default()));
+    d.add_chain(0, &[(DATA, 8, true)]);
+    d.kick(0);
+    assert_eq!(d.read(regs::INTERRUPT_STATUS), 1);
+    d.write(regs::STATUS, 0);
+    assert_eq!(d.read(regs::INTERRUPT_STATUS), 0);
 }
