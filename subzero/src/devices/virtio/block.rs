@@ -23,18 +23,25 @@ use std::sync::Arc;
 
 use virtio_bindings::bindings::virtio_blk::{
     VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
+    VIRTIO_BLK_F_SIZE_MAX,
 };
-use vm_memory::GuestMemoryMmap;
+use virtio_queue::desc::split::Descriptor;
+use vm_memory::{Address, Bytes, GuestMemoryMmap};
 
 use super::{types, DescChain, DeviceError, QueueCtx, VirtioDevice};
 pub use request::{parse_request, Request, RequestError};
-use request::{HEADER_LEN, ID_BYTES, MAX_DATA, SECTOR_SIZE, S_OK};
+use request::{HEADER_LEN, ID_BYTES, MAX_DATA, SECTOR_SIZE, S_IOERR, S_OK};
 
 /// Queue size.
 const QUEUE_SIZE: u16 = 256;
 /// Longest chain accepted: the largest transfer plus room for the header,
 /// the status byte and a GET_ID buffer. Longer chains are refused unread.
 pub const MAX_CHAIN: u64 = MAX_DATA + 4096;
+/// Largest data segment the driver may use (config `size_max`). With
+/// `seg_max` segments, a request stays below [`MAX_DATA`], so a driver that
+/// follows the config never makes a chain the device must refuse.
+pub const SIZE_MAX: u32 = 64 << 10;
+const _: () = assert!(SIZE_MAX as u64 * (QUEUE_SIZE as u64 - 2) <= MAX_DATA);
 /// Size of the bounce buffer between guest memory and the file.
 const BOUNCE: usize = 128 << 10;
 /// Length of the configuration space served (up to and including blk_size).
@@ -241,7 +248,7 @@ impl Block {
     fn config(&self) -> [u8; CONFIG_LEN] {
         let mut c = [0u8; CONFIG_LEN];
         c[0..8].copy_from_slice(&self.capacity.to_le_bytes());
-        // size_max (8..12) stays 0: VIRTIO_BLK_F_SIZE_MAX is not offered.
+        c[8..12].copy_from_slice(&SIZE_MAX.to_le_bytes());
         c[12..16].copy_from_slice(&u32::from(QUEUE_SIZE - 2).to_le_bytes());
         // geometry (16..20) stays 0: VIRTIO_BLK_F_GEOMETRY is not offered.
         c[20..24].copy_from_slice(&(SECTOR_SIZE as u32).to_le_bytes());
@@ -441,6 +448,22 @@ fn open_error(path: &Path, readonly: bool, e: io::Error) -> BlockError {
     }
 }
 
+/// For a chain the device refused: writes IOERR into the last byte of its
+/// last device-writable buffer (where the driver reads the status), so the
+/// driver never mistakes a stale status byte for success. Returns the used
+/// length: 1 if the status was written.
+fn fail_status(mem: &GuestMemoryMmap, descs: &[Descriptor]) -> u32 {
+    let status = descs
+        .iter()
+        .rev()
+        .find(|d| d.is_write_only() && d.len() > 0)
+        .and_then(|d| d.addr().checked_add(u64::from(d.len()) - 1));
+    match status {
+        Some(at) if mem.write_obj(S_IOERR, at).is_ok() => 1,
+        _ => 0,
+    }
+}
+
 impl VirtioDevice for Block {
     fn name(&self) -> &str {
         "virtio-blk"
@@ -452,8 +475,10 @@ impl VirtioDevice for Block {
         &[QUEUE_SIZE]
     }
     fn features(&self) -> u64 {
-        let mut f =
-            (1 << VIRTIO_BLK_F_FLUSH) | (1 << VIRTIO_BLK_F_SEG_MAX) | (1 << VIRTIO_BLK_F_BLK_SIZE);
+        let mut f = (1 << VIRTIO_BLK_F_FLUSH)
+            | (1 << VIRTIO_BLK_F_SEG_MAX)
+            | (1 << VIRTIO_BLK_F_SIZE_MAX)
+            | (1 << VIRTIO_BLK_F_BLK_SIZE);
         if self.readonly {
             f |= 1 << VIRTIO_BLK_F_RO;
         }
@@ -474,7 +499,7 @@ impl VirtioDevice for Block {
         loop {
             ctx.disable_notification(q)?;
             loop {
-                let chain = match ctx.pop(q, MAX_CHAIN) {
+                let chain = match ctx.pop_or_fail(q, MAX_CHAIN, fail_status) {
                     Ok(Some(c)) => c,
                     Ok(None) => break,
                     Err(e) => {
