@@ -1,6 +1,6 @@
 //! Places virtio devices in the VM: an MMIO slot and an IOAPIC pin each, a
 //! KVM ioeventfd per queue and an irqfd, an entry for the ACPI DSDT, and
-//! one device thread serving them all.
+//! a thread per device serving it.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -105,7 +105,7 @@ pub struct VirtioDevices {
     /// Placed devices, in slot order.
     pub slots: Vec<VirtioSlot>,
     workers: Vec<DeviceWorker>,
-    thread: Option<WorkerThread>,
+    threads: Vec<WorkerThread>,
 }
 
 impl VirtioDevices {
@@ -182,14 +182,15 @@ impl VirtioDevices {
             .collect()
     }
 
-    /// Starts the device thread (once; later calls do nothing).
+    /// Starts one thread per device, named after it, so that a device
+    /// waiting on slow host I/O (a disk) does not hold up the others. Later
+    /// calls start only devices attached since.
     pub fn start(&mut self) -> Result<(), VirtioSetupError> {
-        if self.thread.is_none() && !self.workers.is_empty() {
-            let workers = std::mem::take(&mut self.workers);
-            self.thread = Some(
-                WorkerThread::start(workers)
-                    .map_err(|e| VirtioSetupError::Io("virtio device thread".into(), e))?,
-            );
+        let first = self.threads.len();
+        for (slot, worker) in self.slots[first..].iter().zip(self.workers.drain(..)) {
+            let thread = WorkerThread::start(&slot.name, vec![worker])
+                .map_err(|e| VirtioSetupError::Io(slot.name.clone(), e))?;
+            self.threads.push(thread);
         }
         Ok(())
     }

@@ -1,6 +1,6 @@
-//! The device thread: one event loop (event-manager) serving every virtio
-//! device's queue kicks and host-side sources, so device work never runs
-//! on a vCPU thread.
+//! Device threads: an event loop (event-manager) per virtio device serving
+//! its queue kicks and host-side sources, so device work never runs on a
+//! vCPU thread, and a device waiting on slow host I/O holds up no other.
 
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -143,8 +143,8 @@ impl MutEventSubscriber for Waker {
 }
 
 impl WorkerThread {
-    /// Starts the device thread serving `workers`.
-    pub fn start(workers: Vec<DeviceWorker>) -> std::io::Result<Self> {
+    /// Starts a device thread called `name` serving `workers`.
+    pub fn start(name: &str, workers: Vec<DeviceWorker>) -> std::io::Result<Self> {
         type Sub = Arc<Mutex<dyn MutEventSubscriber + Send>>;
         let mut em: EventManager<Sub> =
             EventManager::new().map_err(|e| std::io::Error::other(format!("{e:?}")))?;
@@ -156,7 +156,7 @@ impl WorkerThread {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let handle = std::thread::Builder::new()
-            .name("virtio".into())
+            .name(name.into())
             .spawn(move || {
                 while !flag.load(Ordering::Acquire) {
                     if let Err(e) = em.run() {
