@@ -148,6 +148,7 @@ impl TransportState {
             active,
             bad_chains: &self.counters.bad_chains,
             stalled: None,
+            added: 0,
         };
         f(self.device.as_mut(), &mut ctx)
     }

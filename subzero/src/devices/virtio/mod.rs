@@ -129,6 +129,8 @@ pub struct QueueCtx<'a> {
     pub bad_chains: &'a AtomicU64,
     /// A queue that looked non-empty but yielded nothing.
     pub(crate) stalled: Option<usize>,
+    /// Bit `q`: queue `q` got used entries since its last notify.
+    pub(crate) added: u64,
 }
 
 impl QueueCtx<'_> {
@@ -175,7 +177,9 @@ impl QueueCtx<'_> {
             Err(e) => {
                 self.bad_chains.fetch_add(1, Ordering::Relaxed);
                 let len = fail(self.mem, &descs);
-                let _ = queue.add_used(self.mem, head, len);
+                if queue.add_used(self.mem, head, len).is_ok() {
+                    self.added |= 1u64 << (q % 64);
+                }
                 Err(e)
             }
         }
@@ -190,11 +194,19 @@ impl QueueCtx<'_> {
             .ok_or_else(|| DeviceError::Queue(q, "no such queue".into()))?;
         queue
             .add_used(self.mem, head, len)
-            .map_err(|e| DeviceError::Queue(q, e.to_string()))
+            .map_err(|e| DeviceError::Queue(q, e.to_string()))?;
+        self.added |= 1u64 << (q % 64);
+        Ok(())
     }
 
-    /// Raises the queue interrupt if the driver wants one for queue `q`.
+    /// Raises the queue interrupt if queue `q` got used entries since the
+    /// last call and the driver wants an interrupt for them.
     pub fn notify(&mut self, q: usize) -> Result<(), DeviceError> {
+        let bit = 1u64 << (q % 64);
+        if self.added & bit == 0 {
+            return Ok(());
+        }
+        self.added &= !bit;
         let queue = self
             .queues
             .get_mut(q)
