@@ -21,8 +21,6 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use std::sync::atomic::Ordering as AtomicOrdering;
-
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
@@ -106,11 +104,6 @@ impl Interrupt {
     pub fn sent(&self) -> u64 {
         self.sent.load(Ordering::Relaxed)
     }
-
-    /// The irqfd (to register with KVM).
-    pub fn irqfd(&self) -> &EventFd {
-        &self.irqfd
-    }
 }
 
 /// What a device gets while it serves a queue: guest memory, its queues
@@ -188,10 +181,7 @@ impl QueueCtx<'_> {
     /// Puts the chain with head `head` on the used ring of queue `q` with
     /// `len` bytes written by the device.
     pub fn add_used(&mut self, q: usize, head: u16, len: u32) -> Result<(), DeviceError> {
-        let queue = self
-            .queues
-            .get_mut(q)
-            .ok_or_else(|| DeviceError::Queue(q, "no such queue".into()))?;
+        let queue = queue_mut(self.queues, q)?;
         queue
             .add_used(self.mem, head, len)
             .map_err(|e| DeviceError::Queue(q, e.to_string()))?;
@@ -207,10 +197,7 @@ impl QueueCtx<'_> {
             return Ok(());
         }
         self.added &= !bit;
-        let queue = self
-            .queues
-            .get_mut(q)
-            .ok_or_else(|| DeviceError::Queue(q, "no such queue".into()))?;
+        let queue = queue_mut(self.queues, q)?;
         if queue
             .needs_notification(self.mem)
             .map_err(|e| DeviceError::Queue(q, e.to_string()))?
@@ -223,15 +210,12 @@ impl QueueCtx<'_> {
     /// Re-enables driver notifications on queue `q` and says whether more
     /// chains arrived meanwhile (then the device should keep going).
     ///
-    /// A driver whose available index runs more than a queue's length ahead
-    /// of the device breaks the protocol: the queue would look non-empty
-    /// while yielding no chains, so this is an error (DEVICE_NEEDS_RESET)
-    /// rather than a reason to spin.
+    /// A queue that looks non-empty but cannot yield chains (rings never
+    /// placed, or an available index more than a queue's length ahead,
+    /// which virtio-queue's iterator refuses) breaks the protocol: this is
+    /// then an error (DEVICE_NEEDS_RESET) rather than a reason to spin.
     pub fn enable_notification(&mut self, q: usize) -> Result<bool, DeviceError> {
-        let queue = self
-            .queues
-            .get_mut(q)
-            .ok_or_else(|| DeviceError::Queue(q, "no such queue".into()))?;
+        let queue = queue_mut(self.queues, q)?;
         let more = queue
             .enable_notification(self.mem)
             .map_err(|e| DeviceError::Queue(q, e.to_string()))?;
@@ -241,31 +225,12 @@ impl QueueCtx<'_> {
                 "the available ring has entries the queue cannot yield".into(),
             ));
         }
-        if more {
-            let avail = queue
-                .avail_idx(self.mem, AtomicOrdering::Acquire)
-                .map_err(|e| DeviceError::Queue(q, e.to_string()))?;
-            let pending = (avail - std::num::Wrapping(queue.next_avail())).0;
-            if pending > queue.size() {
-                return Err(DeviceError::Queue(
-                    q,
-                    format!(
-                        "available index is {pending} entries ahead of the device, \
-                         more than the queue size {}",
-                        queue.size()
-                    ),
-                ));
-            }
-        }
         Ok(more)
     }
 
     /// Turns off driver notifications on queue `q` while the device drains it.
     pub fn disable_notification(&mut self, q: usize) -> Result<(), DeviceError> {
-        let queue = self
-            .queues
-            .get_mut(q)
-            .ok_or_else(|| DeviceError::Queue(q, "no such queue".into()))?;
+        let queue = queue_mut(self.queues, q)?;
         queue
             .disable_notification(self.mem)
             .map_err(|e| DeviceError::Queue(q, e.to_string()))
@@ -275,6 +240,13 @@ impl QueueCtx<'_> {
     pub fn ready(&self, q: usize) -> bool {
         self.active && self.queues.get(q).is_some_and(|queue| queue.ready())
     }
+}
+
+/// Queue `q` of `queues`, or the error a device reports for a bad index.
+fn queue_mut(queues: &mut [Queue], q: usize) -> Result<&mut Queue, DeviceError> {
+    queues
+        .get_mut(q)
+        .ok_or_else(|| DeviceError::Queue(q, "no such queue".into()))
 }
 
 /// A virtio device model, independent of the transport.
