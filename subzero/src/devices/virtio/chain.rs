@@ -6,10 +6,7 @@
 //! device-writable ones, and whose total length is bounded. The addresses
 //! are copied out, so the guest changing the table afterwards has no effect.
 
-use std::ops::Deref;
-
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::DescriptorChain;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
 
 /// Why a chain was refused.
@@ -65,23 +62,9 @@ pub struct DescChain {
 }
 
 impl DescChain {
-    /// Validates `chain`; its buffers may add up to at most `max_len` bytes.
-    pub fn parse<M>(
-        mem: &GuestMemoryMmap,
-        chain: DescriptorChain<M>,
-        max_len: u64,
-    ) -> Result<Self, ChainError>
-    where
-        M: Deref,
-        M::Target: GuestMemory,
-    {
-        let head = chain.head_index();
-        let descs: Vec<Descriptor> = chain.collect();
-        Self::from_descriptors(mem, head, &descs, max_len)
-    }
-
     /// Validates a chain already read from the table (the last descriptor
-    /// the iterator yielded still has NEXT set if the chain did not end).
+    /// the iterator yielded still has NEXT set if the chain did not end);
+    /// its buffers may add up to at most `max_len` bytes.
     pub fn from_descriptors(
         mem: &GuestMemoryMmap,
         head: u16,

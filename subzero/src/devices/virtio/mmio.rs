@@ -118,19 +118,9 @@ impl TransportState {
         self.status & status::DRIVER_OK != 0 && self.status & status::DEVICE_NEEDS_RESET == 0
     }
 
-    /// The device status register.
-    pub fn status(&self) -> u32 {
-        self.status
-    }
-
     /// Signalled when the driver sets DRIVER_OK, for the device thread.
     pub fn activated_event(&self) -> std::io::Result<EventFd> {
         self.activated.try_clone()
-    }
-
-    /// Interrupts raised so far.
-    pub fn interrupts_sent(&self) -> u64 {
-        self.irq.sent()
     }
 
     /// The device's counters.
