@@ -37,6 +37,9 @@ pub enum DemoError {
     /// Starting the vCPU thread failed.
     #[error("cannot start the vCPU thread: {0}")]
     Thread(#[from] io::Error),
+    /// Writing the guest's parameters or reading its buffers failed.
+    #[error("demo guest memory: {0}")]
+    GuestMemory(#[from] vm_memory::GuestMemoryError),
     /// Placing the virtio device failed.
     #[error(transparent)]
     Virtio(#[from] crate::vmm::virtio::VirtioSetupError),
