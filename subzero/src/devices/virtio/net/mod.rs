@@ -435,11 +435,6 @@ impl Net {
     }
 }
 
-/// The driver's available index is more than a queue ahead of the device.
-fn broken_avail_ring(q: usize) -> DeviceError {
-    DeviceError::Queue(q, "available ring index out of range".into())
-}
-
 impl VirtioDevice for Net {
     fn name(&self) -> &str {
         "virtio-net"

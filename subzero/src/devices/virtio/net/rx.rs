@@ -29,8 +29,8 @@ use virtio_bindings::bindings::virtio_net::{
 use virtio_queue::QueueT;
 
 use super::{
-    bit, broken_avail_ring, count, Backend, DeviceError, Net, QueueCtx, ETH_HLEN, MAX_PACKET,
-    RX_BUDGET, RX_CHAIN_MAX, RX_QUEUE, VNET_HDR_LEN,
+    bit, count, Backend, DeviceError, Net, QueueCtx, ETH_HLEN, MAX_PACKET, RX_BUDGET, RX_CHAIN_MAX,
+    RX_QUEUE, VNET_HDR_LEN,
 };
 
 /// Checks the header the kernel put before a received frame against the
@@ -136,7 +136,6 @@ impl Net {
             self.drop_rx();
             return Ok(());
         }
-        let mut used = false;
         let mut reads = 0;
         loop {
             let n = match self.rx_pending {
@@ -167,11 +166,8 @@ impl Net {
                     }
                 }
             };
-            match self.gather(ctx, n, &mut used)? {
-                Gather::Ready => {
-                    used = true;
-                    self.deliver(ctx, n)?;
-                }
+            match self.gather(ctx, n)? {
+                Gather::Ready => self.deliver(ctx, n)?,
                 Gather::Wait => {
                     // No buffer: keep the frame, stop watching the TAP
                     // until the driver kicks the receive queue.
@@ -191,27 +187,17 @@ impl Net {
                 }
             }
         }
-        if used {
-            ctx.notify(RX_QUEUE)?;
-        }
-        Ok(())
+        ctx.notify(RX_QUEUE)
     }
 
     /// Takes receive chains until `rx_chains` can hold a frame of `n`
-    /// bytes. Refused chains are returned at once (and `used` set).
-    fn gather(
-        &mut self,
-        ctx: &mut QueueCtx,
-        n: usize,
-        used: &mut bool,
-    ) -> Result<Gather, DeviceError> {
+    /// bytes. Refused chains are returned at once.
+    fn gather(&mut self, ctx: &mut QueueCtx, n: usize) -> Result<Gather, DeviceError> {
         let merge = self.mergeable();
         let size = ctx
             .queues
             .get(RX_QUEUE)
             .map_or(0, |q| usize::from(q.size()));
-        // Set when the queue said it had chains but gave none.
-        let mut empty_after_enable = false;
         loop {
             if !merge && !self.rx_chains.is_empty() {
                 return Ok(Gather::Ready);
@@ -235,10 +221,6 @@ impl Net {
                     if !ctx.enable_notification(RX_QUEUE)? {
                         return Ok(Gather::Wait);
                     }
-                    if empty_after_enable {
-                        return Err(broken_avail_ring(RX_QUEUE));
-                    }
-                    empty_after_enable = true;
                     continue;
                 }
                 Err(e) => {
@@ -246,12 +228,9 @@ impl Net {
                         &self.counters.rx_bad_chains,
                         format_args!("receive chain refused: {e}"),
                     );
-                    *used = true;
-                    empty_after_enable = false;
                     continue;
                 }
             };
-            empty_after_enable = false;
             let why = if !chain.readable.is_empty() {
                 Some("with device-readable buffers")
             } else if merge && chain.writable_len() < VNET_HDR_LEN as u64 {
@@ -264,7 +243,6 @@ impl Net {
                     &self.counters.rx_bad_chains,
                     format_args!("receive chain {why}"),
                 );
-                *used = true;
                 ctx.add_used(RX_QUEUE, chain.head, 0)?;
                 continue;
             }

@@ -21,8 +21,8 @@ use virtio_bindings::bindings::virtio_net::{
 use vm_memory::GuestMemoryMmap;
 
 use super::{
-    bit, broken_avail_ring, count, DescChain, DeviceError, Net, QueueCtx, ETH_HLEN, MAX_FRAME,
-    MAX_PACKET, TX_QUEUE, VNET_HDR_LEN,
+    bit, count, DescChain, DeviceError, Net, QueueCtx, ETH_HLEN, MAX_FRAME, MAX_PACKET, TX_QUEUE,
+    VNET_HDR_LEN,
 };
 
 /// Why the transmit header `flags`, `gso_type` cannot go out with the
@@ -56,16 +56,13 @@ pub(super) fn tx_header_refused(acked: u64, flags: u8, gso_type: u8) -> Option<&
 impl Net {
     /// Sends every available transmit chain.
     pub(super) fn tx(&mut self, ctx: &mut QueueCtx) -> Result<(), DeviceError> {
-        let mut used = false;
         loop {
             ctx.disable_notification(TX_QUEUE)?;
-            let mut popped = false;
             loop {
                 let chain = match ctx.pop(TX_QUEUE, MAX_PACKET as u64) {
                     Ok(Some(c)) => c,
                     Ok(None) => break,
                     Err(e) => {
-                        popped = true;
                         count(
                             &self.counters.tx_invalid,
                             format_args!("transmit chain refused: {e}"),
@@ -73,22 +70,14 @@ impl Net {
                         continue;
                     }
                 };
-                popped = true;
                 self.tx_chain(ctx.mem, &chain);
                 ctx.add_used(TX_QUEUE, chain.head, 0)?;
             }
-            used |= popped;
             if !ctx.enable_notification(TX_QUEUE)? {
                 break;
             }
-            if !popped {
-                return Err(broken_avail_ring(TX_QUEUE));
-            }
         }
-        if used {
-            ctx.notify(TX_QUEUE)?;
-        }
-        Ok(())
+        ctx.notify(TX_QUEUE)
     }
 
     /// Sends the frame in `chain` to the backend, or counts why not.
