@@ -218,7 +218,6 @@ impl Vsock {
         if !ctx.ready(RXQ) {
             return Ok(());
         }
-        let mut used = false;
         while self.muxer.has_packet() {
             let chain = match ctx.pop(RXQ, MAX_CHAIN) {
                 Ok(Some(c)) => c,
@@ -232,7 +231,6 @@ impl Vsock {
                 Err(e) => {
                     log::debug!("virtio-vsock: rx: {e}");
                     self.bad_chains += 1;
-                    used = true;
                     continue;
                 }
             };
@@ -252,12 +250,8 @@ impl Vsock {
                 self.bad_chains += 1;
             }
             ctx.add_used(RXQ, chain.head, len)?;
-            used = true;
         }
-        if used {
-            ctx.notify(RXQ)?;
-        }
-        Ok(())
+        ctx.notify(RXQ)
     }
 
     /// Moves packets both ways until nothing more can move.
