@@ -188,7 +188,7 @@ impl VirtioDevices {
     pub fn start(&mut self) -> Result<(), VirtioSetupError> {
         let first = self.threads.len();
         for (slot, worker) in self.slots[first..].iter().zip(self.workers.drain(..)) {
-            let thread = WorkerThread::start(&slot.name, vec![worker])
+            let thread = WorkerThread::start(&slot.name, worker)
                 .map_err(|e| VirtioSetupError::Io(slot.name.clone(), e))?;
             self.threads.push(thread);
         }

@@ -143,16 +143,14 @@ impl MutEventSubscriber for Waker {
 }
 
 impl WorkerThread {
-    /// Starts a device thread called `name` serving `workers`.
-    pub fn start(name: &str, workers: Vec<DeviceWorker>) -> std::io::Result<Self> {
+    /// Starts a device thread called `name` serving `worker`.
+    pub fn start(name: &str, worker: DeviceWorker) -> std::io::Result<Self> {
         type Sub = Arc<Mutex<dyn MutEventSubscriber + Send>>;
         let mut em: EventManager<Sub> =
             EventManager::new().map_err(|e| std::io::Error::other(format!("{e:?}")))?;
         let wake = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
         em.add_subscriber(Arc::new(Mutex::new(Waker(wake.clone()))));
-        for w in workers {
-            em.add_subscriber(Arc::new(Mutex::new(w)));
-        }
+        em.add_subscriber(Arc::new(Mutex::new(worker)));
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let handle = std::thread::Builder::new()
