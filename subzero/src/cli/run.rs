@@ -216,5 +216,6 @@ fn outcome(report: &RunReport) -> ExitCode {
             eprintln!("subzero: vCPU {} stopped: {what}{rip}", stop.vcpu);
             ExitCode::from(EXIT_VCPU_ERROR)
         }
+        StopReason::Stopped => ExitCode::SUCCESS,
     }
 }

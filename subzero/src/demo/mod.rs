@@ -218,5 +218,6 @@ pub fn describe_stop(reason: &StopReason) -> String {
         StopReason::Reset(how) => format!("guest reset ({how})"),
         StopReason::Crash => "guest reported a crash".into(),
         StopReason::Unhandled(what) => format!("unhandled exit: {what}"),
+        StopReason::Stopped => "stopped by the VMM".into(),
     }
 }

@@ -7,6 +7,7 @@
 use std::io::{self, Write};
 use std::sync::{Arc, Mutex};
 
+use vm_superio::serial::SerialState;
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -100,6 +101,66 @@ impl Write for ConsoleOut {
     }
 }
 
+/// The UART's registers and receive FIFO, as a snapshot keeps them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UartState {
+    /// Divisor latch, low byte.
+    pub baud_divisor_low: u8,
+    /// Divisor latch, high byte.
+    pub baud_divisor_high: u8,
+    /// Interrupt enable register.
+    pub interrupt_enable: u8,
+    /// Interrupt identification register.
+    pub interrupt_identification: u8,
+    /// Line control register.
+    pub line_control: u8,
+    /// Line status register.
+    pub line_status: u8,
+    /// Modem control register.
+    pub modem_control: u8,
+    /// Modem status register.
+    pub modem_status: u8,
+    /// Scratch register.
+    pub scratch: u8,
+    /// Bytes received and not yet read by the guest.
+    pub in_buffer: Vec<u8>,
+}
+
+impl From<SerialState> for UartState {
+    fn from(s: SerialState) -> Self {
+        UartState {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
+        }
+    }
+}
+
+impl From<&UartState> for SerialState {
+    fn from(s: &UartState) -> Self {
+        SerialState {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer.clone(),
+        }
+    }
+}
+
 /// The UART as a bus device.
 pub struct SerialDevice {
     uart: Serial<IrqTrigger, vm_superio::serial::NoEvents, ConsoleOut>,
@@ -111,6 +172,19 @@ impl SerialDevice {
         Self {
             uart: Serial::new(irq, out),
         }
+    }
+
+    /// A UART with the registers of `state` (a restore). Fails if the
+    /// state's receive FIFO is larger than the UART's.
+    pub fn from_state(irq: IrqTrigger, out: ConsoleOut, state: &UartState) -> Result<Self, String> {
+        Serial::from_state(&state.into(), irq, vm_superio::serial::NoEvents, out)
+            .map(|uart| Self { uart })
+            .map_err(|e| format!("the serial port's saved state is invalid: {e:?}"))
+    }
+
+    /// The registers and FIFO now.
+    pub fn state(&self) -> UartState {
+        self.uart.state().into()
     }
 
     /// Queues host input for the guest. Returns how many bytes fit (0 when

@@ -115,6 +115,12 @@ fn open_devices(cfg: &DevicesConfig) -> Result<Vec<Box<dyn VirtioDevice>>, Build
     Ok(out)
 }
 
+/// KVM's list of the MSRs to save and restore (KVM_GET_MSR_INDEX_LIST).
+pub fn msr_indices(kvm: &Kvm) -> Result<Arc<Vec<u32>>, BuildError> {
+    let list = ioctl("KVM_GET_MSR_INDEX_LIST", kvm.get_msr_index_list())?;
+    Ok(Arc::new(list.as_slice().to_vec()))
+}
+
 fn ioctl<T>(what: &'static str, r: Result<T, kvm_ioctls::Error>) -> Result<T, BuildError> {
     r.map_err(|e| BuildError::VmIoctl(what, e))
 }
@@ -329,6 +335,8 @@ pub fn build_linux(cfg: &VmConfig, console: Box<dyn Write + Send>) -> Result<Mac
         serial,
         panic_watch,
         virtio,
+        msr_indices: msr_indices(&kvm)?,
+        restore: Vec::new(),
     })
 }
 
@@ -350,6 +358,8 @@ pub struct TinyVm {
     pub serial: Arc<Mutex<SerialDevice>>,
     /// Its panic watch.
     pub panic_watch: PanicWatch,
+    /// KVM's list of MSRs to save.
+    pub msr_indices: Arc<Vec<u32>>,
 }
 
 impl TinyVm {
@@ -368,6 +378,8 @@ impl TinyVm {
             serial: self.serial,
             panic_watch: self.panic_watch,
             virtio,
+            msr_indices: self.msr_indices,
+            restore: Vec::new(),
         }
     }
 }
@@ -412,5 +424,6 @@ pub fn build_tiny(
         vcpu,
         serial,
         panic_watch,
+        msr_indices: msr_indices(&kvm)?,
     })
 }

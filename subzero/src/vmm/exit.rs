@@ -87,6 +87,8 @@ pub enum StopReason {
     Crash,
     /// An exit Subzero cannot handle; the string describes it.
     Unhandled(String),
+    /// The VMM stopped it (an API request, or the VMM exiting).
+    Stopped,
 }
 
 /// What the vCPU does next.

@@ -1,24 +1,24 @@
 //! A built VM ready to run: its KVM handles, memory, buses and vCPUs.
-//! [`Machine::run`] starts one thread per vCPU and waits for the VM to stop.
+//! [`Machine::start`] starts one thread per vCPU and gives a [`RunningVm`]
+//! that can be paused, resumed, saved and stopped; [`Machine::run`] runs it
+//! until the guest stops it.
 
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use kvm_ioctls::{VcpuFd, VmFd};
 use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::signal::Killable;
+use vmm_sys_util::eventfd::EventFd;
 
-use super::exit::Buses;
-use super::vcpu::{self, SharedStats, StopSignal, VmStop};
+use super::exit::{Buses, StopReason};
+use super::vcpu::{self, SharedStats, StopSignal, VcpuSetup, VmStop};
+use super::vcpu_handle::{VcpuError, VcpuHandle, VcpuRunState};
 use super::virtio::VirtioDevices;
+use crate::arch::x86_64::vcpu_state::VcpuState;
 use crate::devices::serial::{PanicWatch, SerialDevice};
 use crate::stats::clock::TickClock;
 use crate::stats::report::VirtioRow;
 use crate::stats::VcpuStats;
-
-/// How long to wait for vCPU threads to leave KVM_RUN after the VM stopped.
-const JOIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A VM whose vCPUs are configured and not yet running.
 pub struct Machine {
@@ -36,6 +36,11 @@ pub struct Machine {
     pub panic_watch: PanicWatch,
     /// Virtio devices; their thread runs until the machine is dropped.
     pub virtio: VirtioDevices,
+    /// KVM's list of MSRs a snapshot saves.
+    pub msr_indices: Arc<Vec<u32>>,
+    /// Per vCPU, a saved state to restore before it first runs; empty for
+    /// a fresh boot.
+    pub restore: Vec<VcpuState>,
 }
 
 /// What happened in a run.
@@ -66,6 +71,28 @@ impl RunReport {
     }
 }
 
+/// A VM whose vCPU threads are started.
+pub struct RunningVm {
+    /// The VM.
+    pub vm: VmFd,
+    /// Guest RAM.
+    pub memory: GuestMemoryMmap,
+    /// Port-I/O and MMIO buses.
+    pub buses: Arc<Buses>,
+    /// The console UART.
+    pub serial: Arc<Mutex<SerialDevice>>,
+    /// Records a kernel panic seen on the console.
+    pub panic_watch: PanicWatch,
+    /// Virtio devices.
+    pub virtio: VirtioDevices,
+    /// Exit accounting per vCPU.
+    pub stats: Vec<SharedStats>,
+    signal: Arc<StopSignal>,
+    handles: Vec<VcpuHandle>,
+    start: Instant,
+    clock: TickClock,
+}
+
 impl Machine {
     /// One accounting slot per vCPU, for [`Machine::run_with_stats`]; clone
     /// them first to read the accounting while the VM runs.
@@ -81,68 +108,115 @@ impl Machine {
 
     /// Runs the VM, accounting vCPU *i*'s exits into `stats[i]`.
     pub fn run_with_stats(self, stats: Vec<SharedStats>) -> std::io::Result<RunReport> {
+        let running = self.start(stats, None, false)?;
+        running.signal.wait();
+        Ok(running.finish())
+    }
+
+    /// Starts a thread per vCPU, accounting vCPU *i*'s exits into
+    /// `stats[i]`. `stop_event`, if given, becomes readable when a vCPU
+    /// stops the VM. With `paused`, the vCPUs wait for
+    /// [`RunningVm::resume`] before they first run.
+    pub fn start(
+        mut self,
+        stats: Vec<SharedStats>,
+        stop_event: Option<EventFd>,
+        paused: bool,
+    ) -> std::io::Result<RunningVm> {
         vcpu::install_kick_handler();
-        let signal = Arc::new(StopSignal::default());
-        let start = Instant::now();
-        let clock = TickClock::start();
-        let mut threads = Vec::with_capacity(self.vcpus.len());
-        for ((index, fd), slot) in self.vcpus.into_iter().enumerate().zip(stats.iter()) {
-            let buses = self.buses.clone();
-            let signal_for_thread = signal.clone();
-            let slot = slot.clone();
-            let spawned = std::thread::Builder::new()
-                .name(format!("vcpu{index}"))
-                .spawn(move || vcpu::run(index, fd, buses, signal_for_thread, slot));
-            match spawned {
-                Ok(handle) => threads.push(handle),
-                Err(e) => {
-                    stop_all(&signal, threads);
-                    return Err(e);
-                }
-            }
+        let signal = Arc::new(match stop_event {
+            Some(event) => StopSignal::with_event(event),
+            None => StopSignal::default(),
+        });
+        let mut restore = std::mem::take(&mut self.restore).into_iter();
+        let mut running = RunningVm {
+            vm: self.vm,
+            memory: self.memory,
+            buses: self.buses,
+            serial: self.serial,
+            panic_watch: self.panic_watch,
+            virtio: self.virtio,
+            stats,
+            signal,
+            handles: Vec::with_capacity(self.vcpus.len()),
+            start: Instant::now(),
+            clock: TickClock::start(),
+        };
+        for (index, fd) in self.vcpus.into_iter().enumerate() {
+            let setup = VcpuSetup {
+                index,
+                fd,
+                buses: running.buses.clone(),
+                signal: running.signal.clone(),
+                stats: running.stats[index].clone(),
+                msr_indices: self.msr_indices.clone(),
+                restore: restore.next().map(Box::new),
+                start_paused: paused,
+            };
+            // On an error, dropping `running` ends the threads started.
+            running.handles.push(VcpuHandle::spawn(setup)?);
         }
-        let stop = signal.wait();
-        let elapsed = start.elapsed();
-        let ns_per_tick = clock.ns_per_tick();
-        stop_all(&signal, threads);
-        let per_vcpu = stats
+        Ok(running)
+    }
+}
+
+impl RunningVm {
+    /// Why the VM stopped, if a vCPU stopped it.
+    pub fn stopped(&self) -> Option<VmStop> {
+        self.signal.reason()
+    }
+
+    /// Whether every vCPU is paused.
+    pub fn is_paused(&self) -> bool {
+        self.handles
+            .iter()
+            .all(|h| h.state() == VcpuRunState::Paused)
+    }
+
+    /// Takes every vCPU out of KVM_RUN and parks it.
+    pub fn pause(&mut self) -> Result<(), VcpuError> {
+        self.handles.iter_mut().try_for_each(VcpuHandle::pause)
+    }
+
+    /// Lets every vCPU run again.
+    pub fn resume(&mut self) -> Result<(), VcpuError> {
+        self.handles.iter_mut().try_for_each(VcpuHandle::resume)
+    }
+
+    /// The state of every vCPU, which must be paused.
+    pub fn save_vcpus(&mut self) -> Result<Vec<VcpuState>, VcpuError> {
+        self.handles.iter_mut().map(VcpuHandle::save).collect()
+    }
+
+    /// Virtio device counters now.
+    pub fn virtio_counts(&self) -> Vec<VirtioRow> {
+        self.virtio.counts()
+    }
+
+    /// Stops every vCPU thread and reports the run.
+    pub fn finish(mut self) -> RunReport {
+        let elapsed = self.start.elapsed();
+        let ns_per_tick = self.clock.ns_per_tick();
+        for handle in &mut self.handles {
+            handle.exit();
+        }
+        let stop = self.signal.reason().unwrap_or(VmStop {
+            reason: StopReason::Stopped,
+            vcpu: 0,
+            rip: None,
+        });
+        let per_vcpu = self
+            .stats
             .iter()
             .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).clone())
             .collect();
-        Ok(RunReport {
+        RunReport {
             stop,
             panic: self.panic_watch.message(),
             per_vcpu,
             elapsed,
             ns_per_tick,
             virtio: self.virtio.counts(),
-        })
-    }
-}
-
-/// Kicks every vCPU thread out of KVM_RUN until it exits, then joins it.
-fn stop_all(signal: &StopSignal, threads: Vec<JoinHandle<()>>) {
-    if !signal.stopping() {
-        signal.stop(VmStop {
-            reason: super::exit::StopReason::Unhandled("VMM failed to start a vCPU".into()),
-            vcpu: 0,
-            rip: None,
-        });
-    }
-    let deadline = Instant::now() + JOIN_TIMEOUT;
-    for handle in threads {
-        // A signal may land just before the thread re-enters KVM_RUN, so
-        // repeat it until the thread is gone.
-        while !handle.is_finished() && Instant::now() < deadline {
-            let _ = handle.kill(vcpu::kick_signal());
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        if handle.is_finished() {
-            if handle.join().is_err() {
-                log::warn!("a vCPU thread panicked");
-            }
-        } else {
-            log::warn!("a vCPU thread did not stop within {JOIN_TIMEOUT:?}");
         }
     }
 }

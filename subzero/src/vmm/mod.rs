@@ -7,9 +7,11 @@ pub mod device_config;
 pub mod exit;
 pub mod machine;
 pub mod memory;
+pub mod snapshot;
 pub mod vcpu;
+pub mod vcpu_handle;
 pub mod virtio;
 
 pub use builder::{build_linux, BuildError};
 pub use config::VmConfig;
-pub use machine::{Machine, RunReport};
+pub use machine::{Machine, RunReport, RunningVm};

@@ -13,3 +13,5 @@ pub mod msr;
 pub mod paging;
 pub mod regs;
 pub mod reset_vector;
+pub mod vcpu_state;
+pub mod vm_state;

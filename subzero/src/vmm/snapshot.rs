@@ -1,0 +1,320 @@
+//! Snapshots: the VM state file (versioned, checksummed) and the guest
+//! memory file, and how a paused [`RunningVm`] is written to them.
+//!
+//! State file layout, all integers little-endian:
+//!
+//! | bytes | what |
+//! |---|---|
+//! | 8 | magic `SUBZSNAP` |
+//! | 4 | format version ([`FORMAT_VERSION`]) |
+//! | 4 | CRC-32 of the payload |
+//! | 8 | payload length |
+//! | n | payload: [`VmSnapshot`] as JSON |
+//!
+//! The memory file is guest RAM, region after region in guest-physical
+//! order, as [`VmSnapshot::regions`] lists them.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, WriteVolatile};
+
+use super::machine::RunningVm;
+use super::vcpu_handle::VcpuError;
+use crate::arch::x86_64::vcpu_state::{StateError, VcpuState};
+use crate::arch::x86_64::vm_state::VmState;
+use crate::devices::serial::UartState;
+
+/// The file's first bytes.
+pub const MAGIC: &[u8; 8] = b"SUBZSNAP";
+/// The one version this Subzero writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+/// Header length.
+pub const HEADER_LEN: usize = 24;
+/// Largest payload read: a state file is some kilobytes per vCPU.
+pub const MAX_PAYLOAD: u64 = 64 << 20;
+
+/// Why a snapshot could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// A file could not be created, read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        #[source]
+        source: io::Error,
+    },
+    /// The target exists and overwriting was not asked for.
+    #[error("{0} already exists: remove it or choose another path")]
+    Exists(PathBuf),
+    /// Not a Subzero snapshot.
+    #[error("{0} is not a Subzero snapshot state file (bad magic)")]
+    BadMagic(PathBuf),
+    /// Another format version.
+    #[error(
+        "{path} is snapshot format version {found}; this Subzero reads version {FORMAT_VERSION}"
+    )]
+    Version {
+        /// The file.
+        path: PathBuf,
+        /// Its version.
+        found: u32,
+    },
+    /// Shorter than its header says.
+    #[error("{path} is truncated: {detail}")]
+    Truncated {
+        /// The file.
+        path: PathBuf,
+        /// What is missing.
+        detail: String,
+    },
+    /// The payload does not match its checksum.
+    #[error("{0} is corrupt: its checksum does not match")]
+    Checksum(PathBuf),
+    /// The payload does not decode.
+    #[error("{path} does not decode: {detail}")]
+    Decode {
+        /// The file.
+        path: PathBuf,
+        /// The decoder's message.
+        detail: String,
+    },
+    /// The memory file does not fit the state file.
+    #[error("memory file {path} is {found} bytes; the snapshot's guest RAM is {expected} bytes")]
+    MemorySize {
+        /// The memory file.
+        path: PathBuf,
+        /// Its size.
+        found: u64,
+        /// What the state file says.
+        expected: u64,
+    },
+    /// A vCPU did not give its state.
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    /// KVM did not give the VM state.
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// One guest RAM region in the memory file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionInfo {
+    /// Guest-physical start.
+    pub gpa: u64,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+/// Everything the state file holds.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmSnapshot {
+    /// The Subzero that wrote it.
+    pub vmm_version: String,
+    /// Guest RAM in bytes.
+    pub memory: u64,
+    /// Guest RAM regions, in file order.
+    pub regions: Vec<RegionInfo>,
+    /// The in-kernel interrupt controllers, PIT and clock.
+    pub vm: VmState,
+    /// Every vCPU, BSP first.
+    pub vcpus: Vec<VcpuState>,
+    /// COM1.
+    pub serial: UartState,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SnapshotError + '_ {
+    move |source| SnapshotError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Frames `payload` with the header.
+pub fn encode(payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Checks the header of `data` (read from `path`) and returns the payload.
+pub fn decode<'a>(data: &'a [u8], path: &Path) -> Result<&'a [u8], SnapshotError> {
+    let truncated = |detail: String| SnapshotError::Truncated {
+        path: path.to_path_buf(),
+        detail,
+    };
+    if data.len() < HEADER_LEN {
+        if !data.starts_with(&MAGIC[..data.len().min(8)]) {
+            return Err(SnapshotError::BadMagic(path.to_path_buf()));
+        }
+        return Err(truncated(format!(
+            "{} bytes, shorter than the {HEADER_LEN}-byte header",
+            data.len()
+        )));
+    }
+    if &data[..8] != MAGIC {
+        return Err(SnapshotError::BadMagic(path.to_path_buf()));
+    }
+    let word = |at: usize| u32::from_le_bytes(data[at..at + 4].try_into().expect("4 bytes"));
+    let version = word(8);
+    if version != FORMAT_VERSION {
+        return Err(SnapshotError::Version {
+            path: path.to_path_buf(),
+            found: version,
+        });
+    }
+    let crc = word(12);
+    let len = u64::from_le_bytes(data[16..24].try_into().expect("8 bytes"));
+    let body = &data[HEADER_LEN..];
+    if len != body.len() as u64 {
+        return Err(truncated(format!(
+            "the header promises {len} bytes of state, the file has {}",
+            body.len()
+        )));
+    }
+    if crc32fast::hash(body) != crc {
+        return Err(SnapshotError::Checksum(path.to_path_buf()));
+    }
+    Ok(body)
+}
+
+/// Creates `path` for writing; refuses an existing file unless `overwrite`.
+fn create_file(path: &Path, overwrite: bool) -> Result<File, SnapshotError> {
+    let mut opts = OpenOptions::new();
+    opts.write(true).mode(0o600);
+    if overwrite {
+        opts.create(true).truncate(true);
+    } else {
+        opts.create_new(true);
+    }
+    opts.open(path).map_err(|e| match e.kind() {
+        io::ErrorKind::AlreadyExists => SnapshotError::Exists(path.to_path_buf()),
+        _ => SnapshotError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        },
+    })
+}
+
+/// Writes a paused VM to `state_path` and `mem_path`. Files that exist
+/// are refused unless `overwrite`.
+pub fn create(
+    vm: &mut RunningVm,
+    memory: u64,
+    state_path: &Path,
+    mem_path: &Path,
+    overwrite: bool,
+) -> Result<(), SnapshotError> {
+    let vcpus = vm.save_vcpus()?;
+    let snapshot = VmSnapshot {
+        vmm_version: env!("CARGO_PKG_VERSION").into(),
+        memory,
+        regions: vm
+            .memory
+            .iter()
+            .map(|r| RegionInfo {
+                gpa: r.start_addr().0,
+                len: r.len(),
+            })
+            .collect(),
+        vm: VmState::save(&vm.vm)?,
+        vcpus,
+        serial: vm.serial.lock().unwrap_or_else(|p| p.into_inner()).state(),
+    };
+    let payload = serde_json::to_vec(&snapshot).map_err(|e| SnapshotError::Decode {
+        path: state_path.to_path_buf(),
+        detail: e.to_string(),
+    })?;
+    let mut state = create_file(state_path, overwrite)?;
+    let mut mem = create_file(mem_path, overwrite)?;
+    state
+        .write_all(&encode(&payload))
+        .and_then(|()| state.sync_all())
+        .map_err(io_err(state_path))?;
+    for region in vm.memory.iter() {
+        let slice = region
+            .get_slice(vm_memory::MemoryRegionAddress(0), region.len() as usize)
+            .map_err(|e| SnapshotError::Io {
+                path: mem_path.to_path_buf(),
+                source: io::Error::other(e.to_string()),
+            })?;
+        mem.write_all_volatile(&slice)
+            .map_err(|e| SnapshotError::Io {
+                path: mem_path.to_path_buf(),
+                source: io::Error::other(e.to_string()),
+            })?;
+    }
+    mem.sync_all().map_err(io_err(mem_path))?;
+    Ok(())
+}
+
+/// Reads and checks a state file, and checks that the memory file fits it.
+pub fn read(state_path: &Path, mem_path: &Path) -> Result<(VmSnapshot, File), SnapshotError> {
+    let file = File::open(state_path).map_err(io_err(state_path))?;
+    let meta = file.metadata().map_err(io_err(state_path))?;
+    if !meta.is_file() {
+        return Err(SnapshotError::Io {
+            path: state_path.to_path_buf(),
+            source: io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"),
+        });
+    }
+    let mut data = Vec::new();
+    file.take(MAX_PAYLOAD + HEADER_LEN as u64 + 1)
+        .read_to_end(&mut data)
+        .map_err(io_err(state_path))?;
+    if data.len() as u64 > MAX_PAYLOAD + HEADER_LEN as u64 {
+        return Err(SnapshotError::Decode {
+            path: state_path.to_path_buf(),
+            detail: format!("larger than {} MiB; no state file is", MAX_PAYLOAD >> 20),
+        });
+    }
+    let snapshot = parse(&data, state_path)?;
+    let mem = File::open(mem_path).map_err(io_err(mem_path))?;
+    let mem_meta = mem.metadata().map_err(io_err(mem_path))?;
+    let expected: u64 = snapshot.regions.iter().map(|r| r.len).sum();
+    if !mem_meta.is_file() || mem_meta.len() != expected {
+        return Err(SnapshotError::MemorySize {
+            path: mem_path.to_path_buf(),
+            found: mem_meta.len(),
+            expected,
+        });
+    }
+    Ok((snapshot, mem))
+}
+
+/// Decodes a whole state file's bytes.
+pub fn parse(data: &[u8], path: &Path) -> Result<VmSnapshot, SnapshotError> {
+    let payload = decode(data, path)?;
+    let snapshot: VmSnapshot =
+        serde_json::from_slice(payload).map_err(|e| SnapshotError::Decode {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        })?;
+    let decode_err = |detail: &str| SnapshotError::Decode {
+        path: path.to_path_buf(),
+        detail: detail.into(),
+    };
+    if snapshot.vcpus.is_empty() {
+        return Err(decode_err("it has no vCPUs"));
+    }
+    if snapshot.regions.iter().map(|r| r.len).sum::<u64>() != snapshot.memory {
+        return Err(decode_err(
+            "its memory regions do not add up to its memory size",
+        ));
+    }
+    Ok(snapshot)
+}
+
+#[cfg(test)]
+mod tests;
