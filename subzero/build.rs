@@ -1,5 +1,6 @@
-//! Assembles the embedded guests in guests/*.S into flat binaries with the
-//! system's GNU binutils (`as`, `objcopy`), into OUT_DIR.
+//! Assembles the embedded guests in guests/*.S into flat binaries (and the
+//! counter into an ELF) with the system's GNU binutils (`as`, `objcopy`,
+//! `ld`), into OUT_DIR.
 
 use std::path::Path;
 use std::process::Command;
@@ -21,6 +22,30 @@ fn main() {
     assemble(&out, "exerciser");
     assemble(&out, "halt_wake");
     assemble(&out, "virtio_rng");
+    link_elf(&out, "counter");
+}
+
+/// guests/NAME.S -> OUT_DIR/NAME.elf, an ELF executable at 2 MiB that
+/// Subzero loads as it loads a vmlinux.
+fn link_elf(out: &str, name: &str) {
+    let src = format!("guests/{name}.S");
+    println!("cargo:rerun-if-changed={src}");
+    let obj = Path::new(out).join(format!("{name}.o"));
+    let elf = Path::new(out).join(format!("{name}.elf"));
+    run(Command::new("as").args(["--64", "-o"]).arg(&obj).arg(&src));
+    run(Command::new("ld")
+        .args([
+            "-m",
+            "elf_x86_64",
+            "-n",
+            "--build-id=none",
+            "-Ttext=0x200000",
+            "-e",
+            "_start",
+            "-o",
+        ])
+        .arg(&elf)
+        .arg(&obj));
 }
 
 /// guests/NAME.S -> OUT_DIR/NAME.bin (the .text section, flat).

@@ -13,6 +13,10 @@ use crate::vmm::exit::{ExitKind, StopReason};
 use crate::vmm::{BuildError, RunReport};
 use guest::{Params, PROBE_MMIO, PROBE_PORT, PROBE_VALUE};
 
+/// The counter guest (guests/counter.S) as an ELF that Subzero boots like
+/// a vmlinux: it prints `count 1`, `count 2`, ... on COM1 forever.
+pub const COUNTER_ELF: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/counter.elf"));
+
 /// The greeting the demo guest prints.
 pub const GREETING: &str = "Hello from the Subzero demo guest!\n";
 

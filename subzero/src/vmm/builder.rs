@@ -13,6 +13,7 @@ use super::config::{check_memory, check_vcpus, host_ram, ConfigError, DevicesCon
 use super::exit::Buses;
 use super::machine::Machine;
 use super::memory::{self, MemoryError};
+use super::snapshot::VmSnapshot;
 use super::virtio::{VirtioDevices, VirtioSetupError};
 use crate::arch::x86_64::acpi::{create_acpi_tables, AcpiConfig, AcpiError};
 use crate::arch::x86_64::boot::{self, BootError, KernelKind};
@@ -27,7 +28,7 @@ use crate::arch::x86_64::reset_vector;
 use crate::bus::BusError;
 use crate::devices::acpi_pm::AcpiPm;
 use crate::devices::i8042::I8042;
-use crate::devices::serial::{ConsoleOut, IrqTrigger, PanicWatch, SerialDevice};
+use crate::devices::serial::{ConsoleOut, IrqTrigger, PanicWatch, SerialDevice, UartState};
 use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::net::{parse_mac, Net, NetError};
 use crate::devices::virtio::rng::Rng;
@@ -89,6 +90,9 @@ pub enum BuildError {
     /// A virtio device could not be placed in the VM.
     #[error(transparent)]
     Virtio(#[from] VirtioSetupError),
+    /// A snapshot's state could not be put back.
+    #[error("restoring the snapshot failed: {0}")]
+    Restore(String),
 }
 
 /// Opens every device backend, before KVM is touched, so that a wrong path
@@ -154,6 +158,15 @@ pub fn legacy_devices(
     vm: Option<&VmFd>,
     console: Box<dyn Write + Send>,
 ) -> Result<(Buses, Arc<Mutex<SerialDevice>>, PanicWatch), BuildError> {
+    legacy_devices_from(vm, console, None)
+}
+
+/// [`legacy_devices`], with COM1's registers from a snapshot.
+fn legacy_devices_from(
+    vm: Option<&VmFd>,
+    console: Box<dyn Write + Send>,
+    uart: Option<&UartState>,
+) -> Result<(Buses, Arc<Mutex<SerialDevice>>, PanicWatch), BuildError> {
     let irq = match vm {
         Some(vm) => {
             let evt = EventFd::new(EFD_NONBLOCK).map_err(BuildError::EventFd)?;
@@ -166,10 +179,11 @@ pub fn legacy_devices(
         None => IrqTrigger::None,
     };
     let watch = PanicWatch::default();
-    let serial = Arc::new(Mutex::new(SerialDevice::new(
-        irq,
-        ConsoleOut::new(console, watch.clone()),
-    )));
+    let out = ConsoleOut::new(console, watch.clone());
+    let serial = Arc::new(Mutex::new(match uart {
+        Some(state) => SerialDevice::from_state(irq, out, state).map_err(BuildError::Restore)?,
+        None => SerialDevice::new(irq, out),
+    }));
     let mut buses = Buses::default();
     buses
         .pio
@@ -337,6 +351,47 @@ pub fn build_linux(cfg: &VmConfig, console: Box<dyn Write + Send>) -> Result<Mac
         virtio,
         msr_indices: msr_indices(&kvm)?,
         restore: Vec::new(),
+    })
+}
+
+/// Rebuilds a VM from a snapshot: the in-kernel devices and COM1 get their
+/// saved state here, and each vCPU gets its own on its thread when the
+/// machine starts. Guest RAM is the memory file, mapped privately.
+pub fn restore_vm(
+    snapshot: VmSnapshot,
+    mem_file: &std::fs::File,
+    console: Box<dyn Write + Send>,
+) -> Result<Machine, BuildError> {
+    let kvm = kvm::open(true)?;
+    let vcpus = check_vcpus(snapshot.vcpus.len() as u64, kvm::max_vcpus(&kvm) as u64)?;
+    let vm = create_vm(&kvm, true)?;
+    let regions: Vec<(u64, u64)> = snapshot.regions.iter().map(|r| (r.gpa, r.len)).collect();
+    let mem = memory::from_file(&regions, mem_file)?;
+    memory::register(&vm, &mem)?;
+    snapshot
+        .vm
+        .restore(&vm)
+        .map_err(|e| BuildError::Restore(e.to_string()))?;
+    let (buses, serial, panic_watch) =
+        legacy_devices_from(Some(&vm), console, Some(&snapshot.serial))?;
+    let supported = ioctl(
+        "KVM_GET_SUPPORTED_CPUID",
+        kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES),
+    )?;
+    let mut fds = Vec::with_capacity(usize::from(vcpus));
+    for index in 0..usize::from(vcpus) {
+        fds.push(create_vcpu(&vm, &supported, index, vcpus, true)?);
+    }
+    Ok(Machine {
+        vm,
+        memory: mem,
+        buses: Arc::new(buses),
+        vcpus: fds,
+        serial,
+        panic_watch,
+        virtio: VirtioDevices::default(),
+        msr_indices: msr_indices(&kvm)?,
+        restore: snapshot.vcpus,
     })
 }
 

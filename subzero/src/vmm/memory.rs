@@ -67,3 +67,38 @@ pub fn register(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), MemoryError> {
     }
     Ok(())
 }
+
+/// Maps guest RAM from a snapshot's memory file: each `(gpa, len)` region
+/// in turn, privately (MAP_PRIVATE), so that pages load on first touch and
+/// the guest's writes never reach the file.
+pub fn from_file(
+    regions: &[(u64, u64)],
+    file: &std::fs::File,
+) -> Result<GuestMemoryMmap, MemoryError> {
+    let total: u64 = regions.iter().map(|r| r.1).sum();
+    let alloc_err = |reason: String| MemoryError::Allocate {
+        mib: total >> 20,
+        reason,
+    };
+    let file = std::sync::Arc::new(
+        file.try_clone()
+            .map_err(|e| alloc_err(format!("cannot reuse the memory file: {e}")))?,
+    );
+    let mut offset = 0u64;
+    let mut out = Vec::with_capacity(regions.len());
+    for &(gpa, len) in regions {
+        let size = usize::try_from(len)
+            .map_err(|_| alloc_err("size does not fit this host's address space".into()))?;
+        let mapping = vm_memory::mmap::MmapRegionBuilder::new(size)
+            .with_file_offset(vm_memory::FileOffset::from_arc(file.clone(), offset))
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+            .build()
+            .map_err(|e| alloc_err(e.to_string()))?;
+        let region = vm_memory::GuestRegionMmap::new(mapping, GuestAddress(gpa))
+            .ok_or_else(|| alloc_err(format!("region at {gpa:#x} overflows")))?;
+        out.push(region);
+        offset += len;
+    }
+    GuestMemoryMmap::from_regions(out).map_err(|e| alloc_err(e.to_string()))
+}

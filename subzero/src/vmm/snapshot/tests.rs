@@ -32,7 +32,10 @@ fn each_kind_of_damage_gets_its_own_message() {
 #[test]
 fn a_payload_that_is_not_a_snapshot_is_refused_with_the_path() {
     let file = encode(br#"{"vmm_version":"0.1.0"}"#);
-    let err = parse(&file, path()).err().expect("refused").to_string();
+    let Err(err) = parse(&file, path()) else {
+        panic!("a payload without the snapshot's fields decoded")
+    };
+    let err = err.to_string();
     assert!(
         err.starts_with("vm.snap does not decode: missing field"),
         "{err}"
