@@ -11,10 +11,13 @@ use subzero::stats::clock::TickClock;
 use subzero::stats::live;
 use subzero::stats::report::StatsReport;
 use subzero::stats::symbols::Symbols;
-use subzero::vmm::config::{parse_size, DevicesConfig, DEFAULT_CMDLINE};
+use subzero::vmm::config::{parse_size, DEFAULT_CMDLINE};
 use subzero::vmm::device_config::{DiskConfig, NetConfig, VsockConfig};
 use subzero::vmm::exit::StopReason;
-use subzero::vmm::{build_linux, console, RunReport, VmConfig};
+use subzero::vmm::resources::{
+    BootSource, Drive, Entropy, MachineConfig, NetworkInterface, VmResources, Vsock,
+};
+use subzero::vmm::{build_linux, console, RunReport};
 
 use subzero::stats::kvm::KvmStatsFds;
 
@@ -106,23 +109,82 @@ fn parse_vsock(s: &str) -> Result<VsockConfig, String> {
     VsockConfig::parse(s).map_err(|e| e.to_string())
 }
 
+/// The VM the flags describe, in the configuration types the API and
+/// `--config-file` use too.
+fn resources(args: &RunArgs) -> anyhow::Result<VmResources> {
+    if args.memory % (1 << 20) != 0 {
+        anyhow::bail!(
+            "--memory {} KiB is not a whole number of MiB: round it, e.g. {}M",
+            args.memory >> 10,
+            (args.memory >> 20).max(1)
+        );
+    }
+    let file_name = |p: &std::path::Path| {
+        p.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| p.display().to_string())
+    };
+    Ok(VmResources {
+        boot_source: Some(BootSource {
+            kernel_image_path: args.kernel.clone(),
+            boot_args: Some(args.cmdline.clone()),
+            initrd_path: args.initrd.clone(),
+        }),
+        machine_config: MachineConfig {
+            vcpu_count: args.vcpus,
+            mem_size_mib: args.memory >> 20,
+            ..MachineConfig::default()
+        },
+        drives: args
+            .disk
+            .iter()
+            .map(|d| Drive {
+                drive_id: d.id.clone().unwrap_or_else(|| file_name(&d.path)),
+                path_on_host: d.path.clone(),
+                is_root_device: false,
+                is_read_only: d.readonly,
+                partuuid: None,
+                cache_type: None,
+                rate_limiter: None,
+                io_engine: None,
+                socket: None,
+            })
+            .collect(),
+        network_interfaces: args
+            .net
+            .iter()
+            .enumerate()
+            .map(|(i, n)| NetworkInterface {
+                iface_id: format!("net{i}"),
+                host_dev_name: n.tap.clone(),
+                guest_mac: n.mac.clone(),
+                rx_rate_limiter: None,
+                tx_rate_limiter: None,
+            })
+            .collect(),
+        vsock: args.vsock.as_ref().map(|v| Vsock {
+            guest_cid: v.cid,
+            uds_path: v.uds.clone(),
+            vsock_id: None,
+        }),
+        entropy: args.rng.then(Entropy::default),
+        logger: None,
+        metrics: None,
+    })
+}
+
 /// Runs `subzero run`.
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let symbols = args.symbols.as_deref().map(Symbols::load).transpose()?;
-    let cfg = VmConfig {
-        kernel: args.kernel,
-        initrd: args.initrd,
-        cmdline: args.cmdline,
-        memory: args.memory,
-        vcpus: args.vcpus,
-        devices: DevicesConfig {
-            disks: args.disk,
-            nets: args.net,
-            vsock: args.vsock,
-            rng: args.rng,
-            mmio_cmdline: args.virtio_cmdline,
-        },
-    };
+    let mut cfg = resources(&args)?
+        .vm_config()
+        .map_err(|e| anyhow::anyhow!(e.for_cli()))?;
+    cfg.devices.mmio_cmdline = args.virtio_cmdline;
+    // Without id=, a disk's serial is its file name, cut to what virtio-blk
+    // holds; the drive_id above only names it.
+    for (disk, arg) in cfg.devices.disks.iter_mut().zip(&args.disk) {
+        disk.id = arg.id.clone();
+    }
     let machine = build_linux(&cfg, Box::new(std::io::stdout()))?;
     let stats = machine.new_stats();
     let buses = machine.buses.clone();

@@ -7,6 +7,7 @@ pub mod device_config;
 pub mod exit;
 pub mod machine;
 pub mod memory;
+pub mod resources;
 pub mod snapshot;
 pub mod vcpu;
 pub mod vcpu_handle;
