@@ -11,11 +11,13 @@
 //! - [`stats`]: exit accounting and the reports built from it.
 //! - [`demo`]: the embedded guest behind `subzero demo`.
 
+pub mod api;
 pub mod arch;
 pub mod bench;
 pub mod bus;
 pub mod demo;
 pub mod devices;
 pub mod kvm;
+pub mod logger;
 pub mod stats;
 pub mod vmm;

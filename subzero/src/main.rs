@@ -10,11 +10,18 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "subzero",
     version,
-    about = "A KVM virtual machine monitor that shows you every VM exit"
+    about = "A KVM virtual machine monitor that shows you every VM exit",
+    long_about = "A KVM virtual machine monitor that shows you every VM exit.\n\n\
+        Run a subcommand, or, as Firecracker is run, give --api-sock to serve \
+        Firecracker's API and/or --config-file to boot the VM a Firecracker \
+        config file describes.",
+    args_conflicts_with_subcommands = true
 )]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    #[command(flatten)]
+    vmm: cli::vmm::VmmArgs,
 }
 
 #[derive(Subcommand)]
@@ -34,14 +41,19 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
-        .format_timestamp_millis()
-        .init();
-    let result = match Cli::parse().command {
-        Command::Run(args) => cli::run::run(*args),
-        Command::Demo => cli::demo::run(),
-        Command::Stat(args) => cli::stat::run(args),
-        Command::Bench(args) => cli::bench::run(args),
+    let cli = Cli::parse();
+    subzero::logger::init(cli.vmm.level);
+    let result = match cli.command {
+        Some(Command::Run(args)) => cli::run::run(*args),
+        Some(Command::Demo) => cli::demo::run(),
+        Some(Command::Stat(args)) => cli::stat::run(args),
+        Some(Command::Bench(args)) => cli::bench::run(args),
+        None if cli.vmm.wanted() => cli::vmm::run(cli.vmm),
+        None => {
+            use clap::CommandFactory;
+            let _ = Cli::command().print_help();
+            return ExitCode::from(2);
+        }
     };
     match result {
         Ok(code) => code,

@@ -6,6 +6,7 @@ mod common;
 use common::{counts, kvm_available, scratch, wait_for, Console};
 use subzero::vmm::builder::restore_vm;
 use subzero::vmm::config::{DevicesConfig, DEFAULT_CMDLINE};
+use subzero::vmm::resources::VmResources;
 use subzero::vmm::{build_linux, snapshot, VmConfig};
 
 const MEMORY: u64 = 32 << 20;
@@ -43,9 +44,9 @@ fn a_restored_counter_goes_on_from_where_it_paused() {
     let last = *counts(&at_pause).last().unwrap();
 
     let (state, mem) = (dir.join("vm.snap"), dir.join("vm.mem"));
-    snapshot::create(&mut vm, MEMORY, &state, &mem, false).expect("snapshot");
+    snapshot::create(&mut vm, &VmResources::default(), &state, &mem, false).expect("snapshot");
     assert_eq!(std::fs::metadata(&mem).unwrap().len(), MEMORY);
-    let again = snapshot::create(&mut vm, MEMORY, &state, &mem, false)
+    let again = snapshot::create(&mut vm, &VmResources::default(), &state, &mem, false)
         .expect_err("an existing snapshot is not overwritten");
     assert!(again.to_string().contains("already exists"), "{again}");
     vm.finish();

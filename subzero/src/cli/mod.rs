@@ -4,3 +4,4 @@ pub mod bench;
 pub mod demo;
 pub mod run;
 pub mod stat;
+pub mod vmm;

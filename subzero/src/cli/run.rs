@@ -246,7 +246,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Maps how the VM ended to a message and an exit status.
-fn outcome(report: &RunReport) -> ExitCode {
+pub fn outcome(report: &RunReport) -> ExitCode {
     let stop = &report.stop;
     let rip = stop
         .rip

@@ -1,9 +1,12 @@
 //! The VMM: configuration, the builder, vCPU threads and exit dispatch.
 
+pub mod actions;
 pub mod builder;
 pub mod config;
 pub mod console;
+pub mod controller;
 pub mod device_config;
+pub mod event_loop;
 pub mod exit;
 pub mod machine;
 pub mod memory;

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, WriteVolatile};
 
 use super::machine::RunningVm;
+use super::resources::VmResources;
 use super::vcpu_handle::VcpuError;
 use crate::arch::x86_64::vcpu_state::{StateError, VcpuState};
 use crate::arch::x86_64::vm_state::VmState;
@@ -118,6 +119,8 @@ pub struct RegionInfo {
 pub struct VmSnapshot {
     /// The Subzero that wrote it.
     pub vmm_version: String,
+    /// The configuration the VM was built from.
+    pub config: VmResources,
     /// Guest RAM in bytes.
     pub memory: u64,
     /// Guest RAM regions, in file order.
@@ -207,11 +210,11 @@ fn create_file(path: &Path, overwrite: bool) -> Result<File, SnapshotError> {
     })
 }
 
-/// Writes a paused VM to `state_path` and `mem_path`. Files that exist
-/// are refused unless `overwrite`.
+/// Writes a paused VM, built from `config`, to `state_path` and
+/// `mem_path`. Files that exist are refused unless `overwrite`.
 pub fn create(
     vm: &mut RunningVm,
-    memory: u64,
+    config: &VmResources,
     state_path: &Path,
     mem_path: &Path,
     overwrite: bool,
@@ -219,7 +222,8 @@ pub fn create(
     let vcpus = vm.save_vcpus()?;
     let snapshot = VmSnapshot {
         vmm_version: env!("CARGO_PKG_VERSION").into(),
-        memory,
+        config: config.clone(),
+        memory: vm.memory.iter().map(|r| r.len()).sum(),
         regions: vm
             .memory
             .iter()
