@@ -105,6 +105,11 @@ impl<S: Read + Write> Connection<S> {
         }
     }
 
+    /// The stream back.
+    pub fn into_inner(self) -> S {
+        self.stream
+    }
+
     /// Reads more bytes; `Ok(false)` at end of stream.
     fn fill(&mut self) -> Result<bool, ReadError> {
         let mut chunk = [0u8; 4096];

@@ -119,14 +119,8 @@ fn serve_connection(stream: UnixStream, to_vmm: &mpsc::Sender<Envelope>, wake: &
         let req = match conn.read_request() {
             Ok(req) => req,
             Err(ReadError::Closed | ReadError::Io(_)) => return,
-            Err(ReadError::Bad(why)) => {
-                let _ = conn.write_response(&Response::fault(400, &why), false);
-                return;
-            }
-            Err(ReadError::TooLarge(why)) => {
-                let _ = conn.write_response(&Response::fault(413, &why), false);
-                return;
-            }
+            Err(ReadError::Bad(why)) => return refuse(conn, 400, &why),
+            Err(ReadError::TooLarge(why)) => return refuse(conn, 413, &why),
         };
         log::debug!("api: {} {}", req.method, req.path);
         let resp = match route(&req) {
@@ -137,6 +131,18 @@ fn serve_connection(stream: UnixStream, to_vmm: &mpsc::Sender<Envelope>, wake: &
             return;
         }
     }
+}
+
+/// Answers a request that cannot be read and closes the connection. What
+/// the client is still sending is read and dropped first (a bounded amount,
+/// for a bounded time), or closing on unread data would reset the
+/// connection before the client reads the answer.
+fn refuse(mut conn: Connection<UnixStream>, status: u16, why: &str) {
+    let _ = conn.write_response(&Response::fault(status, why), false);
+    let stream = conn.into_inner();
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    let _ = io::copy(&mut io::Read::take(&stream, 1 << 20), &mut io::sink());
 }
 
 /// Hands `action` to the VMM and waits for its answer.
