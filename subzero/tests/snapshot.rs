@@ -5,9 +5,8 @@ mod common;
 
 use common::{counts, kvm_available, scratch, wait_for, Console};
 use subzero::vmm::builder::restore_vm;
-use subzero::vmm::config::{DevicesConfig, DEFAULT_CMDLINE};
-use subzero::vmm::resources::VmResources;
-use subzero::vmm::{build_linux, snapshot, VmConfig};
+use subzero::vmm::resources::{BootSource, MachineConfig, VmResources};
+use subzero::vmm::{build_linux, snapshot};
 
 const MEMORY: u64 = 32 << 20;
 
@@ -19,14 +18,20 @@ fn a_restored_counter_goes_on_from_where_it_paused() {
     let dir = scratch("snapshot");
     let kernel = dir.join("counter.elf");
     std::fs::write(&kernel, subzero::demo::COUNTER_ELF).unwrap();
-    let cfg = VmConfig {
-        kernel,
-        initrd: None,
-        cmdline: DEFAULT_CMDLINE.into(),
-        memory: MEMORY,
-        vcpus: 1,
-        devices: DevicesConfig::default(),
+    let resources = VmResources {
+        boot_source: Some(BootSource {
+            kernel_image_path: kernel,
+            boot_args: None,
+            initrd_path: None,
+        }),
+        machine_config: MachineConfig {
+            vcpu_count: 1,
+            mem_size_mib: MEMORY >> 20,
+            ..MachineConfig::default()
+        },
+        ..VmResources::default()
     };
+    let cfg = resources.vm_config().expect("a valid configuration");
     let console = Console::default();
     let machine = build_linux(&cfg, Box::new(console.clone())).expect("build");
     let stats = machine.new_stats();
@@ -44,9 +49,9 @@ fn a_restored_counter_goes_on_from_where_it_paused() {
     let last = *counts(&at_pause).last().unwrap();
 
     let (state, mem) = (dir.join("vm.snap"), dir.join("vm.mem"));
-    snapshot::create(&mut vm, &VmResources::default(), &state, &mem, false).expect("snapshot");
+    snapshot::create(&mut vm, &resources, &state, &mem, false).expect("snapshot");
     assert_eq!(std::fs::metadata(&mem).unwrap().len(), MEMORY);
-    let again = snapshot::create(&mut vm, &VmResources::default(), &state, &mem, false)
+    let again = snapshot::create(&mut vm, &resources, &state, &mem, false)
         .expect_err("an existing snapshot is not overwritten");
     assert!(again.to_string().contains("already exists"), "{again}");
     vm.finish();

@@ -362,6 +362,13 @@ pub fn restore_vm(
     mem_file: &std::fs::File,
     console: Box<dyn Write + Send>,
 ) -> Result<Machine, BuildError> {
+    // The devices come from the configuration saved with the snapshot:
+    // their backends (disk images, TAP devices, sockets) are opened anew.
+    let cfg = snapshot
+        .config
+        .vm_config()
+        .map_err(|e| BuildError::Restore(format!("the snapshot's configuration: {e}")))?;
+    let devices = open_devices(&cfg.devices)?;
     let kvm = kvm::open(true)?;
     let vcpus = check_vcpus(snapshot.vcpus.len() as u64, kvm::max_vcpus(&kvm) as u64)?;
     let vm = create_vm(&kvm, true)?;
@@ -372,8 +379,13 @@ pub fn restore_vm(
         .vm
         .restore(&vm)
         .map_err(|e| BuildError::Restore(e.to_string()))?;
-    let (buses, serial, panic_watch) =
+    let (mut buses, serial, panic_watch) =
         legacy_devices_from(Some(&vm), console, Some(&snapshot.serial))?;
+    let mut virtio = VirtioDevices::default();
+    for device in devices {
+        virtio.attach(&vm, &mem, &mut buses, device)?;
+    }
+    virtio.restore(&snapshot.virtio)?;
     let supported = ioctl(
         "KVM_GET_SUPPORTED_CPUID",
         kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES),
@@ -382,6 +394,7 @@ pub fn restore_vm(
     for index in 0..usize::from(vcpus) {
         fds.push(create_vcpu(&vm, &supported, index, vcpus, true)?);
     }
+    virtio.start()?;
     Ok(Machine {
         vm,
         memory: mem,
@@ -389,7 +402,7 @@ pub fn restore_vm(
         vcpus: fds,
         serial,
         panic_watch,
-        virtio: VirtioDevices::default(),
+        virtio,
         msr_indices: msr_indices(&kvm)?,
         restore: snapshot.vcpus,
     })

@@ -371,11 +371,6 @@ impl Controller {
                 "Create snapshot is allowed only when the microVM is paused: PATCH /vm {\"state\": \"Paused\"} first",
             ));
         }
-        if !live.vm.virtio.slots.is_empty() {
-            return Err(ActionError::bad(
-                "snapshots of microVMs with virtio devices are not supported yet",
-            ));
-        }
         snapshot::create(
             &mut live.vm,
             &resources,

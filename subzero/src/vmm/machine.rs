@@ -173,13 +173,18 @@ impl RunningVm {
             .all(|h| h.state() == VcpuRunState::Paused)
     }
 
-    /// Takes every vCPU out of KVM_RUN and parks it.
+    /// Takes every vCPU out of KVM_RUN and parks it, then parks every
+    /// device thread, so nothing changes guest memory or device state.
     pub fn pause(&mut self) -> Result<(), VcpuError> {
-        self.handles.iter_mut().try_for_each(VcpuHandle::pause)
+        self.handles.iter_mut().try_for_each(VcpuHandle::pause)?;
+        self.virtio
+            .pause()
+            .map_err(|why| VcpuError::Failed(0, format!("pausing the devices: {why}")))
     }
 
-    /// Lets every vCPU run again.
+    /// Lets the devices serve and every vCPU run again.
     pub fn resume(&mut self) -> Result<(), VcpuError> {
+        self.virtio.resume();
         self.handles.iter_mut().try_for_each(VcpuHandle::resume)
     }
 

@@ -28,6 +28,7 @@ use super::vcpu_handle::VcpuError;
 use crate::arch::x86_64::vcpu_state::{StateError, VcpuState};
 use crate::arch::x86_64::vm_state::VmState;
 use crate::devices::serial::UartState;
+use crate::devices::virtio::mmio::TransportSnapshot;
 
 /// The file's first bytes.
 pub const MAGIC: &[u8; 8] = b"SUBZSNAP";
@@ -131,6 +132,8 @@ pub struct VmSnapshot {
     pub vcpus: Vec<VcpuState>,
     /// COM1.
     pub serial: UartState,
+    /// Every virtio device, in slot order.
+    pub virtio: Vec<TransportSnapshot>,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SnapshotError + '_ {
@@ -235,6 +238,7 @@ pub fn create(
         vm: VmState::save(&vm.vm)?,
         vcpus,
         serial: vm.serial.lock().unwrap_or_else(|p| p.into_inner()).state(),
+        virtio: vm.virtio.save(),
     };
     let payload = serde_json::to_vec(&snapshot).map_err(|e| SnapshotError::Decode {
         path: state_path.to_path_buf(),

@@ -272,6 +272,12 @@ impl VcpuRunner {
                         .send(VcpuReply::Failed("save needs a paused vCPU".into()));
                 }
                 VcpuCommand::Pause => {
+                    // Tell a kvmclock guest it was stopped, so its watchdogs
+                    // do not take the lost time for a soft lockup (EINVAL
+                    // when the guest does not use kvmclock).
+                    if let Err(e) = self.fd.kvmclock_ctrl() {
+                        log::debug!("vCPU {}: KVM_KVMCLOCK_CTRL: {e}", self.index);
+                    }
                     if let Next::Exit = self.paused() {
                         return Next::Exit;
                     }

@@ -12,8 +12,10 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::exit::Buses;
 use crate::arch::x86_64::acpi::AcpiMmioDevice;
 use crate::arch::x86_64::layout::{self, MMIO_DEVICES_START, MMIO_DEVICE_SLOT_SIZE};
-use crate::devices::virtio::mmio::{lock, regs, MmioTransport, VirtioCounters};
-use crate::devices::virtio::worker::{DeviceWorker, WorkerThread};
+use crate::devices::virtio::mmio::{
+    lock, regs, MmioTransport, SharedTransport, TransportSnapshot, VirtioCounters,
+};
+use crate::devices::virtio::worker::{DeviceWorker, WorkerThread, PAUSE_TIMEOUT};
 use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::stats::report::VirtioRow;
 
@@ -42,6 +44,9 @@ pub enum VirtioSetupError {
     /// The MMIO bus refused the window.
     #[error(transparent)]
     Bus(#[from] crate::bus::BusError),
+    /// A snapshot's devices do not fit the VM.
+    #[error("{0}")]
+    Restore(String),
 }
 
 /// One placed device, for statistics and firmware tables.
@@ -104,6 +109,7 @@ pub fn cmdline_param(base: u64, gsi: u32) -> String {
 pub struct VirtioDevices {
     /// Placed devices, in slot order.
     pub slots: Vec<VirtioSlot>,
+    transports: Vec<SharedTransport>,
     workers: Vec<DeviceWorker>,
     threads: Vec<WorkerThread>,
 }
@@ -155,6 +161,7 @@ impl VirtioDevices {
         let shared = transport.shared();
         let counters = lock(&shared).counters().clone();
         let irq = transport.interrupt();
+        self.transports.push(shared.clone());
         self.workers.push(DeviceWorker::new(shared, kicks));
         buses.mmio.insert(
             &name,
@@ -191,6 +198,48 @@ impl VirtioDevices {
             let thread = WorkerThread::start(&slot.name, worker)
                 .map_err(|e| VirtioSetupError::Io(slot.name.clone(), e))?;
             self.threads.push(thread);
+        }
+        Ok(())
+    }
+
+    /// Parks every device thread once it has finished the work in hand, so
+    /// no device touches guest memory until [`VirtioDevices::resume`].
+    pub fn pause(&self) -> Result<(), String> {
+        for (slot, thread) in self.slots.iter().zip(&self.threads) {
+            if !thread.pause() {
+                return Err(format!(
+                    "{} did not pause within {PAUSE_TIMEOUT:?}",
+                    slot.name
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Lets every device thread serve again.
+    pub fn resume(&self) {
+        self.threads.iter().for_each(WorkerThread::resume);
+    }
+
+    /// Every device's transport and device state (devices paused).
+    pub fn save(&self) -> Vec<TransportSnapshot> {
+        self.transports.iter().map(|t| lock(t).save()).collect()
+    }
+
+    /// Puts back saved state into freshly attached devices, in slot order,
+    /// before [`VirtioDevices::start`].
+    pub fn restore(&self, saved: &[TransportSnapshot]) -> Result<(), VirtioSetupError> {
+        if saved.len() != self.transports.len() {
+            return Err(VirtioSetupError::Restore(format!(
+                "the snapshot has {} virtio devices, its configuration {}",
+                saved.len(),
+                self.transports.len()
+            )));
+        }
+        for ((slot, t), s) in self.slots.iter().zip(&self.transports).zip(saved) {
+            lock(t)
+                .restore(s)
+                .map_err(|e| VirtioSetupError::Transport(slot.name.clone(), e))?;
         }
         Ok(())
     }

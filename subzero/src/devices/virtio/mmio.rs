@@ -78,6 +78,56 @@ pub struct VirtioCounters {
     pub needs_reset: AtomicU64,
 }
 
+/// One queue, as a snapshot keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSnapshot {
+    /// Largest size the device offers.
+    pub max_size: u16,
+    /// Size the driver chose.
+    pub size: u16,
+    /// QueueReady.
+    pub ready: bool,
+    /// Descriptor table address.
+    pub desc_table: u64,
+    /// Available ring address.
+    pub avail_ring: u64,
+    /// Used ring address.
+    pub used_ring: u64,
+    /// Next available-ring index the device reads.
+    pub next_avail: u16,
+    /// Next used-ring index the device writes.
+    pub next_used: u16,
+    /// VIRTIO_F_RING_EVENT_IDX in use.
+    pub event_idx: bool,
+}
+
+/// A transport's registers and queues, and its device's own state.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransportSnapshot {
+    /// Device type, checked on restore.
+    pub device_type: u32,
+    /// Device status.
+    pub status: u32,
+    /// Features the driver accepted.
+    pub driver_features: u64,
+    /// QueueSel.
+    pub queue_sel: u32,
+    /// DeviceFeaturesSel.
+    pub device_features_sel: u32,
+    /// DriverFeaturesSel.
+    pub driver_features_sel: u32,
+    /// Interrupt status bits not yet acknowledged.
+    pub isr: u32,
+    /// Queues whose QueueNum write was refused.
+    pub size_invalid: Vec<bool>,
+    /// The queues.
+    pub queues: Vec<QueueSnapshot>,
+    /// [`VirtioDevice::save_state`].
+    pub device: serde_json::Value,
+}
+
 /// State shared by the vCPU threads (registers) and the device thread (queues).
 pub struct TransportState {
     /// The device model.
@@ -154,6 +204,99 @@ impl TransportState {
                 self.irq.signal(INT_CONFIG);
             }
         }
+    }
+
+    /// The registers, queues and device state, for a snapshot. The device
+    /// thread must be paused.
+    pub fn save(&self) -> TransportSnapshot {
+        TransportSnapshot {
+            device_type: self.device.device_type(),
+            status: self.status,
+            driver_features: self.driver_features,
+            queue_sel: self.queue_sel,
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            isr: self.irq.status.load(Ordering::SeqCst),
+            size_invalid: self.size_invalid.clone(),
+            queues: self
+                .queues
+                .iter()
+                .map(|q| {
+                    let s = q.state();
+                    QueueSnapshot {
+                        max_size: s.max_size,
+                        size: s.size,
+                        ready: s.ready,
+                        desc_table: s.desc_table,
+                        avail_ring: s.avail_ring,
+                        used_ring: s.used_ring,
+                        next_avail: s.next_avail,
+                        next_used: s.next_used,
+                        event_idx: s.event_idx_enabled,
+                    }
+                })
+                .collect(),
+            device: self.device.save_state(),
+        }
+    }
+
+    /// Puts back a snapshot's state into a new transport for the same
+    /// device, before its thread starts. A device the driver had started is
+    /// activated again, and its thread serves every ready queue once.
+    pub fn restore(&mut self, s: &TransportSnapshot) -> Result<(), DeviceError> {
+        let name = self.device.name().to_string();
+        let bad = |what: String| DeviceError::Backend(format!("{name}: snapshot: {what}"));
+        if s.device_type != self.device.device_type() {
+            return Err(bad(format!(
+                "device type {} where the VM has {}",
+                s.device_type,
+                self.device.device_type()
+            )));
+        }
+        if s.queues.len() != self.queues.len() || s.size_invalid.len() != self.queues.len() {
+            return Err(bad(format!(
+                "{} queues where the device has {}",
+                s.queues.len(),
+                self.queues.len()
+            )));
+        }
+        let mut queues = Vec::with_capacity(s.queues.len());
+        for (i, q) in s.queues.iter().enumerate() {
+            let state = virtio_queue::QueueState {
+                max_size: q.max_size,
+                next_avail: q.next_avail,
+                next_used: q.next_used,
+                event_idx_enabled: q.event_idx,
+                size: q.size,
+                ready: q.ready,
+                desc_table: q.desc_table,
+                avail_ring: q.avail_ring,
+                used_ring: q.used_ring,
+            };
+            if q.max_size != self.queues[i].max_size() {
+                return Err(bad(format!("queue {i} has another maximum size")));
+            }
+            queues.push(Queue::try_from(state).map_err(|e| bad(format!("queue {i}: {e}")))?);
+        }
+        self.queues = queues;
+        self.size_invalid = s.size_invalid.clone();
+        self.status = s.status;
+        self.driver_features = s.driver_features;
+        self.queue_sel = s.queue_sel;
+        self.device_features_sel = s.device_features_sel;
+        self.driver_features_sel = s.driver_features_sel;
+        self.irq.status.store(s.isr, Ordering::SeqCst);
+        if self.active() {
+            if let Some(i) = (0..self.queues.len())
+                .find(|&i| self.queues[i].ready() && !self.queues[i].is_valid(&self.mem))
+            {
+                return Err(bad(format!("queue {i} lies outside guest memory")));
+            }
+            self.device.activate(self.driver_features)?;
+            self.device.restore_state(&s.device)?;
+            let _ = self.activated.write(1);
+        }
+        Ok(())
     }
 
     fn reset(&mut self) {

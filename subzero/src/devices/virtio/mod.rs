@@ -270,6 +270,16 @@ pub trait VirtioDevice: Send {
     }
     /// Called when the driver resets the device: drop in-flight state.
     fn reset(&mut self) {}
+    /// State a snapshot keeps beyond the transport's, as JSON (none by
+    /// default: the backend is reopened from the configuration).
+    fn save_state(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+    /// Puts back what [`VirtioDevice::save_state`] gave, in a restored VM,
+    /// after [`VirtioDevice::activate`] with the saved features.
+    fn restore_state(&mut self, _state: &serde_json::Value) -> Result<(), DeviceError> {
+        Ok(())
+    }
     /// Serves queue `q` after the driver kicked it.
     fn process_queue(&mut self, q: usize, ctx: &mut QueueCtx) -> Result<(), DeviceError>;
     /// Host file descriptors the device thread should watch for this device

@@ -74,6 +74,22 @@ impl TestDriver {
         }
     }
 
+    /// Puts a new transport for `device` in place of the current one, on the
+    /// same guest memory and eventfds, as a restored VM does; the driver's
+    /// own bookkeeping (rings, indices) carries on.
+    pub fn replace_transport(&mut self, device: Box<dyn VirtioDevice>) {
+        let clone = |v: &[EventFd]| v.iter().map(|k| k.try_clone().unwrap()).collect();
+        self.transport = MmioTransport::new(
+            device,
+            self.mem.clone(),
+            clone(&self.kicks),
+            self.irq.try_clone().unwrap(),
+        )
+        .unwrap();
+        self.shared = self.transport.shared();
+        self.worker = DeviceWorker::new(self.shared.clone(), clone(&self.kicks));
+    }
+
     /// Wraps `device` and brings it to DRIVER_OK with every offered feature
     /// and all queues at [`QSIZE`].
     pub fn new(device: Box<dyn VirtioDevice>) -> Self {

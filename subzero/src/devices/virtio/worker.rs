@@ -4,8 +4,9 @@
 
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use vmm_sys_util::eventfd::EventFd;
@@ -123,10 +124,42 @@ impl MutEventSubscriber for DeviceWorker {
     }
 }
 
+/// Holds a device thread between two loop turns while the VM is paused.
+#[derive(Default)]
+struct Gate {
+    /// (asked to pause, parked).
+    state: Mutex<(bool, bool)>,
+    cond: Condvar,
+}
+
+impl Gate {
+    fn lock(&self) -> MutexGuard<'_, (bool, bool)> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Parks the calling device thread while a pause is asked for.
+    fn wait_while_paused(&self, stop: &AtomicBool) {
+        let mut g = self.lock();
+        if !g.0 {
+            return;
+        }
+        g.1 = true;
+        self.cond.notify_all();
+        while g.0 && !stop.load(Ordering::Acquire) {
+            g = self.cond.wait(g).unwrap_or_else(|p| p.into_inner());
+        }
+        g.1 = false;
+    }
+}
+
+/// How long a device thread gets to finish the work in hand and park.
+pub const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The running device thread; stops when dropped.
 pub struct WorkerThread {
     stop: Arc<AtomicBool>,
     wake: Arc<EventFd>,
+    gate: Arc<Gate>,
     handle: Option<JoinHandle<()>>,
 }
 
@@ -152,11 +185,16 @@ impl WorkerThread {
         em.add_subscriber(Arc::new(Mutex::new(Waker(wake.clone()))));
         em.add_subscriber(Arc::new(Mutex::new(worker)));
         let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
+        let gate = Arc::new(Gate::default());
+        let (flag, parking) = (stop.clone(), gate.clone());
         let handle = std::thread::Builder::new()
             .name(name.into())
             .spawn(move || {
                 while !flag.load(Ordering::Acquire) {
+                    parking.wait_while_paused(&flag);
+                    if flag.load(Ordering::Acquire) {
+                        break;
+                    }
                     if let Err(e) = em.run() {
                         log::error!("virtio device loop: {e:?}");
                         break;
@@ -166,17 +204,80 @@ impl WorkerThread {
         Ok(WorkerThread {
             stop,
             wake,
+            gate,
             handle: Some(handle),
         })
+    }
+
+    /// Stops serving: returns once the thread has finished the events in
+    /// hand and parked, so the device touches neither its queues nor guest
+    /// memory until [`WorkerThread::resume`]. False if it did not park in
+    /// time.
+    pub fn pause(&self) -> bool {
+        let mut g = self.gate.lock();
+        g.0 = true;
+        let _ = self.wake.write(1);
+        let deadline = std::time::Instant::now() + PAUSE_TIMEOUT;
+        while !g.1 {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            g = self
+                .gate
+                .cond
+                .wait_timeout(g, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        true
+    }
+
+    /// Serves again.
+    pub fn resume(&self) {
+        self.gate.lock().0 = false;
+        self.gate.cond.notify_all();
     }
 }
 
 impl Drop for WorkerThread {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
+        self.resume();
         let _ = self.wake.write(1);
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::virtio::rng::Rng;
+    use crate::devices::virtio::testing::{TestDriver, DATA};
+
+    #[test]
+    fn a_paused_device_thread_serves_nothing_until_resumed() {
+        let mut d = TestDriver::new(Box::new(Rng::default()));
+        let kick = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let worker = DeviceWorker::new(d.shared.clone(), vec![kick.try_clone().unwrap()]);
+        let thread = WorkerThread::start("test-rng", worker).unwrap();
+        assert!(thread.pause(), "the thread parks");
+        d.add_chain(0, &[(DATA, 16, true)]);
+        kick.write(1).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(d.used(0).is_empty(), "a paused device served a request");
+        thread.resume();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while d.used(0).is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(
+            d.used(0).len(),
+            1,
+            "the kick made while paused is served after"
+        );
+        drop(thread);
     }
 }

@@ -215,3 +215,47 @@ fn a_reset_clears_pending_interrupt_bits() {
     d.write(regs::STATUS, 0);
     assert_eq!(d.read(regs::INTERRUPT_STATUS), 0);
 }
+
+#[test]
+fn a_snapshot_restores_into_a_new_transport_that_serves_on() {
+    let mut d = TestDriver::new(Box::new(Rng::default()));
+    let first = d.add_chain(0, &[(DATA, 64, true)]);
+    d.kick(0);
+    d.write(regs::QUEUE_SEL, 0);
+    let saved = lock(&d.shared).save();
+    assert_eq!(saved.queues[0].next_used, 1);
+    // The JSON round trip a snapshot file makes.
+    let saved: TransportSnapshot =
+        serde_json::from_str(&serde_json::to_string(&saved).unwrap()).unwrap();
+    d.replace_transport(Box::new(Rng::default()));
+    lock(&d.shared).restore(&saved).unwrap();
+    assert_eq!(
+        lock(&d.shared).save(),
+        saved,
+        "the restored state reads back the same"
+    );
+    assert_eq!(d.status(), saved.status);
+    let second = d.add_chain(0, &[(DATA + 64, 32, true)]);
+    d.kick(0);
+    assert_eq!(
+        d.used(0),
+        vec![(u32::from(first), 64), (u32::from(second), 32)]
+    );
+}
+
+#[test]
+fn a_snapshot_of_another_device_or_a_broken_queue_is_refused() {
+    let d = TestDriver::new(Box::new(Rng::default()));
+    let saved = lock(&d.shared).save();
+    let mut other = saved.clone();
+    other.device_type = types::BLOCK;
+    let e = lock(&d.shared).restore(&other).unwrap_err().to_string();
+    assert!(e.contains("device type 2 where the VM has 4"), "{e}");
+    let mut outside = saved.clone();
+    outside.queues[0].used_ring = (MEM_SIZE as u64) + 0x1000;
+    let e = lock(&d.shared).restore(&outside).unwrap_err().to_string();
+    assert!(e.contains("outside guest memory"), "{e}");
+    let mut size = saved;
+    size.queues[0].size = 3;
+    assert!(lock(&d.shared).restore(&size).is_err());
+}

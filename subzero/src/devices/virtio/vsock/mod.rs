@@ -10,7 +10,8 @@
 //! [`packet`] is the wire header, [`conn`] one connection (state, buffers,
 //! credit), [`muxer`] the host sockets and routing; this module serves the
 //! queues: rx (0) carries packets to the guest, tx (1) from it, and the
-//! event queue (2) is left alone (no transport resets happen).
+//! event queue (2) carries the TRANSPORT_RESET event a restored VM gets
+//! (its connections' host ends did not survive the snapshot).
 
 pub mod conn;
 pub mod muxer;
@@ -32,6 +33,9 @@ use packet::{Header, HDR_LEN};
 /// Queue indices.
 const RXQ: usize = 0;
 const TXQ: usize = 1;
+const EVQ: usize = 2;
+/// virtio_vsock_event.id of a transport reset (virtio 1.2, 5.10.6.7).
+const VIRTIO_VSOCK_EVENT_TRANSPORT_RESET: u32 = 0;
 /// Queue size.
 const QUEUE_SIZE: u16 = 256;
 /// Longest descriptor chain accepted on either queue.
@@ -91,6 +95,9 @@ pub struct Vsock {
     tx_pending: bool,
     /// The socket we bound: path, device and inode (to remove it on drop).
     bound: (PathBuf, u64, u64),
+    /// A restored VM's driver must drop its connections: a
+    /// TRANSPORT_RESET event waits for an event-queue buffer.
+    reset_event_pending: bool,
     /// Descriptor chains refused as malformed.
     pub bad_chains: u64,
 }
@@ -155,6 +162,7 @@ impl Vsock {
             guest_cid,
             muxer,
             tx_pending: false,
+            reset_event_pending: false,
             bound: (uds_path.to_owned(), meta.dev(), meta.ino()),
             bad_chains: 0,
         })
@@ -254,6 +262,35 @@ impl Vsock {
         ctx.notify(RXQ)
     }
 
+    /// Delivers a pending TRANSPORT_RESET event, if the driver gave an
+    /// event buffer.
+    fn send_reset_event(&mut self, ctx: &mut QueueCtx) -> Result<(), DeviceError> {
+        if !self.reset_event_pending || !ctx.ready(EVQ) {
+            return Ok(());
+        }
+        let chain = match ctx.pop(EVQ, MAX_CHAIN) {
+            Ok(Some(chain)) => chain,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                log::debug!("virtio-vsock: event queue: {e}");
+                self.bad_chains += 1;
+                return Ok(());
+            }
+        };
+        let event = VIRTIO_VSOCK_EVENT_TRANSPORT_RESET.to_le_bytes();
+        let len = if chain.writable_len() >= event.len() as u64
+            && chain.write_at(ctx.mem, 0, &event).is_ok()
+        {
+            self.reset_event_pending = false;
+            event.len() as u32
+        } else {
+            self.bad_chains += 1;
+            0
+        };
+        ctx.add_used(EVQ, chain.head, len)?;
+        ctx.notify(EVQ)
+    }
+
     /// Moves packets both ways until nothing more can move.
     fn pump(&mut self, ctx: &mut QueueCtx) -> Result<(), DeviceError> {
         loop {
@@ -308,12 +345,16 @@ impl VirtioDevice for Vsock {
         self.muxer.reset();
         self.tx_pending = false;
     }
+    fn restore_state(&mut self, _state: &serde_json::Value) -> Result<(), DeviceError> {
+        self.reset_event_pending = true;
+        Ok(())
+    }
     fn process_queue(&mut self, q: usize, ctx: &mut QueueCtx) -> Result<(), DeviceError> {
         match q {
             RXQ => {}
             TXQ => self.tx_pending = true,
             // The event queue: buffers stay with us until an event occurs.
-            _ => return Ok(()),
+            _ => return self.send_reset_event(ctx),
         }
         self.pump(ctx)
     }

@@ -760,3 +760,34 @@ fn header_only_rx_buffers_with_host_data_do_not_spin() {
         shared.try_lock().is_err()
     );
 }
+
+#[test]
+fn a_restored_device_tells_the_driver_its_connections_were_reset() {
+    let tmp = TempDir::new();
+    let mut g = Guest::new(&tmp.sock());
+    let ev_addr = TX_END - 0x1000;
+    g.d.mem
+        .write_slice(&[0xff; 8], GuestAddress(ev_addr))
+        .unwrap();
+    let head = g.d.add_chain(2, &[(ev_addr, 8, true)]);
+    g.d.kick(2);
+    assert!(g.d.used(2).is_empty(), "no event before a restore");
+    let saved = crate::devices::virtio::mmio::lock(&g.d.shared).save();
+    g.d.replace_transport(Box::new(Vsock::new(CID, &tmp.0.join("w.sock")).unwrap()));
+    crate::devices::virtio::mmio::lock(&g.d.shared)
+        .restore(&saved)
+        .unwrap();
+    g.d.worker.handle_activated();
+    assert_eq!(g.d.used(2), vec![(u32::from(head), 4)]);
+    let mut event = [0u8; 8];
+    g.d.mem
+        .read_slice(&mut event, GuestAddress(ev_addr))
+        .unwrap();
+    assert_eq!(
+        event,
+        [0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff],
+        "TRANSPORT_RESET is id 0"
+    );
+    g.d.kick(2);
+    assert_eq!(g.d.used(2).len(), 1, "one event per restore");
+}
