@@ -8,6 +8,15 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+/// The two address spaces a vCPU's accesses go to.
+#[derive(Default, Clone)]
+pub struct Buses {
+    /// Port I/O.
+    pub pio: Bus,
+    /// Memory-mapped I/O.
+    pub mmio: Bus,
+}
+
 /// What a device asks the VMM to do after an access.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceAction {

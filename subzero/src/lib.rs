@@ -4,11 +4,14 @@
 //! Layers, bottom up:
 //! - [`kvm`]: opening `/dev/kvm` with clear errors, capability checks.
 //! - [`bus`]: port-I/O and MMIO address spaces that route accesses to devices.
+//! - [`exits`]: the exit vocabulary (kinds, targets) shared by `vmm` and `stats`.
 //! - [`devices`]: the emulated devices (serial, i8042, ACPI power management).
 //! - [`arch`]: the x86_64 memory map, boot protocol, firmware tables, CPUID, MSRs.
 //! - [`vmm`]: the builder that turns a [`vmm::VmConfig`] into a running VM,
 //!   the vCPU threads and the exit dispatcher.
 //! - [`stats`]: exit accounting and the reports built from it.
+//! - [`api`]: Firecracker's REST API on a Unix socket, routed into `vmm` actions.
+//! - [`logger`]: the log target and level, changeable at run time.
 //! - [`demo`]: the embedded guest behind `subzero demo`.
 
 pub mod api;
@@ -17,6 +20,7 @@ pub mod bench;
 pub mod bus;
 pub mod demo;
 pub mod devices;
+pub mod exits;
 pub mod kvm;
 pub mod logger;
 pub mod stats;

@@ -12,7 +12,7 @@ use subzero::stats::report::{StatsReport, SCHEMA};
 fn run_with_stats(params: &Params) -> StatsReport {
     let vm = guest::build(params, "", Box::new(std::io::sink())).expect("build");
     let buses = vm.machine.buses.clone();
-    let kvm = KvmStatsFds::open(&vm.machine);
+    let kvm = KvmStatsFds::open(&vm.machine.vm, &vm.machine.vcpus);
     let run = vm.machine.run().expect("run");
     StatsReport::build(
         &run.per_vcpu,

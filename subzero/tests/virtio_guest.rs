@@ -6,6 +6,7 @@
 mod common;
 
 use subzero::demo::virtio::{run_virtio, SETUP_WRITES};
+use subzero::stats::report::VirtioRow;
 use subzero::vmm::exit::{ExitKind, StopReason};
 
 #[test]
@@ -52,7 +53,7 @@ fn stats_report_lists_eventfd_kicks_in_every_format() {
         None,
         None,
     );
-    report.virtio = r.run.virtio.clone();
+    report.virtio = r.run.virtio.iter().map(VirtioRow::from).collect();
     let table = report.to_table();
     assert!(table.contains("virtio queue notifications"), "{table}");
     let row = table

@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::Context;
 use subzero::stats::clock::TickClock;
 use subzero::stats::live;
-use subzero::stats::report::StatsReport;
+use subzero::stats::report::{StatsReport, VirtioRow};
 use subzero::stats::symbols::Symbols;
 use subzero::vmm::config::{parse_size, DEFAULT_CMDLINE};
 use subzero::vmm::device_config::{DiskConfig, NetConfig, VsockConfig};
@@ -189,7 +189,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let stats = machine.new_stats();
     let buses = machine.buses.clone();
     let virtio = machine.virtio.slots.clone();
-    let kvm = Arc::new(KvmStatsFds::open(&machine));
+    let kvm = Arc::new(KvmStatsFds::open(&machine.vm, &machine.vcpus));
     let started = Instant::now();
     let clock = TickClock::start();
     let _server = match &args.stats_socket {
@@ -207,7 +207,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                         kvm.read(),
                         symbols.as_ref(),
                     );
-                    report.virtio = virtio.iter().map(|s| s.counts()).collect();
+                    report.virtio = virtio
+                        .iter()
+                        .map(|s| VirtioRow::from(&s.counts()))
+                        .collect();
                     report
                 }),
             )?)
@@ -228,7 +231,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             kvm.read(),
             symbols.as_ref(),
         );
-        stats.virtio = report.virtio.clone();
+        stats.virtio = report.virtio.iter().map(VirtioRow::from).collect();
         let text = match args.stats_format {
             StatsFormat::Table => stats.to_table(),
             StatsFormat::Json => stats.to_json() + "\n",

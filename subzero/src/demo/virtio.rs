@@ -11,7 +11,7 @@ use vm_memory::{ByteValued, Bytes, GuestAddress};
 use super::DemoError;
 use crate::arch::x86_64::layout::ports;
 use crate::devices::virtio::rng::Rng;
-use crate::stats::report::VirtioRow;
+use crate::devices::virtio::VirtioDeviceCounts;
 use crate::vmm::builder::build_tiny;
 use crate::vmm::exit::{ExitKind, StopReason};
 use crate::vmm::virtio::VirtioDevices;
@@ -59,7 +59,7 @@ pub struct VirtioReport {
     /// The run.
     pub run: RunReport,
     /// The rng device's counters.
-    pub device: VirtioRow,
+    pub device: VirtioDeviceCounts,
     /// Distinct byte values in what the guest received.
     pub distinct_bytes: usize,
 }

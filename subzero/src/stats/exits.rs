@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use super::clock::FnvBuild;
 use super::histogram::Histogram;
-use crate::vmm::exit::{ExitKind, Target};
+use crate::exits::{ExitKind, Target};
 
 /// One row of accounting: how many exits and how long the VMM took.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -107,7 +107,7 @@ impl VcpuStats {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vmm::exit::Space;
+    use crate::exits::Space;
 
     fn serial_write() -> Target {
         Target {

@@ -3,7 +3,7 @@
 
 use super::report::KvmCounters;
 use crate::kvm::stats::{snapshot, StatsFd};
-use crate::vmm::Machine;
+use kvm_ioctls::{VcpuFd, VmFd};
 
 /// The VM's and each vCPU's statistics file. Empty when the host lacks
 /// binary statistics; reports then say so.
@@ -13,9 +13,9 @@ pub struct KvmStatsFds {
 }
 
 impl KvmStatsFds {
-    /// Opens the statistics files of `machine`, before it runs.
-    pub fn open(machine: &Machine) -> Self {
-        let vm = match StatsFd::for_vm(&machine.vm) {
+    /// Opens the statistics files of a VM and its vCPUs, before they run.
+    pub fn open(vm: &VmFd, vcpus: &[VcpuFd]) -> Self {
+        let vm = match StatsFd::for_vm(vm) {
             Ok(fd) => Some(fd),
             Err(e) => {
                 log::info!("KVM counters unavailable: {e}");
@@ -25,8 +25,7 @@ impl KvmStatsFds {
                 };
             }
         };
-        let vcpus = machine
-            .vcpus
+        let vcpus = vcpus
             .iter()
             .filter_map(|v| StatsFd::for_vcpu(v).map_err(|e| log::info!("{e}")).ok())
             .collect();

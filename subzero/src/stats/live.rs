@@ -223,7 +223,7 @@ pub fn watch(path: &Path, clear: bool, out: &mut dyn Write) -> std::io::Result<u
 }
 
 /// Clones the current accounting of every vCPU.
-pub fn current(stats: &[crate::vmm::vcpu::SharedStats]) -> Vec<VcpuStats> {
+pub fn current(stats: &[super::SharedStats]) -> Vec<VcpuStats> {
     stats
         .iter()
         .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).clone())

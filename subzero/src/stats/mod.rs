@@ -10,3 +10,6 @@ pub mod report;
 pub mod symbols;
 
 pub use exits::VcpuStats;
+
+/// A vCPU's accounting, shared with readers while the VM runs.
+pub type SharedStats = std::sync::Arc<std::sync::Mutex<VcpuStats>>;

@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use super::symbols::Symbols;
 use super::VcpuStats;
-use crate::vmm::exit::{Buses, ExitKind, Space, Target};
+use crate::bus::Buses;
+use crate::devices::virtio::VirtioDeviceCounts;
+use crate::exits::{ExitKind, Space, Target};
 
 /// Schema id of the JSON form.
 pub const SCHEMA: &str = "subzero.stats/v1";
@@ -115,6 +117,19 @@ pub struct VirtioRow {
     pub interrupts: u64,
     /// Times the device entered DEVICE_NEEDS_RESET.
     pub needs_reset: u64,
+}
+
+impl From<&VirtioDeviceCounts> for VirtioRow {
+    fn from(c: &VirtioDeviceCounts) -> Self {
+        VirtioRow {
+            device: c.device.clone(),
+            base: c.base,
+            eventfd_kicks: c.eventfd_kicks,
+            mmio_kicks: c.mmio_kicks,
+            interrupts: c.interrupts,
+            needs_reset: c.needs_reset,
+        }
+    }
 }
 
 /// The whole report.

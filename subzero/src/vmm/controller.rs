@@ -22,7 +22,7 @@ use crate::arch::x86_64::boot;
 use crate::stats::clock::TickClock;
 use crate::stats::kvm::KvmStatsFds;
 use crate::stats::live;
-use crate::stats::report::StatsReport;
+use crate::stats::report::{StatsReport, VirtioRow};
 
 /// The Firecracker API version whose paths and bodies Subzero serves.
 pub const FIRECRACKER_API_VERSION: &str = "1.7.0";
@@ -166,7 +166,12 @@ impl Controller {
                     live.kvm.read(),
                     None,
                 );
-                report.virtio = live.vm.virtio_counts();
+                report.virtio = live
+                    .vm
+                    .virtio_counts()
+                    .iter()
+                    .map(VirtioRow::from)
+                    .collect();
                 json(serde_json::to_value(&report).map_err(bad)?)
             }
             PutMachineConfig(m) => self.set_machine(m),
@@ -307,7 +312,7 @@ impl Controller {
     }
 
     fn run(&mut self, machine: Machine, paused: bool) -> VmmResult {
-        let kvm = Arc::new(KvmStatsFds::open(&machine));
+        let kvm = Arc::new(KvmStatsFds::open(&machine.vm, &machine.vcpus));
         let stats = machine.new_stats();
         let stop = self
             .stop_event

@@ -16,8 +16,8 @@ use super::vcpu_handle::{VcpuError, VcpuHandle, VcpuRunState};
 use super::virtio::VirtioDevices;
 use crate::arch::x86_64::vcpu_state::VcpuState;
 use crate::devices::serial::{PanicWatch, SerialDevice};
+use crate::devices::virtio::VirtioDeviceCounts;
 use crate::stats::clock::TickClock;
-use crate::stats::report::VirtioRow;
 use crate::stats::VcpuStats;
 
 /// A VM whose vCPUs are configured and not yet running.
@@ -57,7 +57,7 @@ pub struct RunReport {
     /// Nanoseconds per TSC tick over the run, to convert the accounting.
     pub ns_per_tick: f64,
     /// Virtio device counters at the stop.
-    pub virtio: Vec<VirtioRow>,
+    pub virtio: Vec<VirtioDeviceCounts>,
 }
 
 impl RunReport {
@@ -194,7 +194,7 @@ impl RunningVm {
     }
 
     /// Virtio device counters now.
-    pub fn virtio_counts(&self) -> Vec<VirtioRow> {
+    pub fn virtio_counts(&self) -> Vec<VirtioDeviceCounts> {
         self.virtio.counts()
     }
 

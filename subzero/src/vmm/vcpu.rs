@@ -19,8 +19,7 @@ use crate::stats::VcpuStats;
 /// Exits between two guest RIP samples (each sample costs a KVM_GET_REGS).
 pub const RIP_SAMPLE_PERIOD: u64 = 64;
 
-/// A vCPU's accounting, shared with readers while the VM runs.
-pub type SharedStats = Arc<Mutex<VcpuStats>>;
+pub use crate::stats::SharedStats;
 
 /// Why and where the VM stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -16,8 +16,7 @@ use crate::devices::virtio::mmio::{
     lock, regs, MmioTransport, SharedTransport, TransportSnapshot, VirtioCounters,
 };
 use crate::devices::virtio::worker::{DeviceWorker, WorkerThread, PAUSE_TIMEOUT};
-use crate::devices::virtio::{Interrupt, VirtioDevice};
-use crate::stats::report::VirtioRow;
+use crate::devices::virtio::{Interrupt, VirtioDevice, VirtioDeviceCounts};
 
 /// First IOAPIC pin for virtio devices (0-4 are the PIT, keyboard,
 /// cascade, COM2 and COM1).
@@ -66,9 +65,9 @@ pub struct VirtioSlot {
 
 impl VirtioSlot {
     /// The counters now.
-    pub fn counts(&self) -> VirtioRow {
+    pub fn counts(&self) -> VirtioDeviceCounts {
         let c = &self.counters;
-        VirtioRow {
+        VirtioDeviceCounts {
             device: self.name.clone(),
             base: self.base,
             eventfd_kicks: c.eventfd_kicks.load(Ordering::Relaxed),
@@ -245,7 +244,7 @@ impl VirtioDevices {
     }
 
     /// Counters of every device.
-    pub fn counts(&self) -> Vec<VirtioRow> {
+    pub fn counts(&self) -> Vec<VirtioDeviceCounts> {
         self.slots.iter().map(VirtioSlot::counts).collect()
     }
 }

@@ -63,6 +63,23 @@ pub enum DeviceError {
     Backend(String),
 }
 
+/// A device's notification and interrupt counters at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VirtioDeviceCounts {
+    /// Device name, e.g. "virtio-blk0".
+    pub device: String,
+    /// MMIO window base.
+    pub base: u64,
+    /// Queue notifications delivered through an ioeventfd (no exit).
+    pub eventfd_kicks: u64,
+    /// Queue notifications that exited to userspace as MMIO writes.
+    pub mmio_kicks: u64,
+    /// Interrupts raised through the irqfd.
+    pub interrupts: u64,
+    /// Times the device entered DEVICE_NEEDS_RESET.
+    pub needs_reset: u64,
+}
+
 /// The device's interrupt line: the ISR bits the driver reads, and the
 /// irqfd that raises the guest interrupt.
 pub struct Interrupt {
