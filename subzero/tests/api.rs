@@ -483,3 +483,63 @@ fn a_config_file_boots_without_an_api() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_running_vms_drive_gets_a_new_backing_file() {
+    if !kvm_available() {
+        return;
+    }
+    let (dir, kernel) = setup("api-patch-drive");
+    let (a, b) = (dir.join("a.img"), dir.join("b.img"));
+    std::fs::write(&a, vec![0u8; 1 << 20]).unwrap();
+    std::fs::write(&b, vec![1u8; 2 << 20]).unwrap();
+    let vmm = Vmm::spawn(&dir.join("a.sock"), &[]);
+    let drive = |path: &Path| {
+        format!(
+            r#"{{"drive_id": "data", "path_on_host": "{}", "is_root_device": false, "is_read_only": false}}"#,
+            path.display()
+        )
+    };
+    vmm.ok("PUT", "/drives/data", &drive(&a));
+    boot_counter(&vmm, &kernel);
+    let patch = |path: &Path| {
+        format!(
+            r#"{{"drive_id": "data", "path_on_host": "{}"}}"#,
+            path.display()
+        )
+    };
+    vmm.ok("PATCH", "/drives/data", &patch(&b));
+    let (_, config) = vmm.call("GET", "/vm/config", "");
+    assert!(
+        config.contains("b.img") && !config.contains("a.img"),
+        "{config}"
+    );
+    expect(
+        &vmm,
+        "PATCH",
+        "/drives/data",
+        &patch(&dir.join("missing.img")),
+        400,
+        "missing.img",
+    );
+    expect(
+        &vmm,
+        "PATCH",
+        "/drives/other",
+        r#"{"drive_id": "other", "path_on_host": "x"}"#,
+        400,
+        "no drive \"other\"",
+    );
+    let (_, config) = vmm.call("GET", "/vm/config", "");
+    assert!(
+        config.contains("b.img"),
+        "a failed swap changed the drive: {config}"
+    );
+    assert!(
+        wait_for(30, || counts(&vmm.console.text()).len() >= 2),
+        "the guest stopped: {}",
+        vmm.stderr.text()
+    );
+    vmm.kill();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -16,7 +16,7 @@ use super::actions::{
 use super::builder::{build_linux, restore_vm, BuildError};
 use super::config::ConfigError;
 use super::machine::{Machine, RunReport, RunningVm};
-use super::resources::{BootSource, MachineConfig, VmResources};
+use super::resources::{BootSource, DriveUpdate, MachineConfig, VmResources};
 use super::snapshot::{self, SnapshotError};
 use crate::arch::x86_64::boot;
 use crate::stats::clock::TickClock;
@@ -208,23 +208,7 @@ impl Controller {
                 self.resources.put_drive(d);
                 Ok(VmmData::Empty)
             }
-            PatchDrive(u) => {
-                if self.live.is_some() {
-                    return Err(ActionError::bad(
-                        "swapping a drive's backing file on a running microVM is not supported yet",
-                    ));
-                }
-                let drive = self
-                    .resources
-                    .drives
-                    .iter_mut()
-                    .find(|d| d.drive_id == u.drive_id)
-                    .ok_or_else(|| bad(format!("no drive {:?}: PUT it first", u.drive_id)))?;
-                if let Some(path) = u.path_on_host {
-                    drive.path_on_host = path;
-                }
-                Ok(VmmData::Empty)
-            }
+            PatchDrive(u) => self.patch_drive(u),
             PutNetworkInterface(n) => {
                 self.before_start()?;
                 self.resources.put_net(n);
@@ -291,6 +275,34 @@ impl Controller {
             CreateSnapshot(c) => self.create_snapshot(c),
             LoadSnapshot(l) => self.load_snapshot(l),
         }
+    }
+
+    /// A new backing file for a drive: in the configuration before boot,
+    /// and in the running device (which tells the guest) after.
+    fn patch_drive(&mut self, u: DriveUpdate) -> VmmResult {
+        if !matches!(u.rate_limiter, None | Some(serde_json::Value::Null)) {
+            return Err(ActionError::bad(format!(
+                "drives[{}].rate_limiter: rate limiters are not supported by Subzero yet",
+                u.drive_id
+            )));
+        }
+        let index = self
+            .resources
+            .drives
+            .iter()
+            .position(|d| d.drive_id == u.drive_id)
+            .ok_or_else(|| bad(format!("no drive {:?}: PUT /drives/{0} first", u.drive_id)))?;
+        let Some(path) = u.path_on_host else {
+            return Ok(VmmData::Empty);
+        };
+        if let Some(live) = &self.live {
+            live.vm
+                .virtio
+                .swap_disk(index, &path)
+                .map_err(|e| bad(format!("drives[{}]: {e}", u.drive_id)))?;
+        }
+        self.resources.drives[index].path_on_host = path;
+        Ok(VmmData::Empty)
     }
 
     fn set_machine(&mut self, m: MachineConfig) -> VmmResult {

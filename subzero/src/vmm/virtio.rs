@@ -243,6 +243,18 @@ impl VirtioDevices {
         Ok(())
     }
 
+    /// Puts disk `index` (0 is /dev/vda) on the image at `path`.
+    pub fn swap_disk(&self, index: usize, path: &std::path::Path) -> Result<(), String> {
+        let name = format!("virtio-blk{index}");
+        let (_, t) = self
+            .slots
+            .iter()
+            .zip(&self.transports)
+            .find(|(s, _)| s.name == name)
+            .ok_or_else(|| format!("the VM has no {name}"))?;
+        lock(t).swap_backing(path)
+    }
+
     /// Counters of every device.
     pub fn counts(&self) -> Vec<VirtioDeviceCounts> {
         self.slots.iter().map(VirtioSlot::counts).collect()

@@ -229,6 +229,39 @@ impl Block {
         })
     }
 
+    /// Serves from the image at `path` from now on (same mode, same
+    /// serial), or, when `path` is the image in use, takes up its new size.
+    pub fn swap(&mut self, path: &Path) -> Result<(), BlockError> {
+        let same = match (
+            std::fs::canonicalize(path),
+            std::fs::canonicalize(&self.path),
+        ) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        };
+        if same {
+            let size = (&self.file)
+                .seek(SeekFrom::End(0))
+                .map_err(|source| BlockError::Io {
+                    path: path.to_path_buf(),
+                    op: "cannot get the size",
+                    source,
+                })?;
+            self.capacity = size / SECTOR_SIZE;
+            return Ok(());
+        }
+        let new = Block::open(path, self.readonly, None)?;
+        self.file = new.file;
+        self.path = new.path;
+        self.capacity = new.capacity;
+        log::info!(
+            "virtio-blk: now serving {} ({} sectors)",
+            self.path.display(),
+            self.capacity
+        );
+        Ok(())
+    }
+
     /// Disk size in 512-byte sectors.
     pub fn capacity_sectors(&self) -> u64 {
         self.capacity
@@ -483,6 +516,9 @@ impl VirtioDevice for Block {
             f |= 1 << VIRTIO_BLK_F_RO;
         }
         f
+    }
+    fn swap_backing(&mut self, path: &Path) -> Result<(), String> {
+        self.swap(path).map_err(|e| e.to_string())
     }
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         let config = self.config();

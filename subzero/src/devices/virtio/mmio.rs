@@ -120,6 +120,9 @@ pub struct TransportSnapshot {
     pub driver_features_sel: u32,
     /// Interrupt status bits not yet acknowledged.
     pub isr: u32,
+    /// ConfigGeneration.
+    #[serde(default)]
+    pub config_generation: u32,
     /// Queues whose QueueNum write was refused.
     pub size_invalid: Vec<bool>,
     /// The queues.
@@ -143,6 +146,7 @@ pub struct TransportState {
     driver_features_sel: u32,
     driver_features: u64,
     status: u32,
+    config_generation: u32,
     counters: Arc<VirtioCounters>,
 }
 
@@ -217,6 +221,7 @@ impl TransportState {
             device_features_sel: self.device_features_sel,
             driver_features_sel: self.driver_features_sel,
             isr: self.irq.status.load(Ordering::SeqCst),
+            config_generation: self.config_generation,
             size_invalid: self.size_invalid.clone(),
             queues: self
                 .queues
@@ -286,6 +291,7 @@ impl TransportState {
         self.device_features_sel = s.device_features_sel;
         self.driver_features_sel = s.driver_features_sel;
         self.irq.status.store(s.isr, Ordering::SeqCst);
+        self.config_generation = s.config_generation;
         if self.active() {
             if let Some(i) = (0..self.queues.len())
                 .find(|&i| self.queues[i].ready() && !self.queues[i].is_valid(&self.mem))
@@ -295,6 +301,17 @@ impl TransportState {
             self.device.activate(self.driver_features)?;
             self.device.restore_state(&s.device)?;
             let _ = self.activated.write(1);
+        }
+        Ok(())
+    }
+
+    /// Swaps the device's backing file, and tells a running driver that the
+    /// configuration changed (a new disk size, say).
+    pub fn swap_backing(&mut self, path: &std::path::Path) -> Result<(), String> {
+        self.device.swap_backing(path)?;
+        self.config_generation = self.config_generation.wrapping_add(1);
+        if self.status & status::DRIVER_OK != 0 {
+            self.irq.signal(INT_CONFIG);
         }
         Ok(())
     }
@@ -332,7 +349,7 @@ impl TransportState {
             regs::QUEUE_NUM_MAX => q.map_or(0, |q| u32::from(q.max_size())),
             regs::QUEUE_READY => q.map_or(0, |q| u32::from(q.ready())),
             regs::STATUS => self.status,
-            regs::CONFIG_GENERATION => 0,
+            regs::CONFIG_GENERATION => self.config_generation,
             _ => 0,
         }
     }
@@ -506,6 +523,7 @@ impl MmioTransport {
             driver_features_sel: 0,
             driver_features: 0,
             status: 0,
+            config_generation: 0,
             counters: Arc::default(),
         };
         Ok(MmioTransport {

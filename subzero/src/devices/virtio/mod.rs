@@ -287,6 +287,11 @@ pub trait VirtioDevice: Send {
     }
     /// Called when the driver resets the device: drop in-flight state.
     fn reset(&mut self) {}
+    /// Puts the device on a new backing file (a disk image) while the VM
+    /// runs. The transport then tells the driver its configuration changed.
+    fn swap_backing(&mut self, _path: &std::path::Path) -> Result<(), String> {
+        Err(format!("{} has no backing file to swap", self.name()))
+    }
     /// State a snapshot keeps beyond the transport's, as JSON (none by
     /// default: the backend is reopened from the configuration).
     fn save_state(&self) -> serde_json::Value {

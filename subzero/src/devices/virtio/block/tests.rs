@@ -427,3 +427,30 @@ fn an_over_long_request_fails_with_an_io_error_status() {
         "status left for the guest to misread"
     );
 }
+
+#[test]
+fn a_swapped_backing_file_is_served_and_the_driver_told() {
+    let old = TempImage::new("swap-old", &pattern(8 * 512));
+    let new_bytes: Vec<u8> = pattern(16 * 512).iter().map(|b| !b).collect();
+    let new = TempImage::new("swap-new", &new_bytes);
+    let (mut d, _) = driver(&old, false);
+    let generation = d.read(regs::CONFIG_GENERATION);
+    let irqs = d.interrupts();
+    crate::devices::virtio::mmio::lock(&d.shared)
+        .swap_backing(&new.path)
+        .unwrap();
+    assert_eq!(d.read(regs::CONFIG), 16, "the new capacity");
+    assert_ne!(d.read(regs::CONFIG_GENERATION), generation);
+    assert!(d.interrupts() > irqs, "a configuration interrupt");
+    assert_eq!(d.read(regs::INTERRUPT_STATUS) & 2, 2, "INT_CONFIG");
+    assert_eq!(read_req(&mut d, 9, 512).1, S_OK);
+    assert_eq!(mem_bytes(&d, BUF, 512), new_bytes[9 * 512..10 * 512]);
+    // The old image is released: another user can lock it now.
+    assert!(Block::open(&old.path, false, None).is_ok());
+    // A bad path leaves the device on the image it has, and says why.
+    let err = crate::devices::virtio::mmio::lock(&d.shared)
+        .swap_backing(std::path::Path::new("/nonexistent/disk.img"))
+        .unwrap_err();
+    assert!(err.contains("/nonexistent/disk.img"), "{err}");
+    assert_eq!(read_req(&mut d, 15, 512).1, S_OK);
+}
