@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -19,13 +19,15 @@ struct Vmm {
     stderr: Console,
 }
 
-fn collect(from: impl Read + Send + 'static, into: Console) {
+/// Copies what `from` gives into `into` as it arrives, partial lines too.
+fn collect(mut from: impl Read + Send + 'static, into: Console) {
     std::thread::spawn(move || {
-        let mut r = BufReader::new(from);
-        let mut line = Vec::new();
-        while r.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
-            into.0.lock().unwrap().extend_from_slice(&line);
-            line.clear();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = from.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            into.0.lock().unwrap().extend_from_slice(&buf[..n]);
         }
     });
 }

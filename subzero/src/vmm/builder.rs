@@ -7,10 +7,10 @@ use std::sync::{Arc, Mutex};
 use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vm_memory::{Bytes, GuestMemoryMmap};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::config::{check_memory, check_vcpus, host_ram, ConfigError, DevicesConfig, VmConfig};
 use super::exit::Buses;
+use super::legacy::{legacy_devices, Legacy};
 use super::machine::Machine;
 use super::memory::{self, MemoryError};
 use super::snapshot::VmSnapshot;
@@ -20,15 +20,14 @@ use crate::arch::x86_64::boot::{self, BootError, KernelKind};
 use crate::arch::x86_64::bootinfo::{self, BootInfo, BootInfoError};
 use crate::arch::x86_64::cpuid::{enable_tsc_deadline, setup_cpuid, CpuidError, VcpuTopology};
 use crate::arch::x86_64::e820::{low_ram_end, memory_map};
-use crate::arch::x86_64::layout::{self, ports, CMDLINE_START};
+use crate::arch::x86_64::layout::{self, CMDLINE_START};
 use crate::arch::x86_64::mptable::{self, setup_mptable, MptableError};
 use crate::arch::x86_64::msr::{setup_msrs, MsrError};
 use crate::arch::x86_64::regs::{self, BootEntry, RegsError};
 use crate::arch::x86_64::reset_vector;
 use crate::bus::BusError;
-use crate::devices::acpi_pm::AcpiPm;
 use crate::devices::i8042::I8042;
-use crate::devices::serial::{ConsoleOut, IrqTrigger, PanicWatch, SerialDevice, UartState};
+use crate::devices::serial::{PanicWatch, SerialDevice};
 use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::net::{parse_mac, Net, NetError};
 use crate::devices::virtio::rng::Rng;
@@ -152,57 +151,6 @@ pub fn create_vm(kvm: &Kvm, irqchip: bool) -> Result<VmFd, BuildError> {
     Ok(vm)
 }
 
-/// The devices every VM has: COM1 (interrupting through an irqfd on IRQ 4
-/// when `vm` is given), the i8042 reset line and the ACPI PM registers.
-pub fn legacy_devices(
-    vm: Option<&VmFd>,
-    console: Box<dyn Write + Send>,
-) -> Result<(Buses, Arc<Mutex<SerialDevice>>, PanicWatch), BuildError> {
-    legacy_devices_from(vm, console, None)
-}
-
-/// [`legacy_devices`], with COM1's registers from a snapshot.
-fn legacy_devices_from(
-    vm: Option<&VmFd>,
-    console: Box<dyn Write + Send>,
-    uart: Option<&UartState>,
-) -> Result<(Buses, Arc<Mutex<SerialDevice>>, PanicWatch), BuildError> {
-    let irq = match vm {
-        Some(vm) => {
-            let evt = EventFd::new(EFD_NONBLOCK).map_err(BuildError::EventFd)?;
-            ioctl(
-                "KVM_IRQFD (serial)",
-                vm.register_irqfd(&evt, ports::SERIAL_COM1_IRQ),
-            )?;
-            IrqTrigger::Eventfd(evt)
-        }
-        None => IrqTrigger::None,
-    };
-    let watch = PanicWatch::default();
-    let out = ConsoleOut::new(console, watch.clone());
-    let serial = Arc::new(Mutex::new(match uart {
-        Some(state) => SerialDevice::from_state(irq, out, state).map_err(BuildError::Restore)?,
-        None => SerialDevice::new(irq, out),
-    }));
-    let mut buses = Buses::default();
-    buses
-        .pio
-        .insert("serial", u64::from(ports::SERIAL_COM1), 8, serial.clone())?;
-    buses.pio.insert(
-        "i8042",
-        u64::from(ports::I8042_DATA),
-        u64::from(ports::I8042_COMMAND - ports::I8042_DATA + 1),
-        Arc::new(Mutex::new(I8042)),
-    )?;
-    buses.pio.insert(
-        "acpi-pm",
-        u64::from(ports::ACPI_PM_BASE),
-        u64::from(ports::ACPI_PM_LEN),
-        Arc::new(Mutex::new(AcpiPm)),
-    )?;
-    Ok((buses, serial, watch))
-}
-
 /// Creates vCPU `index` with CPUID, MSRs and FPU set up (and its LAPIC when
 /// the VM has an irqchip).
 pub fn create_vcpu(
@@ -322,7 +270,12 @@ pub fn build_linux(cfg: &VmConfig, console: Box<dyn Write + Send>) -> Result<Mac
     let vm = create_vm(&kvm, true)?;
     let mem = memory::create(cfg.memory)?;
     memory::register(&vm, &mem)?;
-    let (mut buses, serial, panic_watch) = legacy_devices(Some(&vm), console)?;
+    let Legacy {
+        mut buses,
+        serial,
+        panic_watch,
+        i8042,
+    } = legacy_devices(Some(&vm), console, None)?;
     let mut virtio = VirtioDevices::default();
     for device in devices {
         virtio.attach(&vm, &mem, &mut buses, device)?;
@@ -348,6 +301,7 @@ pub fn build_linux(cfg: &VmConfig, console: Box<dyn Write + Send>) -> Result<Mac
         vcpus: fds,
         serial,
         panic_watch,
+        i8042,
         virtio,
         msr_indices: msr_indices(&kvm)?,
         restore: Vec::new(),
@@ -379,8 +333,16 @@ pub fn restore_vm(
         .vm
         .restore(&vm)
         .map_err(|e| BuildError::Restore(e.to_string()))?;
-    let (mut buses, serial, panic_watch) =
-        legacy_devices_from(Some(&vm), console, Some(&snapshot.serial))?;
+    let Legacy {
+        mut buses,
+        serial,
+        panic_watch,
+        i8042,
+    } = legacy_devices(
+        Some(&vm),
+        console,
+        Some((&snapshot.serial, &snapshot.i8042)),
+    )?;
     let mut virtio = VirtioDevices::default();
     for device in devices {
         virtio.attach(&vm, &mem, &mut buses, device)?;
@@ -402,6 +364,7 @@ pub fn restore_vm(
         vcpus: fds,
         serial,
         panic_watch,
+        i8042,
         virtio,
         msr_indices: msr_indices(&kvm)?,
         restore: snapshot.vcpus,
@@ -426,6 +389,8 @@ pub struct TinyVm {
     pub serial: Arc<Mutex<SerialDevice>>,
     /// Its panic watch.
     pub panic_watch: PanicWatch,
+    /// The keyboard controller.
+    pub i8042: Arc<Mutex<I8042>>,
     /// KVM's list of MSRs to save.
     pub msr_indices: Arc<Vec<u32>>,
 }
@@ -445,6 +410,7 @@ impl TinyVm {
             vcpus: vec![self.vcpu],
             serial: self.serial,
             panic_watch: self.panic_watch,
+            i8042: self.i8042,
             virtio,
             msr_indices: self.msr_indices,
             restore: Vec::new(),
@@ -474,7 +440,12 @@ pub fn build_tiny(
     for (addr, bytes) in data {
         write(bytes, *addr)?;
     }
-    let (buses, serial, panic_watch) = legacy_devices(irqchip.then_some(&vm), console)?;
+    let Legacy {
+        buses,
+        serial,
+        panic_watch,
+        i8042,
+    } = legacy_devices(irqchip.then_some(&vm), console, None)?;
     let supported = ioctl(
         "KVM_GET_SUPPORTED_CPUID",
         kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES),
@@ -492,6 +463,7 @@ pub fn build_tiny(
         vcpu,
         serial,
         panic_watch,
+        i8042,
         msr_indices: msr_indices(&kvm)?,
     })
 }

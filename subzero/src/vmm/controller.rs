@@ -254,9 +254,20 @@ impl Controller {
                 Ok(VmmData::Empty)
             }
             Action(ActionType::InstanceStart) => self.start(),
-            Action(ActionType::SendCtrlAltDel) => Err(ActionError::bad(
-                "SendCtrlAltDel is not supported yet: Subzero's i8042 has no keyboard",
-            )),
+            Action(ActionType::SendCtrlAltDel) => {
+                let live = self.live()?;
+                if live.vm.is_paused() {
+                    return Err(ActionError::bad(
+                        "the microVM is paused: resume it before SendCtrlAltDel",
+                    ));
+                }
+                live.vm
+                    .i8042
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .ctrl_alt_del();
+                Ok(VmmData::Empty)
+            }
             Action(ActionType::FlushMetrics) => self.flush_metrics(),
             SetVmState(VmState::Paused) => {
                 self.live()?

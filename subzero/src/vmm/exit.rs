@@ -189,7 +189,7 @@ mod tests {
         let probe = Arc::new(Mutex::new(Probe::new(0xabcd)));
         let mut b = Buses::default();
         b.pio
-            .insert("i8042", 0x60, 5, Arc::new(Mutex::new(I8042)))
+            .insert("i8042", 0x60, 5, Arc::new(Mutex::new(I8042::default())))
             .unwrap();
         b.pio
             .insert("acpi-pm", 0x600, 4, Arc::new(Mutex::new(AcpiPm)))

@@ -15,6 +15,7 @@ use super::vcpu::{self, SharedStats, StopSignal, VcpuSetup, VmStop};
 use super::vcpu_handle::{VcpuError, VcpuHandle, VcpuRunState};
 use super::virtio::VirtioDevices;
 use crate::arch::x86_64::vcpu_state::VcpuState;
+use crate::devices::i8042::I8042;
 use crate::devices::serial::{PanicWatch, SerialDevice};
 use crate::devices::virtio::VirtioDeviceCounts;
 use crate::stats::clock::TickClock;
@@ -34,6 +35,8 @@ pub struct Machine {
     pub serial: Arc<Mutex<SerialDevice>>,
     /// Records a kernel panic seen on the console.
     pub panic_watch: PanicWatch,
+    /// The keyboard controller.
+    pub i8042: Arc<Mutex<I8042>>,
     /// Virtio devices; their thread runs until the machine is dropped.
     pub virtio: VirtioDevices,
     /// KVM's list of MSRs a snapshot saves.
@@ -83,6 +86,8 @@ pub struct RunningVm {
     pub serial: Arc<Mutex<SerialDevice>>,
     /// Records a kernel panic seen on the console.
     pub panic_watch: PanicWatch,
+    /// The keyboard controller.
+    pub i8042: Arc<Mutex<I8042>>,
     /// Virtio devices.
     pub virtio: VirtioDevices,
     /// Exit accounting per vCPU.
@@ -135,6 +140,7 @@ impl Machine {
             buses: self.buses,
             serial: self.serial,
             panic_watch: self.panic_watch,
+            i8042: self.i8042,
             virtio: self.virtio,
             stats,
             signal,

@@ -27,6 +27,7 @@ use super::resources::VmResources;
 use super::vcpu_handle::VcpuError;
 use crate::arch::x86_64::vcpu_state::{StateError, VcpuState};
 use crate::arch::x86_64::vm_state::VmState;
+use crate::devices::i8042::I8042State;
 use crate::devices::serial::UartState;
 use crate::devices::virtio::mmio::TransportSnapshot;
 
@@ -132,6 +133,8 @@ pub struct VmSnapshot {
     pub vcpus: Vec<VcpuState>,
     /// COM1.
     pub serial: UartState,
+    /// The keyboard controller.
+    pub i8042: I8042State,
     /// Every virtio device, in slot order.
     pub virtio: Vec<TransportSnapshot>,
 }
@@ -238,6 +241,7 @@ pub fn create(
         vm: VmState::save(&vm.vm)?,
         vcpus,
         serial: vm.serial.lock().unwrap_or_else(|p| p.into_inner()).state(),
+        i8042: vm.i8042.lock().unwrap_or_else(|p| p.into_inner()).state(),
         virtio: vm.virtio.save(),
     };
     let payload = serde_json::to_vec(&snapshot).map_err(|e| SnapshotError::Decode {

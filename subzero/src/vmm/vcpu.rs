@@ -286,6 +286,24 @@ impl VcpuRunner {
         Next::Run
     }
 
+    /// Lets KVM finish the instruction of the last I/O or MMIO exit (an IN
+    /// gets its data, RIP moves past an OUT) without running the guest
+    /// further: KVM_RUN with `immediate_exit` set completes it and returns
+    /// EINTR. Without this, a vCPU paused right after such an exit would
+    /// be saved in the middle of an instruction.
+    fn complete_pending_exit(&mut self) {
+        self.fd.set_kvm_immediate_exit(1);
+        match self.fd.run() {
+            Err(e) if e.errno() == libc::EINTR => {}
+            Err(e) => log::debug!("vCPU {}: completing the last exit: {e}", self.index),
+            Ok(exit) => log::warn!(
+                "vCPU {}: KVM ran the guest despite immediate_exit ({exit:?})",
+                self.index
+            ),
+        }
+        self.fd.set_kvm_immediate_exit(0);
+    }
+
     /// KVM_RUN, dispatch, account, until an Exit command.
     fn run_loop(&mut self) {
         lock(&self.stats).rip_sample_period = RIP_SAMPLE_PERIOD;
@@ -296,6 +314,7 @@ impl VcpuRunner {
             // and KVM_RUN returns at once; one before it set `pending` first.
             self.fd.set_kvm_immediate_exit(0);
             if self.pending.swap(false, Ordering::SeqCst) {
+                self.complete_pending_exit();
                 let vmm = ticks().wrapping_sub(left_guest);
                 lock(&self.stats).vmm_ticks += vmm;
                 let next = self.commands();

@@ -195,7 +195,19 @@ fn build_dsdt(cfg: &AcpiConfig) -> Vec<u8> {
     let com1_crs = aml::Name::new("_CRS".into(), &com1_crs);
     let com1 = aml::Device::new("COM1".into(), vec![&com1_hid, &com1_uid, &com1_crs]);
 
+    // The i8042's keyboard port: Linux's i8042 driver finds the controller
+    // through this PNP0303 device (a hardware-reduced FADT says nothing of
+    // legacy devices).
+    let kbd_data = aml::IO::new(ports::I8042_DATA, ports::I8042_DATA, 1, 1);
+    let kbd_cmd = aml::IO::new(ports::I8042_COMMAND, ports::I8042_COMMAND, 1, 1);
+    let kbd_irq = aml::Interrupt::new(true, true, false, false, ports::I8042_IRQ);
+    let kbd_crs = aml::ResourceTemplate::new(vec![&kbd_data, &kbd_cmd, &kbd_irq]);
+    let kbd_hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0303"));
+    let kbd_crs = aml::Name::new("_CRS".into(), &kbd_crs);
+    let kbd = aml::Device::new("PS2K".into(), vec![&kbd_hid, &kbd_crs]);
+
     let mut sb = aml_bytes(&com1);
+    sb.extend(aml_bytes(&kbd));
     for (index, dev) in cfg.mmio_devices.iter().enumerate() {
         sb.extend(mmio_device_aml(index, dev));
     }
@@ -428,6 +440,16 @@ mod tests {
         // IO (Decode16, 0x3f8, 0x3f8, 1, 8) and Interrupt (consumer, edge, high) { 4 }
         assert!(find(aml, &[0x47, 1, 0xf8, 3, 0xf8, 3, 1, 8]).is_some());
         assert!(find(aml, &[0x89, 6, 0, 0x03, 1, 4, 0, 0, 0]).is_some());
+        // The keyboard controller: PNP0303 (0x0303d041), ports 0x60 and 0x64, IRQ 1.
+        let kbd = find(aml, b"PS2K").expect("PS2K");
+        let body = &aml[kbd..];
+        assert!(
+            find(body, &[0x0c, 0x41, 0xd0, 0x03, 0x03]).is_some(),
+            "PNP0303"
+        );
+        assert!(find(body, &[0x47, 1, 0x60, 0, 0x60, 0, 1, 1]).is_some());
+        assert!(find(body, &[0x47, 1, 0x64, 0, 0x64, 0, 1, 1]).is_some());
+        assert!(find(body, &[0x89, 6, 0, 0x03, 1, 1, 0, 0, 0]).is_some());
         assert!(find(aml, b"\\_SB_").is_some());
         // Device V000 / V001: _HID "LNRO0005", Memory32Fixed (RW), Interrupt.
         for (name, dev) in [(b"V000", virtio(0)), (b"V001", virtio(1))] {

@@ -82,6 +82,8 @@ pub mod ports {
     pub const I8042_DATA: u16 = 0x60;
     /// The i8042 command/status port; writing 0xfe resets the machine.
     pub const I8042_COMMAND: u16 = 0x64;
+    /// IRQ of the i8042's keyboard port.
+    pub const I8042_IRQ: u32 = 1;
     /// ACPI power management block (hardware-reduced ACPI registers), 4 ports:
     /// +0 sleep control, +1 sleep status, +2 reset register.
     pub const ACPI_PM_BASE: u16 = 0x600;
