@@ -3,6 +3,7 @@ firecracker-python's `Api` class. Run by tests/fc_client.rs as
 `python fc_client.py SUBZERO KERNEL DIR`; prints one line per check and
 exits non-zero on the first failure."""
 
+import atexit
 import os
 import subprocess
 import sys
@@ -16,6 +17,8 @@ subzero, kernel, scratch = sys.argv[1:4]
 sock = os.path.join(scratch, "fc.sock")
 vmm = subprocess.Popen([subzero, "--api-sock", sock, "--id", "fc-client"],
                        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+# Whatever happens below, the VMM (and its guest, counting forever) goes.
+atexit.register(vmm.kill)
 lines = []
 threading.Thread(target=lambda: lines.extend(iter(vmm.stdout.readline, b"")), daemon=True).start()
 

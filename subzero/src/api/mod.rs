@@ -3,6 +3,7 @@
 //! actions and share no VMM state: they hand each action to the main
 //! thread's event loop and write back its answer.
 
+pub mod client;
 pub mod http;
 pub mod routes;
 pub mod server;

@@ -9,6 +9,7 @@
 //! The mean round trip is the run's wall time over N. The median of several
 //! rounds is reported.
 
+pub mod api;
 pub mod halt_wake;
 
 use std::time::{Duration, Instant};

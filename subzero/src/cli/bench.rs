@@ -21,6 +21,12 @@ pub struct BenchArgs {
     /// Measure only these cases (repeatable; default: all).
     #[arg(long = "case", value_enum)]
     cases: Vec<CaseArg>,
+    /// `bench api`: guest RAM sizes to snapshot and restore (repeatable).
+    #[arg(long = "memory-mib", default_values_t = [128u64, 512])]
+    memory_mib: Vec<u64>,
+    /// `bench api`: also measure this Firecracker binary, in the same run.
+    #[arg(long, value_name = "PATH")]
+    firecracker: Option<std::path::PathBuf>,
 }
 
 /// Cases, as named on the command line.
@@ -55,11 +61,16 @@ impl From<CaseArg> for bench::Case {
 enum What {
     /// The round trip of each VM exit kind, against a raw kvm-ioctls loop.
     Exits,
+    /// The API's start, snapshot and restore times (with --firecracker,
+    /// Firecracker's too).
+    Api,
 }
 
 /// Runs `subzero bench`.
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
-    let What::Exits = args.what;
+    if let What::Api = args.what {
+        return run_api(&args);
+    }
     let cases: Vec<bench::Case> = if args.cases.is_empty() {
         bench::Case::ALL.to_vec()
     } else {
@@ -74,5 +85,26 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         let _ = out.flush();
     })?;
     print!("{}", bench::footer(started.elapsed()));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `subzero bench api`.
+fn run_api(args: &BenchArgs) -> anyhow::Result<ExitCode> {
+    let mut peers = vec![bench::api::Peer {
+        name: "subzero".into(),
+        binary: std::env::current_exe()?,
+    }];
+    if let Some(fc) = &args.firecracker {
+        if !fc.is_file() {
+            anyhow::bail!("--firecracker {}: no such file", fc.display());
+        }
+        peers.push(bench::api::Peer {
+            name: "firecracker".into(),
+            binary: fc.clone(),
+        });
+    }
+    let report = bench::api::run(&peers, &args.memory_mib, args.rounds)
+        .map_err(|e| anyhow::anyhow!("bench api: {e}"))?;
+    print!("{report}");
     Ok(ExitCode::SUCCESS)
 }

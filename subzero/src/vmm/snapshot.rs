@@ -20,7 +20,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, WriteVolatile};
+use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryRegion};
 
 use super::machine::RunningVm;
 use super::resources::VmResources;
@@ -254,21 +254,56 @@ pub fn create(
         .write_all(&encode(&payload))
         .and_then(|()| state.sync_all())
         .map_err(io_err(state_path))?;
-    for region in vm.memory.iter() {
-        let slice = region
-            .get_slice(vm_memory::MemoryRegionAddress(0), region.len() as usize)
-            .map_err(|e| SnapshotError::Io {
-                path: mem_path.to_path_buf(),
-                source: io::Error::other(e.to_string()),
-            })?;
-        mem.write_all_volatile(&slice)
-            .map_err(|e| SnapshotError::Io {
-                path: mem_path.to_path_buf(),
-                source: io::Error::other(e.to_string()),
-            })?;
-    }
+    write_memory(&vm.memory, &mut mem).map_err(io_err(mem_path))?;
     mem.sync_all().map_err(io_err(mem_path))?;
     Ok(())
+}
+
+/// Pages compared at a time when looking for all-zero pages.
+const PAGE: usize = 4096;
+/// Bytes copied out of guest memory at a time.
+const CHUNK: usize = 1 << 20;
+
+/// Writes guest RAM, region after region, to `file` (new and empty),
+/// leaving holes for pages that are all zero: a guest that has touched
+/// little of its RAM gets a small, sparse memory file, and restoring reads
+/// the holes back as zeros.
+fn write_memory(memory: &vm_memory::GuestMemoryMmap, file: &mut File) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; CHUNK];
+    let mut offset = 0u64;
+    for region in memory.iter() {
+        let len = region.len() as usize;
+        let mut at = 0usize;
+        while at < len {
+            let n = CHUNK.min(len - at);
+            region
+                .read_slice(&mut buf[..n], vm_memory::MemoryRegionAddress(at as u64))
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            let mut page = 0;
+            while page < n {
+                let end = (page + PAGE).min(n);
+                // Extend over a run of pages that hold data.
+                let mut run_end = page;
+                while run_end < n
+                    && buf[run_end..(run_end + PAGE).min(n)]
+                        .iter()
+                        .any(|&b| b != 0)
+                {
+                    run_end = (run_end + PAGE).min(n);
+                }
+                if run_end > page {
+                    file.write_all_at(&buf[page..run_end], offset + (at + page) as u64)?;
+                    page = run_end;
+                } else {
+                    page = end;
+                }
+            }
+            at += n;
+        }
+        offset += len as u64;
+    }
+    file.set_len(offset)
 }
 
 /// Reads and checks a state file, and checks that the memory file fits it.

@@ -63,3 +63,35 @@ proptest! {
         let _ = parse(&data, path());
     }
 }
+
+#[test]
+fn the_memory_file_is_guest_ram_with_holes_for_zero_pages() {
+    use std::os::unix::fs::MetadataExt;
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[
+        (GuestAddress(0), 3 << 20),
+        (GuestAddress(16 << 20), 2 << 20),
+    ])
+    .unwrap();
+    mem.write_slice(&[0xab; 10], GuestAddress(5)).unwrap();
+    mem.write_slice(&[0xcd; 9000], GuestAddress((1 << 20) - 4096))
+        .unwrap();
+    mem.write_slice(&[0xef; 1], GuestAddress((18 << 20) - 1))
+        .unwrap();
+    let path = std::env::temp_dir().join(format!("subzero-memfile-{}", std::process::id()));
+    let mut file = create_file(&path, true).unwrap();
+    write_memory(&mem, &mut file).unwrap();
+    let data = std::fs::read(&path).unwrap();
+    assert_eq!(data.len(), 5 << 20);
+    let mut expected = vec![0u8; 5 << 20];
+    expected[5..15].fill(0xab);
+    expected[(1 << 20) - 4096..(1 << 20) - 4096 + 9000].fill(0xcd);
+    expected[(5 << 20) - 1] = 0xef;
+    assert!(data == expected, "the file differs from guest RAM");
+    let allocated = std::fs::metadata(&path).unwrap().blocks() * 512;
+    assert!(
+        allocated < 1 << 20,
+        "{allocated} bytes allocated for 5 pages of data"
+    );
+    let _ = std::fs::remove_file(&path);
+}
