@@ -86,24 +86,17 @@ impl Drop for Vmm {
 
 /// One request on a new connection; the status and the body.
 fn http(sock: &Path, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut s = UnixStream::connect(sock).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
+    subzero::api::client::request(sock, method, path, body)
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
+/// A `PUT /snapshot/load` body for these files, not resuming.
+fn load_body(state: &Path, mem: &Path) -> String {
+    format!(
+        r#"{{"snapshot_path": "{}", "mem_backend": {{"backend_type": "File", "backend_path": "{}"}}}}"#,
+        state.display(),
+        mem.display()
     )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("read the response");
-    let status = out
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("not an HTTP response: {out:?}"));
-    let body = out.split_once("\r\n\r\n").map(|x| x.1).unwrap_or_default();
-    (status, body.to_string())
 }
 
 fn fault(body: &str) -> String {
@@ -190,15 +183,7 @@ fn the_counter_pauses_snapshots_and_goes_on_in_a_new_process() {
     vmm.kill();
     // 4. load it in a new process, and resume
     let vmm = Vmm::spawn(&dir.join("b.sock"), &[]);
-    vmm.ok(
-        "PUT",
-        "/snapshot/load",
-        &format!(
-            r#"{{"snapshot_path": "{}", "mem_backend": {{"backend_type": "File", "backend_path": "{}"}}}}"#,
-            snap.display(),
-            mem.display()
-        ),
-    );
+    vmm.ok("PUT", "/snapshot/load", &load_body(&snap, &mem));
     assert_eq!(state(&vmm), "Paused");
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(vmm.console.text(), "", "the loaded VM ran before Resumed");
@@ -359,13 +344,7 @@ fn bad_requests_get_firecrackers_status_and_fault_message() {
     let mut flipped = data.clone();
     flipped[data.len() / 2] ^= 0x40;
     std::fs::write(dir.join("flipped"), &flipped).unwrap();
-    let load = |state: &str| {
-        format!(
-            r#"{{"snapshot_path": "{}", "mem_backend": {{"backend_type": "File", "backend_path": "{}"}}}}"#,
-            dir.join(state).display(),
-            dir.join("m").display()
-        )
-    };
+    let load = |state: &str| load_body(&dir.join(state), &dir.join("m"));
     expect(
         &vmm,
         "PUT",

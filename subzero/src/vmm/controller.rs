@@ -41,6 +41,27 @@ struct Live {
     started: Instant,
 }
 
+impl Live {
+    /// The exit statistics so far, as `--stats-format json` gives them.
+    fn stats(&self) -> StatsReport {
+        let mut report = StatsReport::build(
+            &live::current(&self.vm.stats),
+            self.started.elapsed(),
+            self.clock.ns_per_tick(),
+            &self.vm.buses,
+            self.kvm.read(),
+            None,
+        );
+        report.virtio = self
+            .vm
+            .virtio_counts()
+            .iter()
+            .map(VirtioRow::from)
+            .collect();
+        report
+    }
+}
+
 /// The VMM: its configuration and, once started, its VM.
 pub struct Controller {
     id: String,
@@ -157,21 +178,7 @@ impl Controller {
                 json(serde_json::to_value(&self.resources.machine_config).map_err(bad)?)
             }
             GetStats => {
-                let live = self.live()?;
-                let mut report = StatsReport::build(
-                    &live::current(&live.vm.stats),
-                    live.started.elapsed(),
-                    live.clock.ns_per_tick(),
-                    &live.vm.buses,
-                    live.kvm.read(),
-                    None,
-                );
-                report.virtio = live
-                    .vm
-                    .virtio_counts()
-                    .iter()
-                    .map(VirtioRow::from)
-                    .collect();
+                let report = self.live()?.stats();
                 json(serde_json::to_value(&report).map_err(bad)?)
             }
             PutMachineConfig(m) => self.set_machine(m),
@@ -365,17 +372,7 @@ impl Controller {
 
     fn flush_metrics(&mut self) -> VmmResult {
         let line = match &self.live {
-            Some(live) => {
-                let report = StatsReport::build(
-                    &live::current(&live.vm.stats),
-                    live.started.elapsed(),
-                    live.clock.ns_per_tick(),
-                    &live.vm.buses,
-                    live.kvm.read(),
-                    None,
-                );
-                report.to_json()
-            }
+            Some(live) => live.stats().to_json(),
             None => serde_json::json!({"state": self.state_name()}).to_string(),
         };
         let file = self
