@@ -21,6 +21,7 @@ pub mod bus;
 pub mod demo;
 pub mod devices;
 pub mod exits;
+pub mod files;
 pub mod kvm;
 pub mod logger;
 pub mod stats;

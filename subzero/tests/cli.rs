@@ -206,3 +206,60 @@ fn device_backends_are_opened_before_the_vm_and_named_in_errors() {
         "the file is left alone"
     );
 }
+
+/// Makes a FIFO at `path`.
+fn mkfifo(path: &Path) {
+    let _ = std::fs::remove_file(path);
+    let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo reads the NUL-terminated path only.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+}
+
+#[test]
+fn a_fifo_or_device_given_as_an_input_file_is_refused_at_once() {
+    let dir = common::scratch("fifos");
+    let fifo = dir.join("pipe");
+    mkfifo(&fifo);
+    let kernel = fake_kernel("fifo-kernel");
+    let fifo_s = fifo.to_str().unwrap();
+    let started = std::time::Instant::now();
+    for (args, needle) in [
+        (vec!["run", "--kernel", fifo_s], "cannot read kernel"),
+        (
+            vec!["run", "--kernel", "/dev/zero"],
+            "cannot read kernel /dev/zero: it is a character device",
+        ),
+        (
+            vec![
+                "run",
+                "--kernel",
+                kernel.to_str().unwrap(),
+                "--initrd",
+                fifo_s,
+            ],
+            "cannot read initrd",
+        ),
+        (
+            vec![
+                "run",
+                "--kernel",
+                kernel.to_str().unwrap(),
+                "--symbols",
+                fifo_s,
+            ],
+            fifo_s,
+        ),
+        (vec!["--no-api", "--config-file", fifo_s], fifo_s),
+    ] {
+        let out = subzero(&args);
+        fails_with(&out, &[needle]);
+        if needle != "cannot read kernel /dev/zero: it is a character device" {
+            fails_with(&out, &["named pipe (FIFO)"]);
+        }
+    }
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "something waited on the FIFO"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -66,7 +66,9 @@ impl Symbols {
     /// Reads symbols from an ELF file (a vmlinux with its symbol table) or
     /// a System.map / kallsyms text file.
     pub fn load(path: &Path) -> Result<Symbols, SymbolsError> {
-        let bytes = std::fs::read(path).map_err(|source| SymbolsError::Read {
+        // An unstripped vmlinux with DWARF is some hundreds of MiB.
+        const MAX: u64 = 2 << 30;
+        let bytes = crate::files::read_regular(path, MAX).map_err(|source| SymbolsError::Read {
             path: path.to_path_buf(),
             source,
         })?;

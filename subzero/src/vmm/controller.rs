@@ -459,16 +459,7 @@ fn snapshot_error(e: SnapshotError) -> ActionError {
 
 /// Reads a Firecracker JSON config file (`--config-file`).
 pub fn read_config_file(path: &Path) -> Result<VmResources, String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    if !meta.is_file() {
-        return Err(format!("{} is not a regular file", path.display()));
-    }
-    if meta.len() > 1 << 20 {
-        return Err(format!(
-            "{} is over 1 MiB; no config file is",
-            path.display()
-        ));
-    }
-    let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let text = crate::files::read_regular(path, 1 << 20)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", path.display()))
 }

@@ -15,7 +15,7 @@
 //! order, as [`VmSnapshot::regions`] lists them.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -308,32 +308,15 @@ fn write_memory(memory: &vm_memory::GuestMemoryMmap, file: &mut File) -> io::Res
 
 /// Reads and checks a state file, and checks that the memory file fits it.
 pub fn read(state_path: &Path, mem_path: &Path) -> Result<(VmSnapshot, File), SnapshotError> {
-    let file = File::open(state_path).map_err(io_err(state_path))?;
-    let meta = file.metadata().map_err(io_err(state_path))?;
-    if !meta.is_file() {
-        return Err(SnapshotError::Io {
-            path: state_path.to_path_buf(),
-            source: io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"),
-        });
-    }
-    let mut data = Vec::new();
-    file.take(MAX_PAYLOAD + HEADER_LEN as u64 + 1)
-        .read_to_end(&mut data)
+    let data = crate::files::read_regular(state_path, MAX_PAYLOAD + HEADER_LEN as u64)
         .map_err(io_err(state_path))?;
-    if data.len() as u64 > MAX_PAYLOAD + HEADER_LEN as u64 {
-        return Err(SnapshotError::Decode {
-            path: state_path.to_path_buf(),
-            detail: format!("larger than {} MiB; no state file is", MAX_PAYLOAD >> 20),
-        });
-    }
     let snapshot = parse(&data, state_path)?;
-    let mem = File::open(mem_path).map_err(io_err(mem_path))?;
-    let mem_meta = mem.metadata().map_err(io_err(mem_path))?;
     let expected: u64 = snapshot.regions.iter().map(|r| r.len).sum();
-    if !mem_meta.is_file() || mem_meta.len() != expected {
+    let (mem, found) = crate::files::open_regular(mem_path, u64::MAX).map_err(io_err(mem_path))?;
+    if found != expected {
         return Err(SnapshotError::MemorySize {
             path: mem_path.to_path_buf(),
-            found: mem_meta.len(),
+            found,
             expected,
         });
     }

@@ -78,6 +78,20 @@ pub enum BootError {
         /// The file.
         path: PathBuf,
     },
+    /// The bzImage's setup header promises more than the file holds.
+    #[error(
+        "kernel {} is corrupt or truncated: its setup header promises {promised} bytes, \
+         the file has {len}; copy the kernel again",
+        path.display()
+    )]
+    Truncated {
+        /// The file.
+        path: PathBuf,
+        /// What the header says the image is.
+        promised: u64,
+        /// What the file holds.
+        len: u64,
+    },
     /// The bzImage lacks what Subzero needs.
     #[error("kernel {}: {reason}", path.display())]
     Unsupported {
@@ -137,18 +151,16 @@ pub enum BootError {
     GuestMemory(&'static str, #[source] vm_memory::GuestMemoryError),
 }
 
+/// Largest kernel or initrd read: more than any guest Subzero builds holds
+/// below 4 GiB.
+const MAX_IMAGE: u64 = 4 << 30;
+
 fn open(what: &'static str, path: &Path) -> Result<(File, u64), BootError> {
-    let read_err = |source| BootError::Read {
+    crate::files::open_regular(path, MAX_IMAGE).map_err(|source| BootError::Read {
         what,
         path: path.to_path_buf(),
         source,
-    };
-    let file = File::open(path).map_err(read_err)?;
-    let meta = file.metadata().map_err(read_err)?;
-    if meta.is_dir() {
-        return Err(read_err(std::io::Error::other("it is a directory")));
-    }
-    Ok((file, meta.len()))
+    })
 }
 
 /// Kernel image formats Subzero loads.
@@ -163,8 +175,12 @@ pub enum KernelFormat {
 /// Checks that `path` is a readable kernel image and says which format.
 /// Cheap: reads only the header. Used before any KVM call.
 pub fn probe_kernel(path: &Path) -> Result<KernelFormat, BootError> {
-    let (mut file, _) = open("kernel", path)?;
-    detect(&mut file, path)
+    let (mut file, len) = open("kernel", path)?;
+    let format = detect(&mut file, path)?;
+    if format == KernelFormat::BzImage {
+        check_bzimage_length(&file, len, path)?;
+    }
+    Ok(format)
 }
 
 /// Checks that `path` is a readable regular file (the initrd).
@@ -227,6 +243,7 @@ pub fn load_kernel(
             initrd_addr_max: ELF_INITRD_ADDR_MAX,
         });
     }
+    check_bzimage_length(&file, len, path)?;
     let loaded = BzImage::load(mem, himem, &mut file, himem).map_err(corrupt)?;
     let Some(hdr) = loaded.setup_header else {
         return Err(BootError::NotAKernel {
@@ -264,6 +281,35 @@ pub fn load_kernel(
         cmdline_max: (hdr.cmdline_size as usize).min(CMDLINE_MAX_SIZE - 1),
         initrd_addr_max: u64::from(hdr.initrd_addr_max),
     })
+}
+
+/// A bzImage is the boot sector, `setup_sects` sectors of setup code, and
+/// `syssize` 16-byte paragraphs of protected-mode code: the file must hold
+/// all of them.
+fn check_bzimage_length(file: &File, len: u64, path: &Path) -> Result<(), BootError> {
+    use std::os::unix::fs::FileExt;
+    let mut hdr = [0u8; 7];
+    file.read_exact_at(&mut hdr, 0x1f1)
+        .map_err(|source| BootError::Read {
+            what: "kernel",
+            path: path.to_path_buf(),
+            source,
+        })?;
+    // setup_sects 0 means 4 (boot protocol, "setup_sects").
+    let setup_sects = match hdr[0] {
+        0 => 4,
+        n => u64::from(n),
+    };
+    let syssize = u64::from(u32::from_le_bytes([hdr[3], hdr[4], hdr[5], hdr[6]]));
+    let promised = (setup_sects + 1) * 512 + syssize * 16;
+    if promised > len {
+        return Err(BootError::Truncated {
+            path: path.to_path_buf(),
+            promised,
+            len,
+        });
+    }
+    Ok(())
 }
 
 /// Loads the initrd as high as the kernel allows, below `low_ram_end` and
