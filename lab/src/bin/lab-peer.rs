@@ -8,7 +8,19 @@
 //! lab-peer connect ADDR [--retry SECS] [--bytes N]
 //! lab-peer randread PATH SECS             4 KiB O_DIRECT reads at random offsets
 //! lab-peer seq read|write PATH BYTES      1 MiB O_DIRECT sequential I/O (+ fdatasync)
+//! lab-peer http SOCK METHOD PATH [BODY] [--watch FILE]   one HTTP/1.1 request on a Unix socket
+//! lab-peer vmm OUT SOCK -- CMD [ARG...]   start an API VMM; time until `GET /` answers
 //! ```
+//!
+//! `http` and `vmm` are the API benchmark's stopwatch (curl's own start in
+//! L1, a dynamic binary under an emulated CPU, would be most of what it
+//! measures). `http` prints the response body to stdout and
+//! `lab-peer: METHOD PATH: status S in T s` to stderr; it exits 0 for a 2xx
+//! status. With `--watch FILE` it then waits for FILE (a VMM's console) to
+//! grow past its size when the request was sent and adds `; FILE grew after
+//! T s` (from the request). `vmm` spawns CMD (stdin /dev/null, stdout to
+//! OUT, stderr to OUT.err), sends `GET /` on SOCK until one is answered 200,
+//! prints `<pid> <seconds from spawn>` and exits, leaving CMD running.
 //!
 //! ADDR: `tcp:IP:PORT`, `vsock:CID:PORT` (listen: `vsock:PORT`), `unix:PATH`,
 //! or `vsock-uds:PATH:PORT` (connect only): a Unix socket served by a VMM
@@ -37,7 +49,9 @@ fn usage() -> ExitCode {
     eprintln!(
         "usage: lab-peer gen SEED BYTES\n       lab-peer listen ADDR [--timeout SECS] [--bytes N]\n       \
          lab-peer connect ADDR [--retry SECS] [--bytes N]\n       lab-peer randread PATH SECS\n       \
-         lab-peer seq read|write PATH BYTES\n\
+         lab-peer seq read|write PATH BYTES\n       \
+         lab-peer http SOCK METHOD PATH [BODY] [--watch FILE]\n       \
+         lab-peer vmm OUT SOCK -- CMD [ARG...]\n\
          ADDR: tcp:IP:PORT | vsock:CID:PORT | vsock:PORT (listen) | unix:PATH | vsock-uds:PATH:PORT"
     );
     ExitCode::from(2)
@@ -51,6 +65,8 @@ fn main() -> ExitCode {
         Some("connect") if args.len() >= 2 => connect(&args[1], &args[2..]),
         Some("randread") if args.len() == 3 => randread(&args[1], &args[2]),
         Some("seq") if args.len() == 4 => seq(&args[1], &args[2], &args[3]),
+        Some("http") if args.len() >= 4 => http(&args[1..]),
+        Some("vmm") if args.len() >= 5 && args[3] == "--" => vmm(&args[1], &args[2], &args[4..]),
         _ => return usage(),
     };
     match res {
@@ -512,4 +528,178 @@ fn seq(dir: &str, path: &str, bytes: &str) -> Res<()> {
         mib_s(total, t)
     );
     Ok(())
+}
+
+/// One HTTP/1.1 request on the Unix socket `sock`: the status and body of
+/// the answer.
+fn http_request(sock: &str, method: &str, path: &str, body: &str) -> Res<(u16, String)> {
+    let mut s = std::os::unix::net::UnixStream::connect(sock)
+        .map_err(|e| format!("connect {sock}: {e}"))?;
+    let _ = s.set_read_timeout(Some(Duration::from_secs(300)));
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes())
+        .map_err(|e| format!("{sock}: sending: {e}"))?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        match s.read(&mut buf) {
+            Ok(0) => return Err(format!("{sock}: closed before a full answer")),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("{sock}: reading: {e}")),
+        }
+    };
+    let head = String::from_utf8_lossy(&got[..head_end]).into_owned();
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("{sock}: bad status line in {head:?}"))?;
+    let len: usize = head
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .unwrap_or(0);
+    while got.len() < head_end + len {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("{sock}: reading the body: {e}")),
+        }
+    }
+    let end = got.len().min(head_end + len);
+    Ok((
+        status,
+        String::from_utf8_lossy(&got[head_end..end]).into_owned(),
+    ))
+}
+
+fn file_len(path: &str) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
+/// Blocks until `path` is longer than `len` (inotify, so the wait takes no
+/// CPU from the VM on L1's one CPU), for at most `limit`.
+fn wait_growth(path: &str, len: u64, limit: Duration) -> Res<()> {
+    // SAFETY: plain inotify_init1(2); the fd is owned below.
+    let fd = cvt(
+        unsafe { libc::inotify_init1(libc::IN_CLOEXEC) },
+        "inotify_init1",
+    )?;
+    // SAFETY: fd is a fresh descriptor nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let c = std::ffi::CString::new(path).map_err(|_| format!("bad path {path:?}"))?;
+    // SAFETY: a valid NUL-terminated path and our inotify fd.
+    let wd = unsafe { libc::inotify_add_watch(fd.as_raw_fd(), c.as_ptr(), libc::IN_MODIFY) };
+    cvt(wd, &format!("inotify_add_watch {path}"))?;
+    let deadline = Instant::now() + limit;
+    let mut buf = [0u8; 4096];
+    while file_len(path) <= len {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!(
+                "{path} did not grow within {:.0}s",
+                limit.as_secs_f64()
+            ));
+        }
+        let mut pfd = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = left.as_millis().min(1000) as i32;
+        // SAFETY: one valid pollfd.
+        cvt(unsafe { libc::poll(&mut pfd, 1, ms) }, "poll")?;
+        if pfd.revents & libc::POLLIN != 0 {
+            // SAFETY: reading events into our own buffer.
+            unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        }
+    }
+    Ok(())
+}
+
+fn http(args: &[String]) -> Res<()> {
+    let (sock, method, path) = (&args[0], &args[1], &args[2]);
+    let mut rest = &args[3..];
+    let mut body = "";
+    if rest.first().is_some_and(|a| !a.starts_with("--")) {
+        body = &rest[0];
+        rest = &rest[1..];
+    }
+    let watch = options(rest, &["watch"])?.pop().map(|(_, v)| v);
+    let before = watch.as_deref().map(file_len);
+    let t0 = Instant::now();
+    let (status, answer) = http_request(sock, method, path, body)?;
+    let took = t0.elapsed();
+    println!("{answer}");
+    let mut line = format!(
+        "lab-peer: {method} {path}: status {status} in {:.4}s",
+        took.as_secs_f64()
+    );
+    if let (Some(file), Some(len)) = (&watch, before) {
+        match wait_growth(file, len, Duration::from_secs(60)) {
+            Ok(()) => line.push_str(&format!(
+                "; {file} grew after {:.4}s",
+                t0.elapsed().as_secs_f64()
+            )),
+            Err(e) => line.push_str(&format!("; {e}")),
+        }
+    }
+    eprintln!("{line}");
+    if (200..300).contains(&status) {
+        Ok(())
+    } else {
+        Err(format!("{method} {path} answered {status}: {answer}"))
+    }
+}
+
+fn vmm(out: &str, sock: &str, cmd: &[String]) -> Res<()> {
+    let stdout = File::create(out).map_err(|e| format!("{out}: {e}"))?;
+    let err_path = format!("{out}.err");
+    let stderr = File::create(&err_path).map_err(|e| format!("{err_path}: {e}"))?;
+    let t0 = Instant::now();
+    let mut child = std::process::Command::new(&cmd[0])
+        .args(&cmd[1..])
+        .stdin(std::process::Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .spawn()
+        .map_err(|e| format!("spawning {}: {e}", cmd[0]))?;
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        if let Ok((200, body)) = http_request(sock, "GET", "/", "") {
+            println!("{} {:.4}", child.id(), t0.elapsed().as_secs_f64());
+            eprintln!(
+                "lab-peer: {} pid {}: GET / answered after {:.4}s ({attempts} attempts): {body}",
+                cmd[0],
+                child.id(),
+                t0.elapsed().as_secs_f64()
+            );
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!(
+                "{} exited ({status}) before its API answered",
+                cmd[0]
+            ));
+        }
+        if t0.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            return Err(format!(
+                "{}: no answer to GET / on {sock} within 30s",
+                cmd[0]
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
