@@ -263,3 +263,47 @@ fn a_fifo_or_device_given_as_an_input_file_is_refused_at_once() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn stats_out_never_overwrites_a_file_the_vm_reads() {
+    let kernel = fake_kernel("statsout");
+    let dir = kernel.parent().unwrap().to_path_buf();
+    let disk = dir.join("disk.img");
+    std::fs::write(&disk, vec![7u8; 4096]).unwrap();
+    let link = dir.join("innocent-name.json");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&disk, &link).unwrap();
+    let before = (
+        std::fs::read(&kernel).unwrap(),
+        std::fs::read(&disk).unwrap(),
+    );
+    for target in [&kernel, &disk, &link] {
+        let out = run_with(
+            &kernel,
+            &[
+                "--disk",
+                &format!("path={}", disk.display()),
+                "--stats",
+                "--stats-out",
+                target.to_str().unwrap(),
+            ],
+        );
+        fails_with(
+            &out,
+            &[
+                "--stats-out",
+                "which the VM reads: refusing to overwrite it",
+            ],
+        );
+    }
+    assert_eq!(
+        (
+            std::fs::read(&kernel).unwrap(),
+            std::fs::read(&disk).unwrap()
+        ),
+        before,
+        "an input changed"
+    );
+    let out = run_with(&kernel, &["--stats", "--stats-out", dir.to_str().unwrap()]);
+    fails_with(&out, &["is a directory"]);
+}

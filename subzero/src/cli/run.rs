@@ -1,6 +1,7 @@
 //! `subzero run`: boot a kernel, optionally with exit statistics.
 
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -176,6 +177,12 @@ fn resources(args: &RunArgs) -> anyhow::Result<VmResources> {
 /// Runs `subzero run`.
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let symbols = args.symbols.as_deref().map(Symbols::load).transpose()?;
+    // Opened now, so that a bad path fails before the VM runs, not after.
+    let mut stats_out = args
+        .stats_out
+        .as_deref()
+        .map(|path| open_stats_out(path, &inputs(&args)))
+        .transpose()?;
     let mut cfg = resources(&args)?
         .vm_config()
         .map_err(|e| anyhow::anyhow!(e.for_cli()))?;
@@ -237,15 +244,72 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             StatsFormat::Json => stats.to_json() + "\n",
             StatsFormat::Prometheus => stats.to_prometheus(),
         };
-        match &args.stats_out {
-            Some(path) => std::fs::write(path, text)
+        match (&mut stats_out, &args.stats_out) {
+            (Some(file), Some(path)) => write_stats_out(file, &text)
                 .with_context(|| format!("writing the stats report to {}", path.display()))?,
-            None => {
+            _ => {
                 let _ = std::io::stderr().write_all(text.as_bytes());
             }
         }
     }
     Ok(outcome(&report))
+}
+
+/// Every file the VM reads.
+fn inputs(args: &RunArgs) -> Vec<PathBuf> {
+    let mut v = vec![args.kernel.clone()];
+    v.extend(args.initrd.clone());
+    v.extend(args.symbols.clone());
+    v.extend(args.disk.iter().map(|d| d.path.clone()));
+    v
+}
+
+/// Opens the `--stats-out` file without truncating it yet, refusing any
+/// file the VM reads (checked on the opened file, so a link cannot hide
+/// one).
+fn open_stats_out(path: &std::path::Path, inputs: &[PathBuf]) -> anyhow::Result<std::fs::File> {
+    use std::os::unix::fs::MetadataExt;
+    if path.is_dir() {
+        anyhow::bail!("--stats-out {} is a directory: name a file", path.display());
+    }
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .with_context(|| format!("--stats-out {}", path.display()))?;
+    let meta = file
+        .metadata()
+        .with_context(|| format!("--stats-out {}", path.display()))?;
+    if meta.is_dir() {
+        anyhow::bail!("--stats-out {} is a directory: name a file", path.display());
+    }
+    // O_NONBLOCK was only for the open (a FIFO with no reader fails at
+    // once); the report is written blocking.
+    // SAFETY: F_SETFL on a descriptor this function owns.
+    unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&file), libc::F_SETFL, 0) };
+    for input in inputs {
+        if let Ok(m) = std::fs::metadata(input) {
+            if m.dev() == meta.dev() && m.ino() == meta.ino() {
+                anyhow::bail!(
+                    "--stats-out {} is {}, which the VM reads: refusing to overwrite it; \
+                     choose another file",
+                    path.display(),
+                    input.display()
+                );
+            }
+        }
+    }
+    Ok(file)
+}
+
+/// Replaces the contents of the `--stats-out` file with `text`.
+fn write_stats_out(file: &mut std::fs::File, text: &str) -> std::io::Result<()> {
+    if file.metadata()?.is_file() {
+        file.set_len(0)?;
+    }
+    file.write_all(text.as_bytes())
 }
 
 /// Maps how the VM ended to a message and an exit status.
