@@ -1,6 +1,7 @@
 //! The binaries the lab puts into L1: static builds of subzero and
-//! lab-peer, and the host's QEMU with the libraries `ldd` lists (for the
-//! microvm benchmark).
+//! lab-peer, and host binaries with the libraries `ldd` lists: QEMU (for the
+//! microvm benchmark), curl (for the API scenario) and the peer Firecracker
+//! (for the API benchmark).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -95,9 +96,47 @@ pub(crate) fn read_static(path: &Path) -> Result<Vec<u8>, LabError> {
     Ok(bytes)
 }
 
-/// The host's QEMU for the virtio benchmark in L1: the binary, every
-/// library `ldd` lists (the dynamic loader included), stored as regular
-/// files at the same paths, the microvm SeaBIOS and QEMU's
+/// A dynamically linked host binary for L1: the binary itself at
+/// `l1_path` and every library `ldd` lists (the dynamic loader included),
+/// stored as regular files at the same paths. `missing` makes the error
+/// when `ldd` cannot run.
+fn with_libraries(
+    host_path: &Path,
+    l1_path: &str,
+    missing: &dyn Fn(&str) -> LabError,
+) -> Result<Vec<(String, Vec<u8>, u32)>, LabError> {
+    let out = Command::new("ldd")
+        .arg(host_path)
+        .output()
+        .map_err(|e| missing(&format!("ldd ({e})")))?;
+    if !out.status.success() {
+        return Err(failed(format!(
+            "ldd {}: {}",
+            host_path.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let libs = parse_ldd(&String::from_utf8_lossy(&out.stdout));
+    let read = |p: &Path| fs::read(p).map_err(|e| failed(format!("{}: {e}", p.display())));
+    let mut files = vec![(l1_path.to_string(), read(host_path)?, 0o755)];
+    for lib in libs {
+        let bytes = read(Path::new(&lib))?;
+        files.push((lib, bytes, 0o755));
+    }
+    Ok(files)
+}
+
+fn log_size(what: &str, files: &[(String, Vec<u8>, u32)]) {
+    let total: usize = files.iter().map(|f| f.1.len()).sum();
+    log(&format!(
+        "{what} for L1: {} files, {:.1} MiB",
+        files.len(),
+        total as f64 / (1 << 20) as f64
+    ));
+}
+
+/// The host's QEMU for the virtio benchmark in L1: the binary and its
+/// libraries ([`with_libraries`]), the microvm SeaBIOS and QEMU's
 /// `linuxboot_dma.bin`.
 pub(crate) fn qemu_files() -> Result<Vec<(String, Vec<u8>, u32)>, LabError> {
     let missing = |what: &str| LabError::Unavailable(format!("{what} for the virtio benchmark"));
@@ -111,39 +150,44 @@ pub(crate) fn qemu_files() -> Result<Vec<(String, Vec<u8>, u32)>, LabError> {
             "/usr/share/seabios/bios-microvm.bin (apt-get install seabios)",
         ));
     }
-    let out = Command::new("ldd")
-        .arg(scripts::L1_QEMU)
-        .output()
-        .map_err(|e| missing(&format!("ldd ({e})")))?;
-    if !out.status.success() {
-        return Err(failed(format!(
-            "ldd {}: {}",
-            scripts::L1_QEMU,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    let libs = parse_ldd(&String::from_utf8_lossy(&out.stdout));
-    let mut files = Vec::new();
-    let read = |p: &str| fs::read(p).map_err(|e| failed(format!("{p}: {e}")));
-    files.push((scripts::L1_QEMU.to_string(), read(scripts::L1_QEMU)?, 0o755));
-    for lib in libs {
-        let bytes = read(&lib)?;
-        files.push((lib, bytes, 0o755));
-    }
+    let mut files = with_libraries(Path::new(scripts::L1_QEMU), scripts::L1_QEMU, &missing)?;
     // SeaBIOS, and the option ROM QEMU loads for -kernel (from its data
     // directory, package qemu-system-data).
     for f in [
         scripts::L1_MICROVM_BIOS,
         "/usr/share/qemu/linuxboot_dma.bin",
     ] {
-        files.push((f.to_string(), read(f)?, 0o644));
+        let bytes = fs::read(f).map_err(|e| failed(format!("{f}: {e}")))?;
+        files.push((f.to_string(), bytes, 0o644));
     }
-    let total: usize = files.iter().map(|f| f.1.len()).sum();
-    log(&format!(
-        "QEMU for L1: {} files, {:.1} MiB",
-        files.len(),
-        total as f64 / (1 << 20) as f64
-    ));
+    log_size("QEMU", &files);
+    Ok(files)
+}
+
+/// The host's curl and its libraries, for the API scenario's requests.
+pub(crate) fn curl_files() -> Result<Vec<(String, Vec<u8>, u32)>, LabError> {
+    let missing = |what: &str| LabError::Unavailable(format!("{what} for the api scenario"));
+    if !Path::new(scripts::L1_CURL).is_file() {
+        return Err(missing("/usr/bin/curl (apt-get install curl)"));
+    }
+    let files = with_libraries(Path::new(scripts::L1_CURL), scripts::L1_CURL, &missing)?;
+    log_size("curl", &files);
+    Ok(files)
+}
+
+/// The peer Firecracker (a dynamically linked binary, see
+/// `shared/peers/README.md`) and its libraries, at [`scripts::L1_FIRECRACKER`];
+/// nothing when `peer` is `None` (the benchmark then measures subzero only).
+pub(crate) fn firecracker_files(
+    peer: Option<&Path>,
+) -> Result<Vec<(String, Vec<u8>, u32)>, LabError> {
+    let Some(path) = peer else {
+        log("no peer Firecracker (SUBZERO_LAB_FIRECRACKER or ../shared/peers/firecracker): the API benchmark measures subzero only");
+        return Ok(Vec::new());
+    };
+    let missing = |what: &str| LabError::Unavailable(format!("{what} for the API benchmark"));
+    let files = with_libraries(path, scripts::L1_FIRECRACKER, &missing)?;
+    log_size(&format!("Firecracker ({})", path.display()), &files);
     Ok(files)
 }
 

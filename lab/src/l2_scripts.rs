@@ -131,6 +131,63 @@ rng)
     echo "@@L2 RNG_BYTES $(wc -c < /tmp/rng)"
     echo "@@L2 RNG_DISTINCT $(od -An -v -tu1 /tmp/rng | tr -s ' ' '\n' | grep -v '^$' | sort -u | wc -l)"
     ;;
+api)
+    # Set up everything, then count until L1 has connected to both
+    # listeners (after the snapshot and restore), then check the disk.
+    sz_load virtio_mmio virtio_blk virtio_net vmw_vsock_virtio_transport
+    sz_wait /dev/vda
+    sz_wait /sys/class/net/eth0
+    sz_wait /dev/vsock
+    mkdir -p /mnt
+    sz_try MOUNT mount -t ext4 /dev/vda /mnt
+    sz_try WRITE sh -c "lab-peer gen $SZ_API_FILE > /mnt/api.bin && sync"
+    echo "@@L2 WRITTEN_SHA256 $(sz_sha < /mnt/api.bin)"
+    bid=$(cat /proc/sys/kernel/random/boot_id)
+    echo "@@L2 BOOT_ID $bid"
+    ip addr add 169.254.0.2/16 dev eth0
+    ip link set eth0 up
+    (
+        # A second try for a connection dropped by the guest: see
+        # VSOCK_RETRY in lab/src/api_scripts.rs.
+        want=$(lab-peer gen $SZ_API_VSOCK_HOST | sz_sha)
+        for try in 1 2; do
+            h=$(lab-peer gen $SZ_API_VSOCK_GUEST | lab-peer listen vsock:5000 --timeout 900 2>/tmp/vs.err | sz_sha)
+            echo "@@L2 VSOCK_TRY $try $(cat /tmp/vs.err)"
+            [ "$h" = "$want" ] && break
+        done
+        echo "@@L2 VSOCK_RX_SHA256 $h"
+        touch /tmp/vsock.done
+    ) &
+    (
+        h=$(lab-peer gen $SZ_API_TCP_GUEST | lab-peer listen tcp:0.0.0.0:7000 --timeout 900 2>/tmp/tcp.err | sz_sha)
+        echo "@@L2 TCP_RX_SHA256 $h"
+        echo "@@L2 TCP_LOG $(cat /tmp/tcp.err)"
+        touch /tmp/tcp.done
+    ) &
+    echo "@@L2 READY"
+    n=0
+    while [ ! -e /tmp/vsock.done ] || [ ! -e /tmp/tcp.done ]; do
+        n=$((n + 1))
+        echo "@@L2 COUNT $n boot_id=$bid"
+        sleep 0.2
+    done
+    echo "@@L2 COUNTED $n"
+    # Read the file from the disk again, not from the page cache.
+    echo 3 >/proc/sys/vm/drop_caches
+    echo "@@L2 REREAD_SHA256 $(sz_sha < /mnt/api.bin)"
+    echo "@@L2 BOOT_ID_END $(cat /proc/sys/kernel/random/boot_id)"
+    sz_try UMOUNT umount /mnt
+    ;;
+api-bench)
+    # Ticks until L1 kills the VMM.
+    echo "@@L2 BOOT_ID $(cat /proc/sys/kernel/random/boot_id)"
+    n=0
+    while :; do
+        n=$((n + 1))
+        echo "@@L2 TICK $n"
+        sleep 0.05
+    done
+    ;;
 virtio-bench*)
     sz_load virtio_mmio virtio_blk virtio_net
     sz_wait /dev/vda

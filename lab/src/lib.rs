@@ -13,7 +13,8 @@
 //! with a reason), `stdin` (a token fed through subzero's stdin is echoed
 //! back), `vmlinux-pvh` and `vmlinux-64` (the ELF vmlinux extracted from the
 //! bzImage with `lz4`, booted with its PVH note and with that note hidden),
-//! `stats`, `live`, and the virtio devices:
+//! `stats`, `live`, the virtio devices, and Firecracker's API with a
+//! snapshot and restore:
 //! - `block`: an ext4 `--disk` holding a known file; the guest prints its
 //!   sha256 and writes another file, which L1 reads back from the image
 //!   (loop mount) after subzero exits. Run with `--stats`: the virtio table
@@ -31,6 +32,23 @@
 //!   listener on `<uds>_5001`.
 //! - `rng`: `--rng`; `rng_current` is virtio_rng and 4 KiB of `/dev/hwrng`
 //!   take (nearly) all 256 byte values.
+//! - `api`: Firecracker's API, driven with the host's `curl
+//!   --unix-socket` (copied into L1 with its libraries) by an L1 script
+//!   ([`api_scripts`]). `subzero --api-sock /tmp/api.sock --id lab` runs in
+//!   the background, its console going to a file; the guest is configured
+//!   and booted entirely through the API (boot source, machine config, a
+//!   drive with an ext4 image, a network interface on the TAP, vsock,
+//!   InstanceStart). The guest writes a file to the disk and syncs, prints
+//!   its boot_id, starts a vsock and a TCP listener and prints
+//!   `@@L2 COUNT n boot_id=...` every 0.2 s. L1 then pauses the VM
+//!   (`PATCH /vm`), snapshots it (`PUT /snapshot/create`), kills subzero
+//!   with SIGKILL, and loads the snapshot into a new `subzero --api-sock`
+//!   (`PUT /snapshot/load`, `resume_vm`). The restored guest must keep its
+//!   boot_id and go on counting from where it stopped; L1 reaches it over a
+//!   new vsock connection (`CONNECT 5000`) and over TCP on the TAP; the
+//!   guest then re-reads its file from the disk, L1 checks the image once
+//!   the guest has powered off. Each VMM's console is printed after it
+//!   ends, between `@@L1 CONSOLE api <n>` markers ([`api_facts`]).
 //!
 //! Payloads are generated, not shipped: `lab-peer gen SEED BYTES` in L1 and
 //! L2, and [`payload`] on the host for the expected sha256 ([`scripts::BLOBS`]).
@@ -39,21 +57,35 @@
 //! (`subzero bench exits`) and `virtio-bench`, which boots the same guest
 //! with the same disk image and TAP once under subzero and once under
 //! `qemu-system-x86_64 -M microvm` in L1 (`virtio-bench-qemu`) and prints
-//! disk and TCP figures side by side.
+//! disk and TCP figures side by side; and `api-bench`, which prints (never
+//! asserts) the time from a VMM's start to an API socket that answers
+//! `GET /`, the snapshot create time and the two files' sizes, and the
+//! restore latency (the `PUT /snapshot/load` request with `resume_vm`) and
+//! the time to the guest's first console output after it, for 128 and
+//! 512 MiB guests, timed in L1 by `lab-peer vmm` and `lab-peer http`. When
+//! the host has the peer Firecracker (see `SUBZERO_LAB_FIRECRACKER`) it is
+//! copied into L1 with its libraries and measured the same way in the same
+//! run, the two VMMs taking turns; restores are medians of 3.
 //!
 //! Host tools: `qemu-system-x86_64`, `/bin/busybox` (static), `gzip`,
 //! `apt-get`/`apt-cache`/`dpkg-deb` (until the kernel is cached), `lz4` (for
 //! the vmlinux scenarios), `mkfs.ext4` (e2fsprogs, for `block`, `block-ro`
 //! and `rootfs`), cargo to build the static subzero and `lab-peer`, and for
-//! `virtio-bench` also `ldd` and SeaBIOS's `bios-microvm.bin`.
+//! `virtio-bench` also `ldd` and SeaBIOS's `bios-microvm.bin`; `curl` and
+//! `ldd` for `api`.
 //!
 //! Environment knobs:
 //! - `SUBZERO_LAB_CACHE`: download/unpack cache (default `<workspace>/.lab-cache`).
 //! - `SUBZERO_LAB_BIN`: use this static subzero instead of building one.
 //! - `SUBZERO_LAB_SCENARIOS`: comma-separated scenarios to run (default:
-//!   every scenario except the opt-in `bench` and `virtio-bench`: see
-//!   [`scripts::SCENARIOS`]). `virtio-bench` also selects `virtio-bench-qemu`.
-//! - `SUBZERO_LAB_SCENARIO_TIMEOUT`: seconds per scenario inside L1 (default 60).
+//!   every scenario except the opt-in `bench`, `virtio-bench` and
+//!   `api-bench`: see [`scripts::SCENARIOS`]). `virtio-bench` also selects
+//!   `virtio-bench-qemu`.
+//! - `SUBZERO_LAB_FIRECRACKER`: the peer Firecracker binary for `api-bench`
+//!   (default `<workspace>/../shared/peers/firecracker` when it exists; it
+//!   goes into L1's initramfs only, never into the repository).
+//! - `SUBZERO_LAB_SCENARIO_TIMEOUT`: seconds per scenario inside L1 (default
+//!   60; a scenario that needs more, such as `api`, has its own minimum).
 //! - `SUBZERO_LAB_TIMEOUT`: overall seconds before QEMU is killed.
 //! - `SUBZERO_LAB_ACCEL`: QEMU `-accel` value (default `tcg`).
 //! - `SUBZERO_LAB_SMP`: L1 vCPUs (default 1). With 2 (and `tcg,thread=multi`)
@@ -65,6 +97,8 @@
 //! - `SUBZERO_LAB_VERBOSE=1`: echo every L1 console line live.
 //! - `CI=true`: missing prerequisites fail instead of skipping.
 
+pub mod api_facts;
+pub mod api_scripts;
 pub mod binaries;
 pub mod cpio;
 pub mod elf;
@@ -83,8 +117,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use binaries::{curl_files, firecracker_files, qemu_files, read_static};
 pub use binaries::{lab_peer_binary, parse_ldd, subzero_binary};
-use binaries::{qemu_files, read_static};
 
 pub use parse::{Line, ScenarioRun};
 pub use scripts::{Scenario, SCENARIOS};
@@ -119,6 +153,8 @@ pub struct Config {
     pub out_dir: PathBuf,
     /// A prebuilt static subzero to use instead of building one.
     pub subzero_bin: Option<PathBuf>,
+    /// The peer Firecracker binary for the API benchmark, if there is one.
+    pub firecracker: Option<PathBuf>,
     /// Scenarios to run, in order.
     pub scenarios: Vec<Scenario>,
     /// Per-scenario timeout inside L1.
@@ -185,13 +221,23 @@ impl Config {
             }
         };
         let scenario_timeout = secs("SUBZERO_LAB_SCENARIO_TIMEOUT", 60)?;
-        let default_total = 180 + scenarios.len() as u64 * (scenario_timeout.as_secs() + 30);
+        let default_total = 180
+            + scenarios
+                .iter()
+                .map(|s| s.min_timeout.max(scenario_timeout.as_secs()) + 30)
+                .sum::<u64>();
         Ok(Config {
             cache: env("SUBZERO_LAB_CACHE")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| workspace.join(".lab-cache")),
             out_dir: workspace.join("target/lab/run"),
             subzero_bin: env("SUBZERO_LAB_BIN").map(PathBuf::from),
+            firecracker: env("SUBZERO_LAB_FIRECRACKER")
+                .map(PathBuf::from)
+                .or_else(|| {
+                    let peer = workspace.join("../shared/peers/firecracker");
+                    peer.is_file().then_some(peer)
+                }),
             scenarios,
             scenario_timeout,
             timeout: secs("SUBZERO_LAB_TIMEOUT", default_total)?,
@@ -638,6 +684,15 @@ pub fn run_lab(cfg: &Config) -> Result<LabRun, LabError> {
     if needs(scripts::Asset::Qemu) {
         assets.extend(qemu_files()?);
     }
+    if needs(scripts::Asset::Curl) {
+        assets.extend(curl_files()?);
+    }
+    if needs(scripts::Asset::Firecracker) {
+        assets.extend(firecracker_files(cfg.firecracker.as_deref())?);
+    }
+    // Binaries share libraries: one copy of each path.
+    let mut seen = std::collections::BTreeSet::new();
+    assets.retain(|(path, _, _)| seen.insert(path.clone()));
 
     // L1 initramfs: busybox, modules, subzero, lab-peer, the L2 kernel and
     // initramfs, the scenarios' assets.
@@ -799,5 +854,7 @@ mod tests {
             .iter()
             .filter(|s| s.opt_in)
             .all(|s| s.name.contains("bench")));
+        let api = SCENARIOS.iter().find(|s| s.name == "api").unwrap();
+        assert!(!api.opt_in, "api runs by default");
     }
 }

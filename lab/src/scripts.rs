@@ -52,6 +52,12 @@ pub struct Scenario {
     pub group: &'static str,
     /// Seconds for this scenario if more than the lab's per-scenario timeout.
     pub min_timeout: u64,
+    /// An L1 shell script run (under the scenario's timeout, its stdout on
+    /// L1's console) in place of one VMM command: it starts and drives VMMs
+    /// itself, e.g. through their API sockets ([`crate::api_scripts`]).
+    /// L1's init writes it to `/tmp/<name>.sh` with the variables
+    /// [`crate::api_scripts::driver_file`] defines.
+    pub driver: &'static str,
 }
 
 /// Files that only some scenarios need in L1's initramfs.
@@ -66,6 +72,11 @@ pub enum Asset {
     /// The host's `qemu-system-x86_64` with the libraries `ldd` lists, at
     /// the same paths, and SeaBIOS's `bios-microvm.bin`.
     Qemu,
+    /// The host's `/usr/bin/curl` with the libraries `ldd` lists.
+    Curl,
+    /// The peer Firecracker binary ([`L1_FIRECRACKER`]) with its
+    /// libraries, when the host has one (see `SUBZERO_LAB_FIRECRACKER`).
+    Firecracker,
 }
 
 /// The plain boot: 1 vCPU, 256 MiB, the bzImage. Scenarios differ from it.
@@ -86,6 +97,7 @@ const BOOT: Scenario = Scenario {
     opt_in: false,
     group: "",
     min_timeout: 0,
+    driver: "",
 };
 
 /// All scenarios, in the order L1 runs them.
@@ -192,6 +204,15 @@ rm -f /tmp/rootfs.img
         ..BOOT
     },
     Scenario {
+        name: "api",
+        driver: crate::api_scripts::API_DRIVER,
+        before: crate::api_scripts::API_BEFORE,
+        after: crate::api_scripts::API_AFTER,
+        assets: &[Asset::BlockImage, Asset::Curl],
+        min_timeout: 300,
+        ..BOOT
+    },
+    Scenario {
         name: "bench",
         memory_mib: 0,
         kernel: "",
@@ -232,6 +253,15 @@ rm -f /tmp/rootfs.img
         opt_in: true,
         group: "virtio-bench",
         min_timeout: 120,
+        ..BOOT
+    },
+    Scenario {
+        name: "api-bench",
+        driver: crate::api_scripts::API_BENCH_DRIVER,
+        after: "sz_reap\nrm -f /tmp/bench.*\n",
+        assets: &[Asset::Firecracker],
+        opt_in: true,
+        min_timeout: 1200,
         ..BOOT
     },
 ];
@@ -371,6 +401,37 @@ pub const VSOCK_B_GUEST: Blob = Blob {
     seed: 1007,
     bytes: 1 << 20,
 };
+/// The api scenario's guest writes it to its disk before the snapshot and
+/// reads it back after the restore.
+pub const API_FILE: Blob = Blob {
+    var: "API_FILE",
+    seed: 1008,
+    bytes: 1 << 20,
+};
+/// api: what L1 sends to the restored guest's vsock listener.
+pub const API_VSOCK_HOST: Blob = Blob {
+    var: "API_VSOCK_HOST",
+    seed: 1009,
+    bytes: 256 << 10,
+};
+/// api: what the restored guest's vsock listener sends to L1.
+pub const API_VSOCK_GUEST: Blob = Blob {
+    var: "API_VSOCK_GUEST",
+    seed: 1010,
+    bytes: 256 << 10,
+};
+/// api: what L1 sends to the restored guest's TCP listener.
+pub const API_TCP_HOST: Blob = Blob {
+    var: "API_TCP_HOST",
+    seed: 1011,
+    bytes: 256 << 10,
+};
+/// api: what the restored guest's TCP listener sends to L1.
+pub const API_TCP_GUEST: Blob = Blob {
+    var: "API_TCP_GUEST",
+    seed: 1012,
+    bytes: 256 << 10,
+};
 /// Every payload, defined as shell variables in both init scripts.
 pub const BLOBS: &[Blob] = &[
     KNOWN_FILE,
@@ -380,6 +441,11 @@ pub const BLOBS: &[Blob] = &[
     VSOCK_A_GUEST,
     VSOCK_B_HOST,
     VSOCK_B_GUEST,
+    API_FILE,
+    API_VSOCK_HOST,
+    API_VSOCK_GUEST,
+    API_TCP_HOST,
+    API_TCP_GUEST,
 ];
 
 pub(crate) fn blob_vars() -> String {
@@ -418,6 +484,10 @@ pub const L1_BLOCK_IMAGE: &str = "/l2/block.img";
 pub const L1_ROOTFS_IMAGE: &str = "/l2/rootfs.img";
 /// The helper binary, in L1 and in both L2 initramfs images.
 pub const LAB_PEER: &str = "/bin/lab-peer";
+/// curl inside L1 (the host's binary, at the same path).
+pub const L1_CURL: &str = "/usr/bin/curl";
+/// The peer Firecracker inside L1.
+pub const L1_FIRECRACKER: &str = "/usr/bin/firecracker";
 
 impl Scenario {
     /// The L2 kernel command line.
@@ -432,6 +502,9 @@ impl Scenario {
 
     /// The command L1 runs: subzero (or QEMU) and its arguments.
     pub fn command(&self) -> Vec<String> {
+        if !self.driver.is_empty() {
+            return vec!["/bin/sh".into(), format!("/tmp/{}.sh", self.name)];
+        }
         let mut args: Vec<String> = if self.bench {
             let mut v = vec![L1_SUBZERO.to_string()];
             v.extend(BENCH_ARGS.iter().map(|a| a.to_string()));
@@ -689,6 +762,12 @@ echo "@@L1 NOPVH note type bytes: $(od -An -tx1 -j {off} -N 4 {vml}) -> $(od -An
         s.push_str(&format!("name={}\necho \"@@L1 BEGIN $name\"\n", sc.name));
         if sc.min_timeout > timeout_secs {
             s.push_str(&format!("SZ_TIMEOUT={}\n", sc.min_timeout));
+        }
+        if !sc.driver.is_empty() {
+            s.push_str(&crate::api_scripts::driver_file(
+                sc,
+                sc.min_timeout.max(timeout_secs),
+            ));
         }
         s.push_str(sc.before);
         s.push_str(&format!("sz_run {} {mode} {}\n", sc.name, args.join(" ")));

@@ -7,7 +7,9 @@
 
 use std::sync::OnceLock;
 
-use subzero_lab::{images, outcome, run_from_env, scripts, LabError, LabRun, ScenarioRun};
+use subzero_lab::{
+    api_facts, api_scripts, images, outcome, run_from_env, scripts, LabError, LabRun, ScenarioRun,
+};
 
 static RUN: OnceLock<Result<LabRun, LabError>> = OnceLock::new();
 
@@ -702,4 +704,316 @@ fn virtio_benchmark_against_qemu_microvm() {
             run.context(sc)
         );
     }
+}
+
+/// The `api` scenario's console of VMM process `n`, its complete counter
+/// lines, and the scenario's context for messages.
+fn api_console(sc: &ScenarioRun, n: u32) -> (Vec<&str>, Vec<(u64, String)>) {
+    let lines = api_facts::console(sc, n);
+    let counts = api_facts::counts(&lines);
+    (lines, counts)
+}
+
+#[test]
+fn api_configures_and_boots_the_guest_with_curl() {
+    let Some(run) = lab() else { return };
+    let Some(sc) = run.scenario("api") else {
+        return;
+    };
+    let ctx = || run.context(sc);
+    assert_eq!(sc.l1("FAILED"), None, "the driver gave up\n{}", ctx());
+    let calls = api_facts::api_calls(sc);
+    for path in [
+        "/boot-source",
+        "/machine-config",
+        "/drives/disk0",
+        "/network-interfaces/eth0",
+        "/vsock",
+        "/actions",
+    ] {
+        let call = calls.iter().find(|c| c.method == "PUT" && c.path == path);
+        assert_eq!(
+            call.map(|c| c.status),
+            Some(204),
+            "PUT {path} through curl: {call:?}\n{}",
+            ctx()
+        );
+    }
+    // GET / in each phase: configuring, booted, paused; the new process
+    // before and after the load.
+    assert_eq!(
+        api_facts::states(&calls),
+        ["Not started", "Running", "Paused", "Not started", "Running"],
+        "the state GET / reports along the way\n{}",
+        ctx()
+    );
+    let (one, counts) = api_console(sc, 1);
+    assert_eq!(
+        api_facts::l2_in(&one, "INIT"),
+        Some("scenario=api"),
+        "the guest booted by the API should run the api scenario's init\n{}",
+        ctx()
+    );
+    assert!(
+        api_facts::l2_in(&one, "MOUNT").is_some_and(|v| v.starts_with("ok"))
+            && api_facts::l2_in(&one, "WRITE").is_some_and(|v| v.starts_with("ok")),
+        "the guest should mount the API's drive and write to it\n{}",
+        ctx()
+    );
+    assert_eq!(
+        api_facts::l2_in(&one, "WRITTEN_SHA256"),
+        Some(scripts::API_FILE.sha256().as_str()),
+        "the file the guest wrote\n{}",
+        ctx()
+    );
+    assert!(
+        counts.len() >= 5,
+        "the guest should have counted to 5 before the pause\n{}",
+        ctx()
+    );
+    // The second snapshot to the same files is refused, with a reason.
+    let creates: Vec<&api_facts::ApiCall> = calls
+        .iter()
+        .filter(|c| c.path == "/snapshot/create")
+        .collect();
+    assert_eq!(
+        creates.iter().map(|c| c.status).collect::<Vec<_>>(),
+        [204, 400],
+        "snapshot/create, then the same again without overwrite\n{}",
+        ctx()
+    );
+    assert!(
+        api_facts::json_string(&creates[1].body, "fault_message")
+            .is_some_and(|m| m.contains("exists")),
+        "the refusal should say the file exists: {}\n{}",
+        creates[1].body,
+        ctx()
+    );
+}
+
+#[test]
+fn api_snapshot_restore_keeps_the_guest_running_where_it_was() {
+    let Some(run) = lab() else { return };
+    let Some(sc) = run.scenario("api") else {
+        return;
+    };
+    let ctx = || run.context(sc);
+    let (one, before) = api_console(sc, 1);
+    let (two, after) = api_console(sc, 2);
+    let boot_id = api_facts::l2_in(&one, "BOOT_ID")
+        .unwrap_or_else(|| panic!("the guest printed no boot_id\n{}", ctx()));
+    assert_eq!(
+        sc.l1("PAUSED_CONSOLE_BYTES"),
+        Some("0"),
+        "the paused guest should print nothing\n{}",
+        ctx()
+    );
+    assert_eq!(
+        sc.l1("MEM_BYTES"),
+        Some((256u64 << 20).to_string().as_str()),
+        "the memory file should hold the guest's 256 MiB\n{}",
+        ctx()
+    );
+    assert_eq!(
+        sc.l1("KILL_RC"),
+        Some("137"),
+        "subzero 1 should die of SIGKILL\n{}",
+        ctx()
+    );
+    let (Some(last), Some(first)) = (before.last(), after.first()) else {
+        panic!(
+            "counter lines missing before or after the restore\n{}",
+            ctx()
+        );
+    };
+    for (n, id) in before.iter().chain(&after) {
+        assert_eq!(
+            id,
+            boot_id,
+            "COUNT {n} has another boot_id: the guest rebooted\n{}",
+            ctx()
+        );
+    }
+    assert_eq!(
+        api_facts::l2_in(&two, "BOOT_ID_END"),
+        Some(boot_id),
+        "boot_id after the restore\n{}",
+        ctx()
+    );
+    // The line cut by the pause, if any, was finished after the restore and
+    // is not complete in either console: one number may be missing.
+    assert!(
+        first.0 > last.0 && first.0 <= last.0 + 2,
+        "the counter should go on from {} after the restore, not from {}\n{}",
+        last.0,
+        first.0,
+        ctx()
+    );
+    assert!(
+        after.windows(2).all(|w| w[1].0 == w[0].0 + 1),
+        "the counter after the restore should go up by one\n{}",
+        ctx()
+    );
+    assert_eq!(
+        sc.exit_code,
+        Some(0),
+        "the restored subzero's exit (the guest powered off)\n{}",
+        ctx()
+    );
+    eprintln!(
+        "lab: api: boot_id {boot_id} before and after; COUNT {} last before the pause, {} first after the \
+         restore, {} last; snapshot {} bytes + memory {} bytes",
+        last.0,
+        first.0,
+        after.last().map_or(0, |c| c.0),
+        sc.l1("SNAPSHOT_BYTES").unwrap_or("-"),
+        sc.l1("MEM_BYTES").unwrap_or("-"),
+    );
+}
+
+#[test]
+fn api_restored_guest_keeps_its_disk_vsock_and_tap() {
+    let Some(run) = lab() else { return };
+    let Some(sc) = run.scenario("api") else {
+        return;
+    };
+    let ctx = || run.context(sc);
+    let (two, _) = api_console(sc, 2);
+    let file = scripts::API_FILE.sha256();
+    assert_eq!(
+        api_facts::l2_in(&two, "REREAD_SHA256"),
+        Some(file.as_str()),
+        "the file, read again from the disk by the restored guest\n{}",
+        ctx()
+    );
+    assert_eq!(
+        sc.l1("API_FILE_SHA256"),
+        Some(file.as_str()),
+        "the file, read by L1 from the image after the VM ended\n{}",
+        ctx()
+    );
+    assert!(
+        sc.l1("VSOCK_OK")
+            .is_some_and(|l| l.starts_with("lab-peer: OK ")),
+        "CONNECT 5000 to the restored guest through subzero's Unix socket\n{}",
+        ctx()
+    );
+    let checks = [
+        (
+            sc.l1("VSOCK_SHA256"),
+            scripts::API_VSOCK_GUEST,
+            "L1 received over the new vsock connection",
+        ),
+        (
+            api_facts::l2_in(&two, "VSOCK_RX_SHA256"),
+            scripts::API_VSOCK_HOST,
+            "restored guest received on vsock port 5000",
+        ),
+        (
+            sc.l1("TCP_SHA256"),
+            scripts::API_TCP_GUEST,
+            "L1 received over TCP from 169.254.0.2:7000",
+        ),
+        (
+            api_facts::l2_in(&two, "TCP_RX_SHA256"),
+            scripts::API_TCP_HOST,
+            "restored guest received on TCP port 7000",
+        ),
+    ];
+    for (got, blob, what) in checks {
+        assert_eq!(
+            got,
+            Some(blob.sha256().as_str()),
+            "sha256 of the {} KiB the {what}\n{}",
+            blob.bytes >> 10,
+            ctx()
+        );
+    }
+    if let Some(first) = sc.l1("VSOCK_FIRST_DROPPED") {
+        eprintln!(
+            "lab: api: WARNING: the restored guest dropped the first vsock connection ({first}); \
+             the lab's workaround connected once more. {}",
+            api_scripts::VSOCK_RETRY
+        );
+    }
+    eprintln!(
+        "lab: api: after the restore, vsock: {}; tcp: {}",
+        sc.l1("VSOCK_LOG").unwrap_or("-"),
+        sc.l1("TCP_LOG").unwrap_or("-")
+    );
+}
+
+/// The API benchmark's figures, in the order printed.
+const API_BENCH_METRICS: &[(&str, &str)] = &[
+    ("api_ready_s", "process start -> GET / answered (s)"),
+    ("create_s", "PUT /snapshot/create (s)"),
+    ("state_bytes", "state file (bytes)"),
+    ("mem_bytes", "memory file (bytes)"),
+    ("mem_allocated_kib", "memory file allocated (KiB)"),
+    ("restore_s", "PUT /snapshot/load, resume_vm (s)"),
+    ("first_output_s", "load request -> first console output (s)"),
+];
+
+#[test]
+fn api_benchmark_against_firecracker() {
+    let Some(run) = lab() else { return };
+    let Some(sc) = run.scenario("api-bench") else {
+        return;
+    };
+    let samples = api_facts::bench_samples(sc);
+    let fc = sc.l1("FIRECRACKER").unwrap_or("-");
+    let mut table = format!(
+        "lab: API benchmark in L1, same guest for both, medians (n samples), never asserted; \
+         Firecracker: {fc}\n"
+    );
+    let vmms = ["subzero", "firecracker"];
+    for &mib in api_scripts::BENCH_SIZES_MIB {
+        table.push_str(&format!(
+            "  {mib} MiB guest{:<30} {:>22} {:>22}\n",
+            "", vmms[0], vmms[1]
+        ));
+        for (metric, what) in API_BENCH_METRICS {
+            let cell = |vmm: &str| match samples.get(&(vmm.to_string(), mib, metric.to_string())) {
+                Some(v) if !v.is_empty() => {
+                    let m = api_facts::median(v).unwrap_or(0.0);
+                    if metric.ends_with("_s") {
+                        format!("{m:.4} ({})", v.len())
+                    } else {
+                        format!("{m:.0} ({})", v.len())
+                    }
+                }
+                _ => "-".into(),
+            };
+            table.push_str(&format!(
+                "    {what:<42} {:>22} {:>22}\n",
+                cell(vmms[0]),
+                cell(vmms[1])
+            ));
+        }
+    }
+    for ((vmm, mib, metric), v) in &samples {
+        table.push_str(&format!("  raw {vmm} {mib} MiB {metric}: {v:?}\n"));
+    }
+    for (k, v) in sc.checks.iter().filter(|(k, _)| k == "ERROR") {
+        table.push_str(&format!("  {k}: {v}\n"));
+    }
+    if let Some(w) = sc.wall_time() {
+        table.push_str(&format!(
+            "  whole benchmark: {:.1}s (host clock)\n",
+            w.as_secs_f64()
+        ));
+    }
+    eprint!("{table}");
+    let restored = samples
+        .get(&(
+            "subzero".to_string(),
+            api_scripts::BENCH_SIZES_MIB[0],
+            "restore_s".to_string(),
+        ))
+        .is_some_and(|v| !v.is_empty());
+    assert!(
+        restored && sc.exit_code == Some(0),
+        "the benchmark gave no subzero restore figure or failed\n{}",
+        run.context(sc)
+    );
 }
