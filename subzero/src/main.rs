@@ -30,7 +30,8 @@ enum Command {
     ///
     /// Exit status: 0 when the guest powers off or reboots, 1 when the VM
     /// cannot be built, 2 when the guest kernel panics, 3 when a vCPU hits an
-    /// exit Subzero cannot handle.
+    /// exit Subzero cannot handle, 4 when the guest resets before it printed
+    /// anything (it never started).
     Run(Box<cli::run::RunArgs>),
     /// Run a tiny embedded guest (no files needed) and report its VM exits.
     Demo,

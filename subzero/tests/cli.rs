@@ -307,3 +307,24 @@ fn stats_out_never_overwrites_a_file_the_vm_reads() {
     let out = run_with(&kernel, &["--stats", "--stats-out", dir.to_str().unwrap()]);
     fails_with(&out, &["is a directory"]);
 }
+
+#[test]
+fn a_guest_that_resets_before_printing_anything_is_not_a_success() {
+    if !common::kvm_available() {
+        return;
+    }
+    let kernel = common::scratch("triplefault").join("bzImage");
+    // At the 64-bit entry (0x200 into the image), ud2 with no IDT: #UD,
+    // then #DF, then a triple fault (KVM_EXIT_SHUTDOWN).
+    let mut payload = vec![0u8; 0x200];
+    payload.extend_from_slice(&[0x0f, 0x0b]);
+    common::fake_bzimage(&kernel, &payload);
+    let out = run_with(&kernel, &["--memory", "64M"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.contains("before it printed anything: it never started"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("triple fault"), "{stderr}");
+}

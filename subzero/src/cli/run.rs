@@ -26,6 +26,8 @@ use subzero::stats::kvm::KvmStatsFds;
 const EXIT_GUEST_PANIC: u8 = 2;
 /// Exit status when a vCPU hit an exit Subzero cannot handle.
 const EXIT_VCPU_ERROR: u8 = 3;
+/// Exit status when the guest reset before it printed anything.
+const EXIT_NEVER_STARTED: u8 = 4;
 
 /// Output formats of the stats report.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -324,6 +326,18 @@ pub fn outcome(report: &RunReport) -> ExitCode {
             eprintln!("subzero: guest kernel panicked: {panic}");
             return ExitCode::from(EXIT_GUEST_PANIC);
         }
+    }
+    if report.console_bytes == 0 && matches!(stop.reason, StopReason::Reset(_)) {
+        let how = match &stop.reason {
+            StopReason::Reset(how) => *how,
+            _ => "",
+        };
+        eprintln!(
+            "subzero: the guest reset ({how}) before it printed anything: it never started. \
+             Check that --kernel is an x86_64 Linux kernel built for this kind of boot, that \
+             --memory is enough for it and its initrd, and that --cmdline has console=ttyS0"
+        );
+        return ExitCode::from(EXIT_NEVER_STARTED);
     }
     match &stop.reason {
         StopReason::PowerOff => {

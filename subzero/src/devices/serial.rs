@@ -36,18 +36,27 @@ impl Trigger for IrqTrigger {
     }
 }
 
-/// The first panic line the guest printed, shared with the VMM.
+/// What the VMM learns from the guest's console: the first panic line it
+/// printed, and how many bytes it printed at all.
 #[derive(Clone, Default)]
-pub struct PanicWatch(Arc<Mutex<Option<String>>>);
+pub struct PanicWatch {
+    panic: Arc<Mutex<Option<String>>>,
+    bytes: Arc<std::sync::atomic::AtomicU64>,
+}
 
 impl PanicWatch {
     /// The panic line, if the guest printed one.
     pub fn message(&self) -> Option<String> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.panic.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Bytes the guest has printed on the console.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn record(&self, line: &str) {
-        let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slot = self.panic.lock().unwrap_or_else(|p| p.into_inner());
         if slot.is_none() {
             *slot = Some(line.trim().to_string());
         }
@@ -72,6 +81,9 @@ impl ConsoleOut {
     }
 
     fn scan(&mut self, buf: &[u8]) {
+        self.panic
+            .bytes
+            .fetch_add(buf.len() as u64, std::sync::atomic::Ordering::Relaxed);
         for &b in buf {
             if b == b'\n' {
                 let text = String::from_utf8_lossy(&self.line);

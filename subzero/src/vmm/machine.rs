@@ -53,6 +53,8 @@ pub struct RunReport {
     pub stop: VmStop,
     /// The panic line, if the guest kernel printed one.
     pub panic: Option<String>,
+    /// Bytes the guest printed on its console.
+    pub console_bytes: u64,
     /// Exit accounting per vCPU, in vCPU order.
     pub per_vcpu: Vec<VcpuStats>,
     /// Wall time from the first KVM_RUN to the stop.
@@ -224,6 +226,7 @@ impl RunningVm {
         RunReport {
             stop,
             panic: self.panic_watch.message(),
+            console_bytes: self.panic_watch.bytes(),
             per_vcpu,
             elapsed,
             ns_per_tick,
