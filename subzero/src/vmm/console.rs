@@ -42,7 +42,8 @@ static SAVED: OnceLock<libc::termios> = OnceLock::new();
 
 /// Puts a terminal on stdin into non-canonical, no-echo mode so keystrokes
 /// reach the guest at once. Ctrl-C still stops Subzero. The mode is restored
-/// by [`restore_terminal`] and on SIGINT/SIGTERM.
+/// by [`restore_terminal`], on SIGINT, SIGTERM, SIGHUP and SIGQUIT, and
+/// before a panic's message (a release build then aborts).
 pub fn setup_terminal() {
     // SAFETY: isatty only inspects the descriptor.
     if unsafe { libc::isatty(libc::STDIN_FILENO) } != 1 {
@@ -62,10 +63,16 @@ pub fn setup_terminal() {
         // SAFETY: _exit is async-signal-safe.
         unsafe { libc::_exit(128 + sig) };
     }
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
         // SAFETY: installs an async-signal-safe handler (tcsetattr, _exit).
         unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
     }
+    // A panic aborts in release builds: put the terminal back first.
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        restore_terminal();
+        previous(info);
+    }));
     t.c_lflag &= !(libc::ICANON | libc::ECHO);
     t.c_cc[libc::VMIN] = 1;
     t.c_cc[libc::VTIME] = 0;
