@@ -9,7 +9,9 @@ use std::path::Path;
 
 /// What kind of thing a non-regular path is, for messages.
 pub fn kind_name(ft: std::fs::FileType) -> &'static str {
-    if ft.is_dir() {
+    if ft.is_file() {
+        "a regular file"
+    } else if ft.is_dir() {
         "a directory"
     } else if ft.is_fifo() {
         "a named pipe (FIFO)"
@@ -20,7 +22,7 @@ pub fn kind_name(ft: std::fs::FileType) -> &'static str {
     } else if ft.is_block_device() {
         "a block device"
     } else {
-        "not a regular file"
+        "neither a file nor a directory"
     }
 }
 
@@ -65,6 +67,66 @@ pub fn read_regular(path: &Path, max: u64) -> io::Result<Vec<u8>> {
         ));
     }
     Ok(data)
+}
+
+/// A Unix socket this process bound; dropping it removes the socket file
+/// if it is still the one this process made (same inode).
+pub struct BoundSocket {
+    path: std::path::PathBuf,
+    ino: u64,
+}
+
+impl Drop for BoundSocket {
+    fn drop(&mut self) {
+        use std::os::unix::fs::MetadataExt;
+        if std::fs::symlink_metadata(&self.path).is_ok_and(|m| m.ino() == self.ino) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Binds a listening Unix socket at `path` for `flag` (named in errors).
+/// An existing socket is replaced only when nothing answers on it (a stale
+/// one from a process that died); a live one, or a path that is not a
+/// socket, is refused and left alone.
+pub fn bind_socket(
+    path: &Path,
+    flag: &str,
+) -> io::Result<(std::os::unix::net::UnixListener, BoundSocket)> {
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::net::{UnixListener, UnixStream};
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} exists and is {}, not a socket: choose another {flag} path",
+                    path.display(),
+                    kind_name(meta.file_type())
+                ),
+            ));
+        }
+        if UnixStream::connect(path).is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!(
+                    "{} is in use by a running process: stop it or choose another {flag} path",
+                    path.display()
+                ),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("binding {}: {e}", path.display())))?;
+    let ino = std::fs::symlink_metadata(path)?.ino();
+    Ok((
+        listener,
+        BoundSocket {
+            path: path.to_path_buf(),
+            ino,
+        },
+    ))
 }
 
 #[cfg(test)]

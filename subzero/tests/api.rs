@@ -413,7 +413,9 @@ fn a_live_socket_is_never_taken_and_a_stale_one_is_replaced() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a socket"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("exists and is a regular file, not a socket")
+    );
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
     let _ = std::fs::remove_dir_all(&dir);
 }

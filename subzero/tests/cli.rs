@@ -328,3 +328,30 @@ fn a_guest_that_resets_before_printing_anything_is_not_a_success() {
     );
     assert!(stderr.contains("triple fault"), "{stderr}");
 }
+
+#[test]
+fn a_live_stats_socket_or_another_file_is_never_taken() {
+    if !common::kvm_available() {
+        return;
+    }
+    let kernel = fake_kernel("statsock");
+    let dir = kernel.parent().unwrap().to_path_buf();
+    let sock = dir.join("live.sock");
+    let _ = std::fs::remove_file(&sock);
+    let owner = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let out = run_with(&kernel, &["--stats-socket", sock.to_str().unwrap()]);
+    fails_with(&out, &["live.sock is in use by a running process"]);
+    assert!(
+        std::os::unix::net::UnixStream::connect(&sock).is_ok(),
+        "the owner lost its socket"
+    );
+    drop(owner);
+    let notes = dir.join("notes.txt");
+    std::fs::write(&notes, "mine").unwrap();
+    let out = run_with(&kernel, &["--stats-socket", notes.to_str().unwrap()]);
+    fails_with(
+        &out,
+        &["notes.txt exists and is a regular file, not a socket"],
+    );
+    assert_eq!(std::fs::read_to_string(&notes).unwrap(), "mine");
+}

@@ -96,3 +96,30 @@ fn stat_on_a_missing_socket_says_what_to_do() {
         "{stderr}"
     );
 }
+
+#[test]
+fn stat_refuses_a_line_without_end_from_its_peer() {
+    let path = std::env::temp_dir().join(format!("subzero-stat-flood-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let server = std::thread::spawn(move || {
+        use std::io::Write;
+        let (mut s, _) = listener.accept().unwrap();
+        let chunk = vec![b'x'; 1 << 20];
+        for _ in 0..(live::MAX_LINE >> 20) + 2 {
+            if s.write_all(&chunk).is_err() {
+                return;
+            }
+        }
+    });
+    let out = Command::new(env!("CARGO_BIN_EXE_subzero"))
+        .arg("stat")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("a line over 16 MiB"), "{stderr}");
+    let _ = server.join();
+    let _ = std::fs::remove_file(&path);
+}

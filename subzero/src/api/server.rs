@@ -3,9 +3,8 @@
 //! loop over a channel (with an eventfd to wake it), and answered.
 
 use std::io;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
@@ -14,6 +13,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::http::{Connection, ReadError, Response};
 use super::routes::{respond, route};
+use crate::files::{bind_socket, BoundSocket};
 use crate::vmm::actions::{ActionError, VmmAction, VmmResult};
 use crate::vmm::event_loop::Requests;
 
@@ -25,56 +25,10 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// An action and where to send its answer.
 pub type Envelope = (VmmAction, mpsc::Sender<VmmResult>);
 
-/// The bound socket; dropping it removes the socket file if it is still
-/// the one this process made.
-pub struct ApiSocket {
-    path: PathBuf,
-    ino: u64,
-}
-
-impl Drop for ApiSocket {
-    fn drop(&mut self) {
-        if std::fs::symlink_metadata(&self.path).is_ok_and(|m| m.ino() == self.ino) {
-            let _ = std::fs::remove_file(&self.path);
-        }
-    }
-}
-
-/// Binds `path`. An existing socket is replaced only when nothing answers
-/// on it (a stale socket from a process that died); a live one, or a path
-/// that is not a socket, is refused.
-pub fn bind(path: &Path) -> io::Result<(UnixListener, ApiSocket)> {
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        if !meta.file_type().is_socket() {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                format!(
-                    "{} exists and is not a socket: choose another --api-sock path",
-                    path.display()
-                ),
-            ));
-        }
-        if UnixStream::connect(path).is_ok() {
-            return Err(io::Error::new(
-                io::ErrorKind::AddrInUse,
-                format!(
-                    "{} is in use by a running process: stop it or choose another --api-sock path",
-                    path.display()
-                ),
-            ));
-        }
-        std::fs::remove_file(path)?;
-    }
-    let listener = UnixListener::bind(path)
-        .map_err(|e| io::Error::new(e.kind(), format!("binding {}: {e}", path.display())))?;
-    let ino = std::fs::symlink_metadata(path)?.ino();
-    Ok((
-        listener,
-        ApiSocket {
-            path: path.to_path_buf(),
-            ino,
-        },
-    ))
+/// Binds the API socket `path` (see [`crate::files::bind_socket`]: a live
+/// owner's socket is never taken).
+pub fn bind(path: &Path) -> io::Result<(UnixListener, BoundSocket)> {
+    bind_socket(path, "--api-sock")
 }
 
 /// Starts the accept thread on `listener`; returns the VMM's end.

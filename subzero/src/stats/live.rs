@@ -3,29 +3,37 @@
 //! `subzero stat PATH` reads them and shows rates, like `perf kvm stat live`.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::report::{StatsReport, TargetRow};
 use super::VcpuStats;
+use crate::files::{bind_socket, BoundSocket};
 
 /// Produces the current report on demand.
 pub type Snapshot = Box<dyn Fn() -> StatsReport + Send + Sync>;
 
-/// A running stats server; stops and removes its socket when dropped.
+/// Clients served at once; more are closed at once.
+pub const MAX_CLIENTS: usize = 16;
+/// A client that has not taken a line for this long is dropped.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest line `subzero stat` takes from a server.
+pub const MAX_LINE: u64 = 16 << 20;
+
+/// A running stats server; stops, and removes its socket if it is still
+/// its own, when dropped.
 pub struct Server {
-    path: PathBuf,
     stop: Arc<AtomicBool>,
+    _socket: BoundSocket,
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        let _ = std::fs::remove_file(&self.path);
     }
 }
 
@@ -37,19 +45,14 @@ pub struct ServeError {
     source: std::io::Error,
 }
 
-/// Serves snapshots on a Unix socket at `path` (replacing a stale socket).
+/// Serves snapshots on a Unix socket at `path` (replacing a stale socket,
+/// never a live one).
 pub fn serve(path: &Path, snapshot: Snapshot) -> Result<Server, ServeError> {
     let err = |source| ServeError {
         path: path.to_path_buf(),
         source,
     };
-    if std::fs::symlink_metadata(path).is_ok_and(|m| {
-        use std::os::unix::fs::FileTypeExt;
-        m.file_type().is_socket()
-    }) {
-        let _ = std::fs::remove_file(path);
-    }
-    let listener = UnixListener::bind(path).map_err(err)?;
+    let (listener, socket) = bind_socket(path, "--stats-socket").map_err(err)?;
     listener.set_nonblocking(true).map_err(err)?;
     let stop = Arc::new(AtomicBool::new(false));
     let snapshot = Arc::new(snapshot);
@@ -59,19 +62,32 @@ pub fn serve(path: &Path, snapshot: Snapshot) -> Result<Server, ServeError> {
         .spawn(move || accept_loop(listener, snapshot, stop_for_thread))
         .map_err(err)?;
     Ok(Server {
-        path: path.to_path_buf(),
         stop,
+        _socket: socket,
     })
 }
 
 fn accept_loop(listener: UnixListener, snapshot: Arc<Snapshot>, stop: Arc<AtomicBool>) {
+    let clients = Arc::new(AtomicUsize::new(0));
     while !stop.load(Ordering::SeqCst) {
         match listener.accept() {
             Ok((stream, _)) => {
-                let (snapshot, stop) = (snapshot.clone(), stop.clone());
-                let _ = std::thread::Builder::new()
+                if clients.fetch_add(1, Ordering::SeqCst) >= MAX_CLIENTS {
+                    clients.fetch_sub(1, Ordering::SeqCst);
+                    continue;
+                }
+                let _ = stream.set_nonblocking(false);
+                let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+                let (snapshot, stop, count) = (snapshot.clone(), stop.clone(), clients.clone());
+                let spawned = std::thread::Builder::new()
                     .name("stats-client".into())
-                    .spawn(move || feed(stream, &snapshot, &stop));
+                    .spawn(move || {
+                        feed(stream, &snapshot, &stop);
+                        count.fetch_sub(1, Ordering::SeqCst);
+                    });
+                if spawned.is_err() {
+                    clients.fetch_sub(1, Ordering::SeqCst);
+                }
             }
             Err(_) => std::thread::sleep(Duration::from_millis(100)),
         }
@@ -196,11 +212,25 @@ pub fn render(r: &Rates, report: &StatsReport) -> String {
 /// until the VM ends. `clear` redraws in place (for terminals).
 pub fn watch(path: &Path, clear: bool, out: &mut dyn Write) -> std::io::Result<usize> {
     let stream = UnixStream::connect(path)?;
-    let mut lines = BufReader::new(stream).lines();
+    let mut reader = BufReader::new(stream);
     let mut previous: Option<StatsReport> = None;
     let mut shown = 0;
     let started = Instant::now();
-    while let Some(line) = lines.next().transpose()? {
+    let mut raw = Vec::new();
+    loop {
+        raw.clear();
+        // A peer that never ends a line gets MAX_LINE bytes of our memory.
+        let n = (&mut reader).take(MAX_LINE).read_until(b'\n', &mut raw)?;
+        if n == 0 {
+            break;
+        }
+        if raw.last() != Some(&b'\n') && n as u64 >= MAX_LINE {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("the server sent a line over {} MiB", MAX_LINE >> 20),
+            ));
+        }
+        let line = String::from_utf8_lossy(&raw);
         let Ok(report) = serde_json::from_str::<StatsReport>(&line) else {
             continue;
         };
