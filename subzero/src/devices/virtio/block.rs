@@ -16,6 +16,7 @@ mod tests;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -170,12 +171,19 @@ impl Block {
                 .unwrap_or_default(),
         };
         // Look before opening: opening a FIFO would block until a writer comes.
+        let mut flags = 0;
         if let Ok(meta) = std::fs::metadata(path) {
             check_kind(path, meta.file_type())?;
+            // A host block device is ours alone while the VM runs: O_EXCL
+            // fails if it is mounted or another process holds it so.
+            if std::os::unix::fs::FileTypeExt::is_block_device(&meta.file_type()) {
+                flags |= libc::O_EXCL;
+            }
         }
         let file = OpenOptions::new()
             .read(true)
             .write(!readonly)
+            .custom_flags(flags)
             .open(path)
             .map_err(|e| open_error(path, readonly, e))?;
         let io_err = |op| {
