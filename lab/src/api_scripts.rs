@@ -53,7 +53,7 @@ pub const VSOCK_RETRY: &str = "Subzero bug: a restored virtio-vsock device \
 /// Guest RAM sizes the benchmark restores, in MiB.
 pub const BENCH_SIZES_MIB: &[u32] = &[128, 512];
 /// Restores per VMM and size (the benchmark prints their median).
-pub const BENCH_ROUNDS: u32 = 3;
+pub const BENCH_ROUNDS: u32 = 5;
 
 /// Shell helpers every driver has.
 const HELPERS: &str = r#"export PATH=/bin:/sbin:/usr/bin:/usr/sbin
@@ -267,9 +267,10 @@ exit $rc
 "#;
 
 /// The benchmark's driver (see the module docs). Per size: each VMM boots
-/// the guest through its API and snapshots it (order alternating between
-/// sizes), then [`BENCH_ROUNDS`] rounds restore each snapshot in a fresh
-/// process (order alternating between rounds).
+/// the guest through its API and snapshots it three times (resuming in
+/// between; the order of the VMMs alternates between sizes), then
+/// [`BENCH_ROUNDS`] rounds restore the first snapshot in a fresh process
+/// (the order alternating between rounds).
 pub const API_BENCH_DRIVER: &str = r#"B=/tmp/bench
 SOCK=/tmp/bench.sock
 FC=/usr/bin/firecracker
@@ -346,6 +347,15 @@ bench_boot() {
         sample state_bytes $(stat -c %s $snap.state)
         sample mem_bytes $(stat -c %s $snap.mem)
         sample mem_allocated_kib $(du -k $snap.mem | cut -f1)
+        # More create samples: resume, pause, snapshot to other files.
+        for again in 2 3; do
+            req PATCH /vm '{"state": "Resumed"}' || break
+            sleep 0.5
+            req PATCH /vm '{"state": "Paused"}' || break
+            req PUT /snapshot/create "{\"snapshot_path\": \"$snap.$again.state\", \"mem_file_path\": \"$snap.$again.mem\"}" &&
+                sample create_s $took
+            rm -f $snap.$again.state $snap.$again.mem
+        done
     fi
     bench_kill
 }
@@ -371,7 +381,7 @@ bench_restore() {
 order=$vmms
 for mib in 128 512; do
     for vmm in $order; do bench_boot; done
-    for round in 1 2 3; do
+    for round in 1 2 3 4 5; do
         for vmm in $order; do bench_restore; done
         order=$(swap $order)
     done

@@ -65,7 +65,7 @@
 //! 512 MiB guests, timed in L1 by `lab-peer vmm` and `lab-peer http`. When
 //! the host has the peer Firecracker (see `SUBZERO_LAB_FIRECRACKER`) it is
 //! copied into L1 with its libraries and measured the same way in the same
-//! run, the two VMMs taking turns; restores are medians of 3.
+//! run, the two VMMs taking turns; figures are medians of 3 to 5.
 //!
 //! Host tools: `qemu-system-x86_64`, `/bin/busybox` (static), `gzip`,
 //! `apt-get`/`apt-cache`/`dpkg-deb` (until the kernel is cached), `lz4` (for
