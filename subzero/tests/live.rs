@@ -39,6 +39,7 @@ fn snapshot(elapsed_s: f64) -> StatsReport {
             top: vec![],
         },
         virtio: vec![],
+        log: vec![],
     }
 }
 

@@ -241,6 +241,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             symbols.as_ref(),
         );
         stats.virtio = report.virtio.iter().map(VirtioRow::from).collect();
+        stats.log = subzero::logger::counts();
         let text = match args.stats_format {
             StatsFormat::Table => stats.to_table(),
             StatsFormat::Json => stats.to_json() + "\n",

@@ -296,6 +296,7 @@ mod tests {
                 top: vec![],
             },
             virtio: vec![],
+            log: vec![],
         }
     }
 

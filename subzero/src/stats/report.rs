@@ -13,6 +13,7 @@ use super::VcpuStats;
 use crate::bus::Buses;
 use crate::devices::virtio::VirtioDeviceCounts;
 use crate::exits::{ExitKind, Space, Target};
+use crate::logger::LogCount;
 
 /// Schema id of the JSON form.
 pub const SCHEMA: &str = "subzero.stats/v1";
@@ -154,6 +155,10 @@ pub struct StatsReport {
     /// Virtio devices' notifications (set by the caller; empty without devices).
     #[serde(default)]
     pub virtio: Vec<VirtioRow>,
+    /// How often each place in Subzero logged, and how many of those lines
+    /// the rate limit let through (set by the caller; see `logger`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub log: Vec<LogCount>,
 }
 
 fn space_name(space: Space) -> &'static str {
@@ -261,6 +266,7 @@ impl StatsReport {
                 top,
             },
             virtio: Vec::new(),
+            log: Vec::new(),
         }
     }
 
@@ -370,6 +376,22 @@ impl StatsReport {
                 irqs,
             );
         }
+        if !self.log.is_empty() {
+            family(
+                "subzero_log_lines_total",
+                "counter",
+                "Log lines Subzero was asked to write, per place in its code (the rate limit writes at most one per 10 s).",
+                self.log
+                    .iter()
+                    .map(|l| {
+                        (
+                            format!("site=\"{}\",level=\"{}\"", l.site, l.level),
+                            l.count.to_string(),
+                        )
+                    })
+                    .collect(),
+            );
+        }
         if let Some(kvm) = &self.kvm {
             let mut rows: Vec<(String, String)> = Vec::new();
             for (id, map) in kvm.vcpus.iter().enumerate() {
@@ -470,6 +492,7 @@ impl StatsReport {
             );
         }
         self.virtio_table(&mut o);
+        self.log_table(&mut o);
         self.kvm_table(&mut o);
         if !self.rips.top.is_empty() {
             let _ = writeln!(
@@ -505,6 +528,26 @@ impl StatsReport {
                 v.mmio_kicks,
                 v.interrupts,
                 v.needs_reset
+            );
+        }
+    }
+
+    fn log_table(&self, o: &mut String) {
+        let limited: Vec<&LogCount> = self.log.iter().filter(|l| l.count > l.written).collect();
+        if limited.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            o,
+            "\nlog lines left out by the rate limit (one per 10 s per place)\n\
+             {:>10} {:>8}  {:<7} first message",
+            "asked", "written", "level"
+        );
+        for l in limited.iter().take(TOP) {
+            let _ = writeln!(
+                o,
+                "{:>10} {:>8}  {:<7} {}",
+                l.count, l.written, l.level, l.first
             );
         }
     }
