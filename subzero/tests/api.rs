@@ -534,3 +534,45 @@ fn a_running_vms_drive_gets_a_new_backing_file() {
     vmm.kill();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_console_nobody_reads_does_not_stop_a_pause() {
+    if !kvm_available() {
+        return;
+    }
+    use std::os::fd::AsRawFd;
+    let (dir, kernel) = setup("api-stuck-console");
+    let sock = dir.join("a.sock");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_subzero"))
+        .arg("--api-sock")
+        .arg(&sock)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // A one-page pipe that nobody reads: the counter fills it in about 2 s.
+    let stdout = child.stdout.take().unwrap();
+    // SAFETY: F_SETPIPE_SZ on a pipe this test owns.
+    unsafe { libc::fcntl(stdout.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
+    let vmm = Vmm {
+        child,
+        sock: sock.clone(),
+        console: Console::default(),
+        stderr: Console::default(),
+    };
+    assert!(wait_for(10, || UnixStream::connect(&sock).is_ok()));
+    boot_counter(&vmm, &kernel);
+    std::thread::sleep(Duration::from_secs(4));
+    let started = std::time::Instant::now();
+    vmm.ok("PATCH", "/vm", r#"{"state": "Paused"}"#);
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the pause waited on the console"
+    );
+    assert_eq!(state(&vmm), "Paused");
+    vmm.ok("PATCH", "/vm", r#"{"state": "Resumed"}"#);
+    drop(stdout);
+    vmm.kill();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -2,6 +2,7 @@
 //! offsets into its own range.
 
 pub mod acpi_pm;
+pub mod console_pipe;
 pub mod i8042;
 pub mod probe;
 pub mod serial;

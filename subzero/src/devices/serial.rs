@@ -8,6 +8,8 @@ use std::io::{self, Write};
 use std::sync::{Arc, Mutex};
 
 use vm_superio::serial::SerialState;
+
+use super::console_pipe::ConsolePipe;
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -42,6 +44,7 @@ impl Trigger for IrqTrigger {
 pub struct PanicWatch {
     panic: Arc<Mutex<Option<String>>>,
     bytes: Arc<std::sync::atomic::AtomicU64>,
+    pipe: Arc<std::sync::OnceLock<ConsolePipe>>,
 }
 
 impl PanicWatch {
@@ -55,6 +58,17 @@ impl PanicWatch {
         self.bytes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Waits for the guest's output to reach the console, for at most
+    /// `timeout`; false if it did not.
+    pub fn drain(&self, timeout: std::time::Duration) -> bool {
+        self.pipe.get().is_none_or(|p| p.drain(timeout))
+    }
+
+    /// Bytes of guest output dropped because the console did not keep up.
+    pub fn dropped(&self) -> u64 {
+        self.pipe.get().map_or(0, ConsolePipe::dropped)
+    }
+
     fn record(&self, line: &str) {
         let mut slot = self.panic.lock().unwrap_or_else(|p| p.into_inner());
         if slot.is_none() {
@@ -63,18 +77,34 @@ impl PanicWatch {
     }
 }
 
+/// Where a [`ConsoleOut`] sends the bytes.
+enum Sink {
+    /// Through the queue and its thread (see [`ConsolePipe`]).
+    Pipe(ConsolePipe),
+    /// Straight to the writer, if the thread could not start.
+    Direct(Box<dyn Write + Send>),
+}
+
 /// Console sink: forwards guest bytes and watches lines for a panic.
 pub struct ConsoleOut {
-    out: Box<dyn Write + Send>,
+    out: Sink,
     line: Vec<u8>,
     panic: PanicWatch,
 }
 
 impl ConsoleOut {
-    /// Forwards guest output to `out`.
+    /// Forwards guest output to `out`, through a [`ConsolePipe`] so that a
+    /// blocked `out` never blocks the guest.
     pub fn new(out: Box<dyn Write + Send>, panic: PanicWatch) -> Self {
+        let (sink, pipe) = match ConsolePipe::new_or_back(out) {
+            Ok(pipe) => (Sink::Pipe(pipe.clone()), Some(pipe)),
+            Err(out) => (Sink::Direct(out), None),
+        };
+        if let Some(pipe) = pipe {
+            let _ = panic.pipe.set(pipe);
+        }
         Self {
-            out,
+            out: sink,
             line: Vec::with_capacity(MAX_LINE),
             panic,
         }
@@ -101,14 +131,23 @@ impl ConsoleOut {
 impl Write for ConsoleOut {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.scan(buf);
-        // A closed or failing console must not stop the guest: drop output.
-        if self.out.write_all(buf).is_err() {
-            log::debug!("console write failed; guest output dropped");
+        match &mut self.out {
+            Sink::Pipe(pipe) => pipe.push(buf),
+            // A closed or failing console must not stop the guest: drop output.
+            Sink::Direct(out) => {
+                if out.write_all(buf).is_err() {
+                    log::debug!("console write failed; guest output dropped");
+                }
+            }
         }
         Ok(buf.len())
     }
     fn flush(&mut self) -> io::Result<()> {
-        let _ = self.out.flush();
+        // The UART flushes after every byte: the pipe's thread writes as
+        // soon as it can, and waiting here would block the guest.
+        if let Sink::Direct(out) = &mut self.out {
+            let _ = out.flush();
+        }
         Ok(())
     }
 }
@@ -254,6 +293,7 @@ mod tests {
         for b in b"hi\n" {
             dev.write(0, &[*b]);
         }
+        assert!(watch.drain(std::time::Duration::from_secs(5)));
         assert_eq!(out.0.lock().unwrap().as_slice(), b"hi\n");
         assert_eq!(watch.message(), None);
     }

@@ -21,6 +21,9 @@ use crate::devices::virtio::VirtioDeviceCounts;
 use crate::stats::clock::TickClock;
 use crate::stats::VcpuStats;
 
+/// How long a finished VM waits for its console output to be written.
+const CONSOLE_DRAIN: Duration = Duration::from_secs(2);
+
 /// A VM whose vCPUs are configured and not yet running.
 pub struct Machine {
     /// The VM. Kept open as long as the vCPUs run.
@@ -212,6 +215,10 @@ impl RunningVm {
         let ns_per_tick = self.clock.ns_per_tick();
         for handle in &mut self.handles {
             handle.exit();
+        }
+        // What the guest printed reaches the console before the report.
+        if !self.panic_watch.drain(CONSOLE_DRAIN) {
+            log::warn!("the console did not take the guest's last output within {CONSOLE_DRAIN:?}");
         }
         let stop = self.signal.reason().unwrap_or(VmStop {
             reason: StopReason::Stopped,
