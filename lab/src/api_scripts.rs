@@ -217,7 +217,7 @@ sz_check MEM_BYTES "$(stat -c %s /tmp/api.mem)"
 sz_api PUT /snapshot/create '{"snapshot_path": "/tmp/api.snap", "mem_file_path": "/tmp/api.mem"}'
 sz_step "kill -9 subzero 1 (pid $pid1)"
 kill -9 $pid1
-wait $pid1
+wait $pid1 2>/dev/null
 sz_check KILL_RC $?
 sz_console 1 $OUT1
 

@@ -388,7 +388,12 @@ impl LabRun {
         for sc in &self.requested {
             if let Some(r) = self.scenarios.get(sc.name) {
                 let wall = r.wall_time().map(|w| format!("{:.2}s", w.as_secs_f64()));
-                let boot = r.boot_time().map(|w| format!("{:.2}s", w.as_secs_f64()));
+                // A driver prints its VMMs' consoles only after they end.
+                let boot = if sc.driver.is_empty() {
+                    r.boot_time().map(|w| format!("{:.2}s", w.as_secs_f64()))
+                } else {
+                    Some("- (a driver: see its STEP lines)".into())
+                };
                 let _ = writeln!(
                     s,
                     "  scenario {:<12} exit {:<5} wall {:<9} subzero start -> L2 init marker {}",

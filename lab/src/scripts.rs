@@ -10,6 +10,8 @@
 //!   `@@L1 DIAG <name> | <task state and kernel stack>` and `rc=hung`.
 //! - L2 (the guest subzero boots): `@@L2 INIT scenario=<name>` first, then
 //!   `@@L2 <KEY> <value>` facts, then `@@L2 POWEROFF`.
+//! - A scenario's L1 driver ([`Scenario::driver`]) adds its own lines:
+//!   `@@L1 STEP`, `@@L1 API` and `@@L1 CONSOLE` (see [`crate::api_scripts`]).
 
 /// One L2 boot under subzero.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
