@@ -356,7 +356,8 @@ pub fn restore_vm(
     for index in 0..usize::from(vcpus) {
         fds.push(create_vcpu(&vm, &supported, index, vcpus, true)?);
     }
-    virtio.start()?;
+    // Held until every vCPU has its state back (Machine::start).
+    virtio.start_paused()?;
     Ok(Machine {
         vm,
         memory: mem,

@@ -138,6 +138,7 @@ impl Machine {
             Some(event) => StopSignal::with_event(event),
             None => StopSignal::default(),
         });
+        let restoring = !self.restore.is_empty();
         let mut restore = std::mem::take(&mut self.restore).into_iter();
         let mut running = RunningVm {
             vm: self.vm,
@@ -162,10 +163,19 @@ impl Machine {
                 stats: running.stats[index].clone(),
                 msr_indices: self.msr_indices.clone(),
                 restore: restore.next().map(Box::new),
-                start_paused: paused,
+                // A restored vCPU first puts its state back, then waits.
+                start_paused: paused || restoring,
             };
             // On an error, dropping `running` ends the threads started.
             running.handles.push(VcpuHandle::spawn(setup)?);
+        }
+        if restoring {
+            // Each vCPU answers a pause once its state is back; only then
+            // may the devices (parked since restore_vm) raise interrupts.
+            running.pause().map_err(std::io::Error::other)?;
+            if !paused {
+                running.resume().map_err(std::io::Error::other)?;
+            }
         }
         Ok(running)
     }

@@ -192,9 +192,21 @@ impl VirtioDevices {
     /// waiting on slow host I/O (a disk) does not hold up the others. Later
     /// calls start only devices attached since.
     pub fn start(&mut self) -> Result<(), VirtioSetupError> {
+        self.start_with(false)
+    }
+
+    /// Like [`VirtioDevices::start`], with every thread parked until
+    /// [`VirtioDevices::resume`]: a restored VM's devices must not raise an
+    /// interrupt before its vCPUs have their local APICs back, or the
+    /// interrupt is lost.
+    pub fn start_paused(&mut self) -> Result<(), VirtioSetupError> {
+        self.start_with(true)
+    }
+
+    fn start_with(&mut self, paused: bool) -> Result<(), VirtioSetupError> {
         let first = self.threads.len();
         for (slot, worker) in self.slots[first..].iter().zip(self.workers.drain(..)) {
-            let thread = WorkerThread::start(&slot.name, worker)
+            let thread = WorkerThread::start(&slot.name, worker, paused)
                 .map_err(|e| VirtioSetupError::Io(slot.name.clone(), e))?;
             self.threads.push(thread);
         }

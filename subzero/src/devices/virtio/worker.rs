@@ -177,7 +177,9 @@ impl MutEventSubscriber for Waker {
 
 impl WorkerThread {
     /// Starts a device thread called `name` serving `worker`.
-    pub fn start(name: &str, worker: DeviceWorker) -> std::io::Result<Self> {
+    /// With `paused`, the thread parks before it serves anything, until
+    /// [`WorkerThread::resume`].
+    pub fn start(name: &str, worker: DeviceWorker, paused: bool) -> std::io::Result<Self> {
         type Sub = Arc<Mutex<dyn MutEventSubscriber + Send>>;
         let mut em: EventManager<Sub> =
             EventManager::new().map_err(|e| std::io::Error::other(format!("{e:?}")))?;
@@ -186,6 +188,7 @@ impl WorkerThread {
         em.add_subscriber(Arc::new(Mutex::new(worker)));
         let stop = Arc::new(AtomicBool::new(false));
         let gate = Arc::new(Gate::default());
+        gate.lock().0 = paused;
         let (flag, parking) = (stop.clone(), gate.clone());
         let handle = std::thread::Builder::new()
             .name(name.into())
@@ -262,7 +265,7 @@ mod tests {
         let mut d = TestDriver::new(Box::new(Rng::default()));
         let kick = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let worker = DeviceWorker::new(d.shared.clone(), vec![kick.try_clone().unwrap()]);
-        let thread = WorkerThread::start("test-rng", worker).unwrap();
+        let thread = WorkerThread::start("test-rng", worker, false).unwrap();
         assert!(thread.pause(), "the thread parks");
         d.add_chain(0, &[(DATA, 16, true)]);
         kick.write(1).unwrap();
@@ -279,5 +282,34 @@ mod tests {
             "the kick made while paused is served after"
         );
         drop(thread);
+    }
+}
+
+#[cfg(test)]
+mod gated_tests {
+    use super::*;
+    use crate::devices::virtio::rng::Rng;
+    use crate::devices::virtio::testing::{TestDriver, DATA};
+
+    #[test]
+    fn a_thread_started_paused_serves_nothing_until_resumed() {
+        let mut d = TestDriver::new(Box::new(Rng::default()));
+        let kick = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        d.add_chain(0, &[(DATA, 16, true)]);
+        kick.write(1).unwrap();
+        let worker = DeviceWorker::new(d.shared.clone(), vec![kick.try_clone().unwrap()]);
+        let thread = WorkerThread::start("test-rng", worker, true).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            d.used(0).is_empty(),
+            "a thread started paused served a kick"
+        );
+        assert!(thread.pause(), "it is parked");
+        thread.resume();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while d.used(0).is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(d.used(0).len(), 1);
     }
 }
