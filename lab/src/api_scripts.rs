@@ -38,18 +38,17 @@ pub const API_VSOCK_UDS: &str = "/tmp/api-vsock.sock";
 pub const API_VSOCK_PORT: u32 = 5000;
 /// See [`API_VSOCK_PORT`].
 pub const API_TCP_PORT: u32 = 7000;
-/// The `api` driver's one workaround, for a subzero bug: why it may connect
-/// to the restored guest's vsock port twice.
-pub const VSOCK_RETRY: &str = "Subzero bug: a restored virtio-vsock device \
-    queues its TRANSPORT_RESET event when its device thread starts, but the \
-    guest gets no interrupt for it (in the guest's /proc/interrupts the vsock \
-    IRQ stays at 0 after the restore until L1 connects; restore_vm starts the \
-    device threads before the vCPU threads load their saved local APIC). The \
-    guest sees the event only at the next vsock interrupt, the first new \
-    connection's, and resets every connected socket, that new one included: \
-    its recv fails with ENOTCONN, L1 gets OK and then end of stream. The \
-    driver records VSOCK_FIRST_DROPPED and connects once more, and the guest \
-    listens twice; drop both once the event comes with its interrupt.";
+/// Why the `api` driver connects to the restored guest's vsock port a
+/// second time if the first connection drops: so that the rest of the
+/// scenario still runs and the test can name the failure.
+pub const VSOCK_RETRY: &str = "A restored virtio-vsock device sends its \
+    TRANSPORT_RESET event with an interrupt; if that interrupt is lost (it \
+    was, before restore_vm held the device threads until every vCPU had its \
+    local APIC back), the guest sees the event only at the next vsock \
+    interrupt, the first new connection's, and resets every connected \
+    socket, that new one included: its recv fails with ENOTCONN, L1 gets OK \
+    and then end of stream. The driver then records VSOCK_FIRST_DROPPED and \
+    connects once more (the guest listens twice), and the lab test fails.";
 /// Guest RAM sizes the benchmark restores, in MiB.
 pub const BENCH_SIZES_MIB: &[u32] = &[128, 512];
 /// Restores per VMM and size (the benchmark prints their median).
@@ -235,10 +234,11 @@ sz_wait_for $OUT2 '@@L2 COUNT [0-9]* boot_id=' 60 || sz_abort "no counter line a
 
 sz_step "a new vsock connection: CONNECT 5000 on /tmp/api-vsock.sock"
 if ! sz_vsock; then
-    # WORKAROUND for a subzero bug (see VSOCK_RETRY in lab/src/api_scripts.rs):
-    # the guest dropped the first connection after the restore. Once more.
+    # The guest dropped the first connection after the restore (see
+    # VSOCK_RETRY in lab/src/api_scripts.rs): record it, for the test to
+    # fail on, and connect once more so the rest of the scenario runs.
     sz_check VSOCK_FIRST_DROPPED "$(cat /tmp/api.vs.err)"
-    sz_step "WORKAROUND: the guest dropped that connection; CONNECT 5000 once more"
+    sz_step "the guest dropped that connection (a bug: see VSOCK_RETRY); CONNECT 5000 once more"
     sleep 1
     sz_vsock
 fi
