@@ -95,3 +95,14 @@ fn the_memory_file_is_guest_ram_with_holes_for_zero_pages() {
     );
     let _ = std::fs::remove_file(&path);
 }
+
+#[test]
+fn zero_pages_are_told_from_pages_with_one_byte_set() {
+    assert!(is_zero(&[0u8; 4096]));
+    assert!(is_zero(&[]));
+    for at in [0, 15, 16, 4095, 4096] {
+        let mut page = vec![0u8; 4097];
+        page[at] = 1;
+        assert!(!is_zero(&page), "byte {at}");
+    }
+}
