@@ -283,13 +283,6 @@ mod tests {
         );
         drop(thread);
     }
-}
-
-#[cfg(test)]
-mod gated_tests {
-    use super::*;
-    use crate::devices::virtio::rng::Rng;
-    use crate::devices::virtio::testing::{TestDriver, DATA};
 
     #[test]
     fn a_thread_started_paused_serves_nothing_until_resumed() {
