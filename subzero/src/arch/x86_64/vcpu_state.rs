@@ -10,6 +10,43 @@ use serde::{Deserialize, Serialize};
 
 /// Most MSRs read in one KVM_GET_MSRS call.
 const MSR_CHUNK: usize = 64;
+/// IA32_TIME_STAMP_COUNTER.
+const MSR_IA32_TSC: u32 = 0x10;
+/// IA32_TSC_DEADLINE: the local APIC timer's deadline in TSC-deadline mode.
+const MSR_IA32_TSC_DEADLINE: u32 = 0x6e0;
+
+/// A saved TSC deadline of 0 means the timer fired, but its interrupt may
+/// not have reached the guest yet: restored as 0, the timer stays disarmed
+/// and the guest waits for a tick that never comes (seen as a slow first
+/// output after a restore). Saving the TSC itself as the deadline makes the
+/// restored timer fire at once instead.
+fn rearm_expired_deadline(msrs: &mut [kvm_msr_entry]) {
+    let Some(tsc) = msrs
+        .iter()
+        .find(|m| m.index == MSR_IA32_TSC)
+        .map(|m| m.data)
+    else {
+        return;
+    };
+    for m in msrs
+        .iter_mut()
+        .filter(|m| m.index == MSR_IA32_TSC_DEADLINE && m.data == 0)
+    {
+        m.data = tsc;
+    }
+}
+
+/// The MSRs in the order to write them: the TSC deadline after the TSC,
+/// since KVM arms the timer against the TSC as it stands when the deadline
+/// is written.
+fn restore_order(msrs: &[kvm_msr_entry]) -> Vec<kvm_msr_entry> {
+    let (deadline, mut rest): (Vec<_>, Vec<_>) = msrs
+        .iter()
+        .copied()
+        .partition(|m| m.index == MSR_IA32_TSC_DEADLINE);
+    rest.extend(deadline);
+    rest
+}
 
 /// Why a vCPU's state could not be saved or restored.
 #[derive(Debug, thiserror::Error)]
@@ -98,7 +135,11 @@ impl VcpuState {
             xcrs: ioctl("KVM_GET_XCRS", fd.get_xcrs())?,
             debug_regs: ioctl("KVM_GET_DEBUGREGS", fd.get_debug_regs())?,
             lapic: ioctl("KVM_GET_LAPIC", fd.get_lapic())?,
-            msrs: read_msrs(fd, msr_indices)?,
+            msrs: {
+                let mut msrs = read_msrs(fd, msr_indices)?;
+                rearm_expired_deadline(&mut msrs);
+                msrs
+            },
             vcpu_events: ioctl("KVM_GET_VCPU_EVENTS", fd.get_vcpu_events())?,
         })
     }
@@ -119,7 +160,7 @@ impl VcpuState {
         ioctl("KVM_SET_XCRS", fd.set_xcrs(&self.xcrs))?;
         ioctl("KVM_SET_DEBUGREGS", fd.set_debug_regs(&self.debug_regs))?;
         ioctl("KVM_SET_LAPIC", fd.set_lapic(&self.lapic))?;
-        for chunk in self.msrs.chunks(MSR_CHUNK) {
+        for chunk in restore_order(&self.msrs).chunks(MSR_CHUNK) {
             let msrs = Msrs::from_entries(chunk).map_err(|_| StateError {
                 what: "KVM_SET_MSRS (building the list)",
                 source: kvm_ioctls::Error::new(libc::EINVAL),
@@ -134,5 +175,35 @@ impl VcpuState {
         }
         ioctl("KVM_SET_VCPU_EVENTS", fd.set_vcpu_events(&self.vcpu_events))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msr(index: u32, data: u64) -> kvm_msr_entry {
+        kvm_msr_entry {
+            index,
+            data,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_expired_deadline_is_saved_as_the_tsc_and_written_last() {
+        let mut msrs = vec![
+            msr(MSR_IA32_TSC_DEADLINE, 0),
+            msr(0xc000_0080, 0xd01),
+            msr(MSR_IA32_TSC, 123_456),
+        ];
+        rearm_expired_deadline(&mut msrs);
+        assert_eq!(msrs[0].data, 123_456);
+        let order: Vec<u32> = restore_order(&msrs).iter().map(|m| m.index).collect();
+        assert_eq!(order, [0xc000_0080, MSR_IA32_TSC, MSR_IA32_TSC_DEADLINE]);
+        // An armed deadline is kept as it is.
+        let mut armed = vec![msr(MSR_IA32_TSC, 5), msr(MSR_IA32_TSC_DEADLINE, 99)];
+        rearm_expired_deadline(&mut armed);
+        assert_eq!(armed[1].data, 99);
     }
 }
