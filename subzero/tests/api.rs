@@ -33,7 +33,16 @@ fn collect(mut from: impl Read + Send + 'static, into: Console) {
 }
 
 impl Vmm {
+    /// Starts `subzero --api-sock` with its console collected.
     fn spawn(sock: &Path, extra: &[&str]) -> Vmm {
+        let mut vmm = Vmm::launch(sock, extra);
+        collect(vmm.child.stdout.take().unwrap(), vmm.console.clone());
+        vmm
+    }
+
+    /// Starts `subzero --api-sock` and waits for its socket, leaving its
+    /// console (stdout) unread in `child`.
+    fn launch(sock: &Path, extra: &[&str]) -> Vmm {
         let mut child = Command::new(env!("CARGO_BIN_EXE_subzero"))
             .arg("--api-sock")
             .arg(sock)
@@ -43,13 +52,12 @@ impl Vmm {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn subzero");
-        let (console, stderr) = (Console::default(), Console::default());
-        collect(child.stdout.take().unwrap(), console.clone());
+        let stderr = Console::default();
         collect(child.stderr.take().unwrap(), stderr.clone());
         let vmm = Vmm {
             child,
             sock: sock.to_path_buf(),
-            console,
+            console: Console::default(),
             stderr,
         };
         assert!(
@@ -542,26 +550,11 @@ fn a_console_nobody_reads_does_not_stop_a_pause() {
     }
     use std::os::fd::AsRawFd;
     let (dir, kernel) = setup("api-stuck-console");
-    let sock = dir.join("a.sock");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_subzero"))
-        .arg("--api-sock")
-        .arg(&sock)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut vmm = Vmm::launch(&dir.join("a.sock"), &[]);
     // A one-page pipe that nobody reads: the counter fills it in about 2 s.
-    let stdout = child.stdout.take().unwrap();
+    let stdout = vmm.child.stdout.take().unwrap();
     // SAFETY: F_SETPIPE_SZ on a pipe this test owns.
     unsafe { libc::fcntl(stdout.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
-    let vmm = Vmm {
-        child,
-        sock: sock.clone(),
-        console: Console::default(),
-        stderr: Console::default(),
-    };
-    assert!(wait_for(10, || UnixStream::connect(&sock).is_ok()));
     boot_counter(&vmm, &kernel);
     std::thread::sleep(Duration::from_secs(4));
     let started = std::time::Instant::now();
