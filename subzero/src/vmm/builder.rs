@@ -174,6 +174,21 @@ pub fn create_vcpu(
     Ok(fd)
 }
 
+/// Creates the `vcpus` vCPUs of a VM with an irqchip, with KVM's supported
+/// CPUID (TSC-deadline timer included where KVM has it).
+fn create_vcpus(kvm: &Kvm, vm: &VmFd, vcpus: u8) -> Result<Vec<VcpuFd>, BuildError> {
+    let mut supported = ioctl(
+        "KVM_GET_SUPPORTED_CPUID",
+        kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES),
+    )?;
+    if kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer) {
+        enable_tsc_deadline(&mut supported);
+    }
+    (0..usize::from(vcpus))
+        .map(|index| create_vcpu(vm, &supported, index, vcpus, true))
+        .collect()
+}
+
 /// Puts the boot vCPU at `entry`.
 pub fn setup_boot_vcpu(
     mem: &GuestMemoryMmap,
@@ -281,17 +296,7 @@ pub fn build_linux(cfg: &VmConfig, console: Box<dyn Write + Send>) -> Result<Mac
         virtio.attach(&vm, &mem, &mut buses, device)?;
     }
     let entry = load_guest(cfg, vcpus, &mem, &virtio)?;
-    let mut supported = ioctl(
-        "KVM_GET_SUPPORTED_CPUID",
-        kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES),
-    )?;
-    if kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer) {
-        enable_tsc_deadline(&mut supported);
-    }
-    let mut fds = Vec::with_capacity(usize::from(vcpus));
-    for index in 0..usize::from(vcpus) {
-        fds.push(create_vcpu(&vm, &supported, index, vcpus, true)?);
-    }
+    let fds = create_vcpus(&kvm, &vm, vcpus)?;
     setup_boot_vcpu(&mem, &fds[0], &entry)?;
     virtio.start()?;
     Ok(Machine {
@@ -348,14 +353,8 @@ pub fn restore_vm(
         virtio.attach(&vm, &mem, &mut buses, device)?;
     }
     virtio.restore(&snapshot.virtio)?;
-    let supported = ioctl(
-        "KVM_GET_SUPPORTED_CPUID",
-        kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES),
-    )?;
-    let mut fds = Vec::with_capacity(usize::from(vcpus));
-    for index in 0..usize::from(vcpus) {
-        fds.push(create_vcpu(&vm, &supported, index, vcpus, true)?);
-    }
+    // Their saved CPUID replaces the one set here, on their own threads.
+    let fds = create_vcpus(&kvm, &vm, vcpus)?;
     // Held until every vCPU has its state back (Machine::start).
     virtio.start_paused()?;
     Ok(Machine {
