@@ -24,5 +24,6 @@ pub mod exits;
 pub mod files;
 pub mod kvm;
 pub mod logger;
+pub mod seccomp;
 pub mod stats;
 pub mod vmm;

@@ -34,7 +34,7 @@ enum Command {
     /// anything (it never started).
     Run(Box<cli::run::RunArgs>),
     /// Run a tiny embedded guest (no files needed) and report its VM exits.
-    Demo,
+    Demo(cli::demo::DemoArgs),
     /// Watch a running VM's exits live (its `run --stats-socket` socket).
     Stat(cli::stat::StatArgs),
     /// Benchmarks: `subzero bench exits` measures what each VM exit costs.
@@ -46,7 +46,7 @@ fn main() -> ExitCode {
     subzero::logger::init(cli.vmm.level);
     let result = match cli.command {
         Some(Command::Run(args)) => cli::run::run(*args),
-        Some(Command::Demo) => cli::demo::run(),
+        Some(Command::Demo(args)) => cli::demo::run(args),
         Some(Command::Stat(args)) => cli::stat::run(args),
         Some(Command::Bench(args)) => cli::bench::run(args),
         None if cli.vmm.wanted() => cli::vmm::run(cli.vmm),

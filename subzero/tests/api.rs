@@ -569,3 +569,96 @@ fn a_console_nobody_reads_does_not_stop_a_pause() {
     vmm.kill();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Each thread of `pid`: its name and its status file's `Seccomp:` value.
+fn thread_seccomp(pid: u32) -> Vec<(String, String)> {
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = task.unwrap().path();
+        let (Ok(comm), Ok(status)) = (
+            std::fs::read_to_string(dir.join("comm")),
+            std::fs::read_to_string(dir.join("status")),
+        ) else {
+            continue; // the thread ended meanwhile
+        };
+        let mode = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Seccomp:"))
+            .unwrap_or("missing")
+            .trim()
+            .to_string();
+        threads.push((comm.trim().to_string(), mode));
+    }
+    threads.sort();
+    threads
+}
+
+#[test]
+fn every_thread_runs_under_a_seccomp_filter() {
+    if !kvm_available() {
+        return;
+    }
+    let (dir, kernel) = setup("api-seccomp");
+    let disk = dir.join("disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let vmm = Vmm::spawn(&dir.join("a.sock"), &[]);
+    vmm.ok(
+        "PUT",
+        "/drives/data",
+        &format!(
+            r#"{{"drive_id": "data", "path_on_host": "{}", "is_root_device": false, "is_read_only": false}}"#,
+            disk.display()
+        ),
+    );
+    vmm.ok(
+        "PUT",
+        "/vsock",
+        &format!(
+            r#"{{"guest_cid": 3, "uds_path": "{}"}}"#,
+            dir.join("v.sock").display()
+        ),
+    );
+    vmm.ok("PUT", "/entropy", "{}");
+    boot_counter(&vmm, &kernel);
+    assert!(
+        wait_for(30, || counts(&vmm.console.text()).len() >= 2),
+        "the guest does not run: {}",
+        vmm.stderr.text()
+    );
+    // An API connection is open while the threads are read.
+    let mut conn = UnixStream::connect(&vmm.sock).unwrap();
+    conn.write_all(b"GET / HTTP/1.1\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let threads = thread_seccomp(vmm.child.id());
+    let names: Vec<&str> = threads.iter().map(|(n, _)| n.as_str()).collect();
+    for expected in [
+        "subzero",
+        "api",
+        "api-conn",
+        "vcpu0",
+        "console",
+        "virtio-blk0",
+        "virtio-vsock0",
+        "virtio-rng0",
+    ] {
+        assert!(
+            names.contains(&expected),
+            "no {expected} thread: {threads:?}"
+        );
+    }
+    for (name, mode) in &threads {
+        assert_eq!(mode, "2", "thread {name} is not filtered: {threads:?}");
+    }
+    drop(conn);
+    vmm.kill();
+
+    // --no-seccomp: no thread is filtered.
+    let vmm = Vmm::spawn(&dir.join("b.sock"), &["--no-seccomp"]);
+    boot_counter(&vmm, &kernel);
+    assert!(wait_for(30, || counts(&vmm.console.text()).len() >= 2));
+    for (name, mode) in thread_seccomp(vmm.child.id()) {
+        assert_eq!(mode, "0", "thread {name} is filtered under --no-seccomp");
+    }
+    vmm.kill();
+    let _ = std::fs::remove_dir_all(&dir);
+}

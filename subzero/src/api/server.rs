@@ -14,6 +14,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::http::{Connection, ReadError, Response};
 use super::routes::{respond, route};
 use crate::files::{bind_socket, BoundSocket};
+use crate::seccomp::ThreadKind;
 use crate::vmm::actions::{ActionError, VmmAction, VmmResult};
 use crate::vmm::event_loop::Requests;
 
@@ -40,6 +41,7 @@ pub fn serve(listener: UnixListener) -> io::Result<Requests> {
     std::thread::Builder::new()
         .name("api".into())
         .spawn(move || {
+            crate::seccomp::enter_or_exit(ThreadKind::Api);
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
                 if live.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
@@ -54,6 +56,7 @@ pub fn serve(listener: UnixListener) -> io::Result<Requests> {
                     std::thread::Builder::new()
                         .name("api-conn".into())
                         .spawn(move || {
+                            crate::seccomp::enter_or_exit(ThreadKind::Api);
                             serve_connection(stream, &tx, &waker);
                             live.fetch_sub(1, Ordering::SeqCst);
                         });

@@ -9,8 +9,17 @@ const VIRTIO_REQUESTS: u64 = 32;
 /// Bytes per request.
 const VIRTIO_LEN: u64 = 64;
 
+/// Arguments of `subzero demo`.
+#[derive(clap::Args)]
+pub struct DemoArgs {
+    /// Run without the seccomp filters that confine each thread.
+    #[arg(long)]
+    no_seccomp: bool,
+}
+
 /// Runs `subzero demo`.
-pub fn run() -> anyhow::Result<ExitCode> {
+pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    super::confine(args.no_seccomp)?;
     println!("subzero demo: starting the embedded guest; its serial output follows.\n");
     let report = demo::run(true)?;
     print!("{report}");

@@ -94,6 +94,9 @@ pub struct RunArgs {
     /// Serve live statistics on this Unix socket (read with `subzero stat`).
     #[arg(long, value_name = "PATH")]
     stats_socket: Option<PathBuf>,
+    /// Run without the seccomp filters that confine each thread.
+    #[arg(long)]
+    no_seccomp: bool,
 }
 
 fn parse_memory(s: &str) -> Result<u64, String> {
@@ -178,6 +181,7 @@ fn resources(args: &RunArgs) -> anyhow::Result<VmResources> {
 
 /// Runs `subzero run`.
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    super::confine(args.no_seccomp)?;
     let symbols = args.symbols.as_deref().map(Symbols::load).transpose()?;
     // Opened now, so that a bad path fails before the VM runs, not after.
     let mut stats_out = args

@@ -27,7 +27,8 @@ pub struct VmmArgs {
     /// Serve no API (needs --config-file).
     #[arg(long, requires = "config_file")]
     pub no_api: bool,
-    /// Firecracker's switch to turn seccomp off (Subzero installs no filter yet).
+    /// Run without the seccomp filters that confine each thread (as
+    /// Firecracker's --no-seccomp).
     #[arg(long)]
     pub no_seccomp: bool,
     /// Log level: Error, Warning, Info, Debug, Trace or Off.
@@ -69,12 +70,10 @@ impl VmmArgs {
 
 /// Runs the VMM until its guest stops (or forever, with only an API).
 pub fn run(args: VmmArgs) -> anyhow::Result<ExitCode> {
-    if args.no_seccomp {
-        log::info!("--no-seccomp: Subzero installs no seccomp filter yet");
-    }
     if let Some(path) = &args.log_path {
         subzero::logger::set_path(path)?;
     }
+    super::confine(args.no_seccomp)?;
     let mut ctl = Controller::new(args.id.clone(), Box::new(|| Box::new(std::io::stdout())))
         .context("creating the VMM's eventfd")?;
     ctl.on_start = Some(Box::new(|vm| {

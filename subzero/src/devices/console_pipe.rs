@@ -68,6 +68,7 @@ impl ConsolePipe {
         let spawned = std::thread::Builder::new()
             .name("console".into())
             .spawn(move || {
+                crate::seccomp::enter_or_exit(crate::seccomp::ThreadKind::Console);
                 let Ok(mut out) = rx.recv() else { return };
                 loop {
                     let chunk: Vec<u8> = {

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use super::report::{StatsReport, TargetRow};
 use super::VcpuStats;
 use crate::files::{bind_socket, BoundSocket};
+use crate::seccomp::ThreadKind;
 
 /// Produces the current report on demand.
 pub type Snapshot = Box<dyn Fn() -> StatsReport + Send + Sync>;
@@ -59,7 +60,10 @@ pub fn serve(path: &Path, snapshot: Snapshot) -> Result<Server, ServeError> {
     let stop_for_thread = stop.clone();
     std::thread::Builder::new()
         .name("stats-server".into())
-        .spawn(move || accept_loop(listener, snapshot, stop_for_thread))
+        .spawn(move || {
+            crate::seccomp::enter_or_exit(ThreadKind::Stats);
+            accept_loop(listener, snapshot, stop_for_thread)
+        })
         .map_err(err)?;
     Ok(Server {
         stop,
@@ -82,6 +86,7 @@ fn accept_loop(listener: UnixListener, snapshot: Arc<Snapshot>, stop: Arc<Atomic
                 let spawned = std::thread::Builder::new()
                     .name("stats-client".into())
                     .spawn(move || {
+                        crate::seccomp::enter_or_exit(ThreadKind::Stats);
                         feed(stream, &snapshot, &stop);
                         count.fetch_sub(1, Ordering::SeqCst);
                     });

@@ -13,6 +13,7 @@ pub fn forward_stdin(serial: Arc<Mutex<SerialDevice>>) {
     let spawned = std::thread::Builder::new()
         .name("stdin".into())
         .spawn(move || {
+            crate::seccomp::enter_or_exit(crate::seccomp::ThreadKind::Console);
             let mut stdin = std::io::stdin().lock();
             let mut buf = [0u8; 256];
             loop {

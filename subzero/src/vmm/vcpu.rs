@@ -213,6 +213,7 @@ impl VcpuRunner {
 
     /// Runs the vCPU until it is told to exit.
     pub fn run(mut self) {
+        crate::seccomp::enter_or_exit(crate::seccomp::ThreadKind::Vcpu);
         KVM_RUN.with(|c| c.set(self.fd.get_kvm_run()));
         if let Some(state) = self.restore.take() {
             if let Err(e) = state.restore(&self.fd) {

@@ -17,6 +17,7 @@ use crate::devices::virtio::mmio::{
 };
 use crate::devices::virtio::worker::{DeviceWorker, WorkerThread, PAUSE_TIMEOUT};
 use crate::devices::virtio::{Interrupt, VirtioDevice, VirtioDeviceCounts};
+use crate::seccomp::ThreadKind;
 
 /// First IOAPIC pin for virtio devices (0-4 are the PIT, keyboard,
 /// cascade, COM2 and COM1).
@@ -61,6 +62,8 @@ pub struct VirtioSlot {
     // device busy with (possibly slow) I/O.
     counters: Arc<VirtioCounters>,
     irq: Arc<Interrupt>,
+    /// Its thread's seccomp filter.
+    thread: ThreadKind,
 }
 
 impl VirtioSlot {
@@ -125,6 +128,7 @@ impl VirtioDevices {
         device: Box<dyn VirtioDevice>,
     ) -> Result<&VirtioSlot, VirtioSetupError> {
         let index = self.slots.len();
+        let thread = ThreadKind::for_virtio(device.device_type());
         if index >= MAX_DEVICES {
             return Err(VirtioSetupError::TooMany(index + 1));
         }
@@ -175,6 +179,7 @@ impl VirtioDevices {
             gsi,
             counters,
             irq,
+            thread,
         });
         Ok(self.slots.last().expect("just pushed"))
     }
@@ -206,7 +211,7 @@ impl VirtioDevices {
     fn start_with(&mut self, paused: bool) -> Result<(), VirtioSetupError> {
         let first = self.threads.len();
         for (slot, worker) in self.slots[first..].iter().zip(self.workers.drain(..)) {
-            let thread = WorkerThread::start(&slot.name, worker, paused)
+            let thread = WorkerThread::start(&slot.name, slot.thread, worker, paused)
                 .map_err(|e| VirtioSetupError::Io(slot.name.clone(), e))?;
             self.threads.push(thread);
         }

@@ -12,6 +12,7 @@ use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber
 use vmm_sys_util::eventfd::EventFd;
 
 use super::mmio::{lock, SharedTransport};
+use crate::seccomp::ThreadKind;
 
 /// Event data of host-side sources: `SOURCE_BASE + index`.
 const SOURCE_BASE: u32 = 1 << 16;
@@ -176,10 +177,16 @@ impl MutEventSubscriber for Waker {
 }
 
 impl WorkerThread {
-    /// Starts a device thread called `name` serving `worker`.
+    /// Starts a device thread called `name` serving `worker`, confined by
+    /// the seccomp filter of `kind`.
     /// With `paused`, the thread parks before it serves anything, until
     /// [`WorkerThread::resume`].
-    pub fn start(name: &str, worker: DeviceWorker, paused: bool) -> std::io::Result<Self> {
+    pub fn start(
+        name: &str,
+        kind: ThreadKind,
+        worker: DeviceWorker,
+        paused: bool,
+    ) -> std::io::Result<Self> {
         type Sub = Arc<Mutex<dyn MutEventSubscriber + Send>>;
         let mut em: EventManager<Sub> =
             EventManager::new().map_err(|e| std::io::Error::other(format!("{e:?}")))?;
@@ -193,6 +200,7 @@ impl WorkerThread {
         let handle = std::thread::Builder::new()
             .name(name.into())
             .spawn(move || {
+                crate::seccomp::enter_or_exit(kind);
                 while !flag.load(Ordering::Acquire) {
                     parking.wait_while_paused(&flag);
                     if flag.load(Ordering::Acquire) {
@@ -265,7 +273,7 @@ mod tests {
         let mut d = TestDriver::new(Box::new(Rng::default()));
         let kick = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let worker = DeviceWorker::new(d.shared.clone(), vec![kick.try_clone().unwrap()]);
-        let thread = WorkerThread::start("test-rng", worker, false).unwrap();
+        let thread = WorkerThread::start("test-rng", ThreadKind::Rng, worker, false).unwrap();
         assert!(thread.pause(), "the thread parks");
         d.add_chain(0, &[(DATA, 16, true)]);
         kick.write(1).unwrap();
@@ -291,7 +299,7 @@ mod tests {
         d.add_chain(0, &[(DATA, 16, true)]);
         kick.write(1).unwrap();
         let worker = DeviceWorker::new(d.shared.clone(), vec![kick.try_clone().unwrap()]);
-        let thread = WorkerThread::start("test-rng", worker, true).unwrap();
+        let thread = WorkerThread::start("test-rng", ThreadKind::Rng, worker, true).unwrap();
         std::thread::sleep(Duration::from_millis(100));
         assert!(
             d.used(0).is_empty(),
