@@ -134,8 +134,21 @@ pub fn install() -> Result<(), SeccompError> {
     let clone3 = BpfProgram::try_from(rules::clone3_fallback(arch))
         .map_err(|e| SeccompError::Build("clone3", e))?;
     sigsys::install_handler().map_err(SeccompError::Handler)?;
+    one_malloc_arena();
     let _ = FILTERS.set(Filters { by_kind, clone3 });
     Ok(())
+}
+
+/// Makes every thread allocate from glibc's main arena. A thread's own
+/// arena, when it shrinks, makes glibc open /proc/sys/vm/overcommit_memory
+/// from that thread, which only the main thread's filter allows. Call
+/// before any other thread starts.
+fn one_malloc_arena() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets a malloc tunable.
+    if unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) } != 1 {
+        log::warn!("seccomp: cannot limit malloc to one arena; a thread may trap on openat");
+    }
 }
 
 /// Whether [`install`] has run, so threads filter themselves.

@@ -309,8 +309,10 @@ pub fn allowed(kind: ThreadKind) -> Result<Rules, BackendError> {
             let mut ioctls = ioctl_rules(VCPU_IOCTLS.iter().map(|(_, nr)| *nr))?;
             ioctls.extend(ioctl_rules([TUNSETOFFLOAD])?);
             add_rules(&mut rules, libc::SYS_ioctl, ioctls);
-            // A driver reset of a vsock device closes its connections.
-            add(&mut rules, &[libc::SYS_shutdown]);
+            // A driver's status write activates or resets its device on the
+            // vCPU thread: virtio-net starts or stops watching its TAP, and
+            // virtio-vsock closes its connections.
+            add(&mut rules, &[libc::SYS_epoll_ctl, libc::SYS_shutdown]);
         }
         ThreadKind::Block => {
             add(&mut rules, EPOLL);

@@ -109,11 +109,14 @@ pub fn cmdline_param(base: u64, gsi: u32) -> String {
 /// The VM's virtio devices and the thread that serves them.
 #[derive(Default)]
 pub struct VirtioDevices {
+    // Dropped first, which joins the device threads: the devices are then
+    // dropped here, on the main thread, whose seccomp filter lets vsock
+    // remove its socket.
+    threads: Vec<WorkerThread>,
     /// Placed devices, in slot order.
     pub slots: Vec<VirtioSlot>,
     transports: Vec<SharedTransport>,
     workers: Vec<DeviceWorker>,
-    threads: Vec<WorkerThread>,
 }
 
 impl VirtioDevices {
