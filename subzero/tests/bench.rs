@@ -38,7 +38,12 @@ fn every_case_and_driver_runs_to_power_off() {
         return;
     }
     for case in Case::ALL {
-        for driver in [Driver::Raw, Driver::Dispatch, Driver::Subzero] {
+        for driver in [
+            Driver::Raw,
+            Driver::Dispatch,
+            Driver::Subzero,
+            Driver::Seccomp,
+        ] {
             let ns = bench::run_once(case, driver, 50).unwrap();
             assert!(ns > 0.0 && ns.is_finite(), "{case:?} {driver:?}: {ns}");
         }

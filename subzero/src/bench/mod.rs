@@ -92,6 +92,10 @@ pub enum Driver {
     Dispatch,
     /// Subzero's vCPU thread with accounting.
     Subzero,
+    /// [`Driver::Subzero`] under Subzero's seccomp filters, as `subzero
+    /// run` has them: the VM is built and run from a thread under the main
+    /// thread's filter, and its vCPU thread adds the vCPU filter.
+    Seccomp,
 }
 
 /// Median round trips of one case, nanoseconds per exit.
@@ -105,6 +109,8 @@ pub struct CaseResult {
     pub dispatch_ns: f64,
     /// Full Subzero.
     pub subzero_ns: f64,
+    /// Full Subzero under its seccomp filters.
+    pub seccomp_ns: f64,
 }
 
 impl CaseResult {
@@ -161,7 +167,7 @@ fn dispatch_loop(fd: &mut VcpuFd, buses: &Buses) -> Result<(), BenchError> {
 /// Times one run of `machine` with a driver. `n` exits.
 fn drive(machine: crate::vmm::Machine, driver: Driver) -> Result<Duration, BenchError> {
     Ok(match driver {
-        Driver::Subzero => {
+        Driver::Subzero | Driver::Seccomp => {
             let report = machine.run()?;
             if report.stop.reason != crate::vmm::exit::StopReason::PowerOff {
                 return Err(BenchError::Guest(format!("{:?}", report.stop.reason)));
@@ -184,6 +190,9 @@ fn drive(machine: crate::vmm::Machine, driver: Driver) -> Result<Duration, Bench
 
 /// Times one run of `case` with `n` exits, in nanoseconds per exit.
 pub fn run_once(case: Case, driver: Driver, n: u64) -> Result<f64, BenchError> {
+    if driver == Driver::Seccomp {
+        return filtered(case, n);
+    }
     if case == Case::HltWake {
         let vm = halt_wake::build(n)?;
         let elapsed = drive(vm.machine, driver)?;
@@ -214,6 +223,28 @@ pub fn run_once(case: Case, driver: Driver, n: u64) -> Result<f64, BenchError> {
     Ok(elapsed.as_nanos() as f64 / n.max(1) as f64)
 }
 
+/// [`Driver::Seccomp`]: a [`Driver::Subzero`] run on a thread under the
+/// main thread's filter. Filters last as long as their thread, so the
+/// other drivers' runs stay unfiltered.
+fn filtered(case: Case, n: u64) -> Result<f64, BenchError> {
+    use crate::seccomp::{self, ThreadKind};
+    seccomp::install().map_err(|e| BenchError::Guest(e.to_string()))?;
+    seccomp::set_active(true);
+    let result = std::thread::Builder::new()
+        .name("bench-seccomp".into())
+        .spawn(move || {
+            seccomp::enter(ThreadKind::Vmm).map_err(|e| BenchError::Guest(e.to_string()))?;
+            run_once(case, Driver::Subzero, n)
+        })
+        .map_err(BenchError::from)
+        .and_then(|t| {
+            t.join()
+                .unwrap_or_else(|_| Err(BenchError::Guest("panicked".into())))
+        });
+    seccomp::set_active(false);
+    result
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -229,17 +260,19 @@ pub fn run(
 ) -> Result<Vec<CaseResult>, BenchError> {
     let mut out = Vec::new();
     for &case in cases {
-        let (mut raw, mut disp, mut full) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut raw, mut disp, mut full, mut sec) = (vec![], vec![], vec![], vec![]);
         for _ in 0..rounds.max(1) {
             raw.push(run_once(case, Driver::Raw, n)?);
             disp.push(run_once(case, Driver::Dispatch, n)?);
             full.push(run_once(case, Driver::Subzero, n)?);
+            sec.push(run_once(case, Driver::Seccomp, n)?);
         }
         let result = CaseResult {
             case,
             raw_ns: median(raw),
             dispatch_ns: median(disp),
             subzero_ns: median(full),
+            seccomp_ns: median(sec),
         };
         on_result(&result);
         out.push(result);
@@ -268,7 +301,7 @@ pub fn header(n: u64, rounds: usize) -> String {
             .unwrap_or_default()
     );
     o.push_str(&format!(
-        "{:<34} {:>9} {:>8} {:>11} {:>9} {:>8} {:>8} {:>11}\n",
+        "{:<34} {:>9} {:>8} {:>11} {:>9} {:>8} {:>8} {:>11} {:>10}\n",
         "exit kind",
         "raw ns",
         "cycles",
@@ -276,7 +309,8 @@ pub fn header(n: u64, rounds: usize) -> String {
         "subzero ns",
         "cycles",
         "ratio",
-        "accounting"
+        "accounting",
+        "seccomp ns"
     ));
     o
 }
@@ -294,7 +328,7 @@ pub fn row(r: &CaseResult) -> String {
         format!("{:.1}%", r.accounting_share() * 100.0)
     };
     format!(
-        "{:<34} {:>9.0} {} {:>11.0} {:>9.0} {} {:>7.2}x {:>11}\n",
+        "{:<34} {:>9.0} {} {:>11.0} {:>9.0} {} {:>7.2}x {:>11} {:>10.0}\n",
         r.case.name(),
         r.raw_ns,
         cycles(r.raw_ns),
@@ -302,7 +336,8 @@ pub fn row(r: &CaseResult) -> String {
         r.subzero_ns,
         cycles(r.subzero_ns),
         r.subzero_ns / r.raw_ns,
-        accounting
+        accounting,
+        r.seccomp_ns
     )
 }
 
@@ -310,7 +345,8 @@ pub fn row(r: &CaseResult) -> String {
 pub fn footer(took: Duration) -> String {
     format!(
         "\nratio = subzero / raw (what Subzero's dispatch and accounting add to the floor);\n\
-         accounting = (subzero - dispatch) / subzero, for cases whose exits reach userspace.\n\
+         accounting = (subzero - dispatch) / subzero, for cases whose exits reach userspace;\n\
+         seccomp = subzero under its seccomp filters (main thread's and vCPU's, as `run`).\n\
          Seed figure: a hardware exit round trip costs roughly 500-1500 cycles on modern\n\
          CPUs. Took {:.1} s.\n",
         took.as_secs_f64()

@@ -18,6 +18,7 @@ pub mod rules;
 mod sigsys;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 use seccompiler::{BpfProgram, SeccompAction, SeccompFilter};
@@ -111,6 +112,9 @@ struct Filters {
 }
 
 static FILTERS: OnceLock<Filters> = OnceLock::new();
+/// Whether threads filter themselves once [`install`] has run (cleared
+/// only by the exit benchmark, between the runs it filters).
+static ACTIVE: AtomicBool = AtomicBool::new(true);
 
 /// Compiles every filter and installs the SIGSYS handler. Until this is
 /// called, [`enter`] does nothing: tests and library users run unfiltered.
@@ -153,13 +157,20 @@ fn one_malloc_arena() {
 
 /// Whether [`install`] has run, so threads filter themselves.
 pub fn enabled() -> bool {
-    FILTERS.get().is_some()
+    FILTERS.get().is_some() && ACTIVE.load(Ordering::Acquire)
+}
+
+/// Turns filtering of threads that start from now on on or off, after
+/// [`install`]. For the exit benchmark, which measures what the filters
+/// cost by running the same VM with and without them in one process.
+pub fn set_active(on: bool) {
+    ACTIVE.store(on, Ordering::Release);
 }
 
 /// Filters the calling thread as a `kind` thread, for the rest of its life.
 /// Does nothing unless [`install`] has run.
 pub fn enter(kind: ThreadKind) -> Result<(), SeccompError> {
-    let Some(filters) = FILTERS.get() else {
+    let Some(filters) = FILTERS.get().filter(|_| ACTIVE.load(Ordering::Acquire)) else {
         return Ok(());
     };
     sigsys::name_thread(None);
