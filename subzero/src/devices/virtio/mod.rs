@@ -277,10 +277,11 @@ pub trait VirtioDevice: Send {
     /// Feature bits offered. The transport adds [`features::VERSION_1`],
     /// [`features::RING_EVENT_IDX`] and [`features::RING_INDIRECT_DESC`].
     fn features(&self) -> u64;
-    /// Reads the device-specific configuration space. Bytes past its end read as 0.
+    /// Reads the device-specific configuration space. Bytes past its end
+    /// read as 0. The transport reads it when the device is made, restored
+    /// or given a new backing file, and serves the driver from that copy,
+    /// so a configuration read never waits for the device's I/O.
     fn read_config(&self, offset: u64, data: &mut [u8]);
-    /// Writes the configuration space; ignored by default.
-    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
     /// Called once the driver set DRIVER_OK, with the features it accepted.
     fn activate(&mut self, _acked_features: u64) -> Result<(), DeviceError> {
         Ok(())

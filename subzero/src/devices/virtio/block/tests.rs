@@ -436,9 +436,7 @@ fn a_swapped_backing_file_is_served_and_the_driver_told() {
     let (mut d, _) = driver(&old, false);
     let generation = d.read(regs::CONFIG_GENERATION);
     let irqs = d.interrupts();
-    crate::devices::virtio::mmio::lock(&d.shared)
-        .swap_backing(&new.path)
-        .unwrap();
+    d.shared.swap_backing(&new.path).unwrap();
     assert_eq!(d.read(regs::CONFIG), 16, "the new capacity");
     assert_ne!(d.read(regs::CONFIG_GENERATION), generation);
     assert!(d.interrupts() > irqs, "a configuration interrupt");
@@ -448,7 +446,8 @@ fn a_swapped_backing_file_is_served_and_the_driver_told() {
     // The old image is released: another user can lock it now.
     assert!(Block::open(&old.path, false, None).is_ok());
     // A bad path leaves the device on the image it has, and says why.
-    let err = crate::devices::virtio::mmio::lock(&d.shared)
+    let err = d
+        .shared
         .swap_backing(std::path::Path::new("/nonexistent/disk.img"))
         .unwrap_err();
     assert!(err.contains("/nonexistent/disk.img"), "{err}");
