@@ -164,6 +164,8 @@ pub struct RateLimiter {
     blocked: bool,
     /// Requests that had to wait.
     throttled: u64,
+    /// The timer could not be armed once (said once in the log).
+    arm_failed: bool,
     start: Instant,
 }
 
@@ -177,6 +179,7 @@ impl RateLimiter {
             timer: TimerFd::new()?,
             blocked: false,
             throttled: 0,
+            arm_failed: false,
             start: Instant::now(),
         };
         l.update(cfg);
@@ -216,10 +219,15 @@ impl RateLimiter {
                 self.take(bytes, ops);
                 true
             }
-            ns => {
+            ns if self.arm(ns) => {
                 self.throttled += 1;
-                self.arm(ns);
                 false
+            }
+            // Without a timer to wake the queue, let the request through
+            // rather than stall the device.
+            _ => {
+                self.take(bytes, ops);
+                true
             }
         }
     }
@@ -240,13 +248,18 @@ impl RateLimiter {
         }
     }
 
-    fn arm(&mut self, ns: u64) {
+    /// Sets the timer to fire in `ns`; false if it cannot be set.
+    fn arm(&mut self, ns: u64) -> bool {
         // A zero duration would disarm the timer.
         match self.timer.reset(Duration::from_nanos(ns.max(1)), None) {
             Ok(()) => self.blocked = true,
-            // Without a timer, let the request through rather than stall.
-            Err(e) => log::warn!("rate limiter: cannot arm its timer: {e}"),
+            Err(e) if !self.arm_failed => {
+                self.arm_failed = true;
+                log::warn!("rate limiter: cannot arm its timer ({e}); not limiting meanwhile");
+            }
+            Err(_) => {}
         }
+        self.blocked
     }
 
     /// Whether the queue waits for the timer.
