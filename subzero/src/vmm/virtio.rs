@@ -12,6 +12,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::exit::Buses;
 use crate::arch::x86_64::acpi::AcpiMmioDevice;
 use crate::arch::x86_64::layout::{self, MMIO_DEVICES_START, MMIO_DEVICE_SLOT_SIZE};
+use crate::devices::rate_limiter::RateLimiterConfig;
 use crate::devices::virtio::mmio::{
     regs, MmioTransport, SharedTransport, TransportSnapshot, VirtioCounters,
 };
@@ -264,6 +265,23 @@ impl VirtioDevices {
             .find(|(s, _)| s.name == name)
             .ok_or_else(|| format!("the VM has no {name}"))?;
         t.swap_backing(path)
+    }
+
+    /// Sets the rate limiter of queue `queue` of the device called `name`
+    /// (e.g. "virtio-net0").
+    pub fn set_rate_limiter(
+        &self,
+        name: &str,
+        queue: usize,
+        cfg: &RateLimiterConfig,
+    ) -> Result<(), String> {
+        let (_, t) = self
+            .slots
+            .iter()
+            .zip(&self.transports)
+            .find(|(s, _)| s.name == name)
+            .ok_or_else(|| format!("the VM has no {name}"))?;
+        t.device().device.set_rate_limiter(queue, cfg)
     }
 
     /// Counters of every device.

@@ -377,6 +377,13 @@ impl Net {
         Ok(net)
     }
 
+    /// Limits bytes and frames per second to the guest (`rx`) and from it
+    /// (`tx`).
+    pub fn set_rate_limiters(&mut self, rx: &RateLimiterConfig, tx: &RateLimiterConfig) {
+        self.rx_limiter.update(rx);
+        self.tx_limiter.update(tx);
+    }
+
     /// The device's MAC address.
     pub fn mac(&self) -> [u8; 6] {
         self.mac
