@@ -102,6 +102,15 @@ block-ro)
     sz_try DEV_WRITE dd if=/dev/zero of=/dev/vda bs=4096 count=1 oflag=direct conv=notrunc
     umount /mnt
     ;;
+block-rate)
+    sz_load virtio_mmio virtio_blk
+    sz_wait /dev/vda
+    t0=$(cut -d' ' -f1 /proc/uptime)
+    sz_try RATE_DD dd if=/dev/vda of=/dev/null bs=1M count=16 iflag=direct
+    t1=$(cut -d' ' -f1 /proc/uptime)
+    echo "@@L2 DISK_SECTORS $(cat /sys/block/vda/size)"
+    echo "@@L2 RATE_UPTIMES $t0 $t1"
+    ;;
 net)
     sz_load virtio_mmio virtio_net
     sz_wait /sys/class/net/eth0

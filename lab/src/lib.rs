@@ -21,6 +21,9 @@
 //!   must show ioeventfd kicks and no MMIO-exit kicks.
 //! - `block-ro`: `readonly=on`; writes through the file system and to the
 //!   raw device fail, and the image's sha256 in L1 does not change.
+//! - `block-rate`: the same image read-only with `bw=4M`; the guest reads
+//!   all 16 MiB of `/dev/vda` with `dd iflag=direct`, and the rate must be
+//!   at most 4 MiB/s (+25%) after the bucket's first 4 MiB.
 //! - `rootfs`: `root=/dev/vda`. virtio_blk is a module in the Debian kernel,
 //!   so a small initramfs ([`scripts::rootfs_initrd_init`]) loads it, mounts
 //!   `root=` and `switch_root`s to the disk's `/sbin/init`.

@@ -175,6 +175,12 @@ rm -f /tmp/block-ro.img
         ..BOOT
     },
     Scenario {
+        name: "block-rate",
+        extra: &["--disk", "path=/l2/block.img,readonly=on,bw=4M"],
+        assets: &[Asset::BlockImage],
+        ..BOOT
+    },
+    Scenario {
         name: "rootfs",
         extra: &["--disk", "path=/tmp/rootfs.img"],
         initrd: L1_ROOTFS_INITRD,

@@ -436,6 +436,46 @@ fn block_readonly_refuses_writes_and_leaves_the_image_unchanged() {
 }
 
 #[test]
+fn a_disk_limited_to_4_mib_per_second_reads_no_faster() {
+    let Some(run) = lab() else { return };
+    let Some(sc) = run.scenario("block-rate") else {
+        return;
+    };
+    let ctx = || run.context(sc);
+    assert!(l2_ok(sc, "RATE_DD"), "dd from /dev/vda failed\n{}", ctx());
+    let uptimes: Vec<f64> = sc
+        .l2("RATE_UPTIMES")
+        .unwrap_or("")
+        .split_whitespace()
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    assert_eq!(uptimes.len(), 2, "no dd timing from the guest\n{}", ctx());
+    let seconds = uptimes[1] - uptimes[0];
+    let bytes = 16.0 * MIB;
+    // The bucket starts full (one second's worth), and requests may run
+    // into debt by one request (at most 1 MiB): that much comes for free.
+    let rate = 4.0 * MIB;
+    let allowance = rate + MIB;
+    let bound = allowance + 1.25 * rate * seconds;
+    eprintln!(
+        "lab: block-rate: 16 MiB in {seconds:.2} s: {:.2} MiB/s overall, {:.2} MiB/s after the \
+         first 4 MiB (limit 4 MiB/s; allowed up to {:.1} MiB in that time)",
+        bytes / seconds / MIB,
+        (bytes - rate) / seconds / MIB,
+        bound / MIB
+    );
+    assert!(
+        bytes <= bound,
+        "read {:.1} MiB in {seconds:.2} s: faster than 4 MiB/s allows\n{}",
+        bytes / MIB,
+        ctx()
+    );
+    assert_eq!(sc.exit_code, Some(0), "subzero exit code\n{}", ctx());
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+#[test]
 fn rootfs_boots_from_the_virtio_disk() {
     let Some(run) = lab() else { return };
     let Some(sc) = run.scenario("rootfs") else {

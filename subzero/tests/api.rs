@@ -534,6 +534,25 @@ fn a_running_vms_drive_gets_a_new_backing_file() {
         config.contains("b.img"),
         "a failed swap changed the drive: {config}"
     );
+    // The running disk takes new rate limits, which the configuration keeps.
+    vmm.ok(
+        "PATCH",
+        "/drives/data",
+        r#"{"drive_id": "data", "rate_limiter": {"bandwidth": {"size": 4194304, "refill_time": 1000}}}"#,
+    );
+    let (_, config) = vmm.call("GET", "/vm/config", "");
+    assert!(
+        config.contains(r#""rate_limiter":{"bandwidth":{"refill_time":1000,"size":4194304}}"#),
+        "{config}"
+    );
+    expect(
+        &vmm,
+        "PATCH",
+        "/network-interfaces/eth9",
+        r#"{"iface_id": "eth9", "rx_rate_limiter": {"ops": {"size": 1, "refill_time": 1}}}"#,
+        400,
+        "no network interface \"eth9\"",
+    );
     assert!(
         wait_for(30, || counts(&vmm.console.text()).len() >= 2),
         "the guest stopped: {}",

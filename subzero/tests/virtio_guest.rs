@@ -108,7 +108,7 @@ fn linux_vm_describes_its_devices_in_acpi_and_on_request_the_command_line() {
             disks: vec![DiskConfig {
                 path: disk.clone(),
                 readonly: true,
-                id: None,
+                ..Default::default()
             }],
             rng: true,
             mmio_cmdline,

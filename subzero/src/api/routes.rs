@@ -78,6 +78,11 @@ pub fn route(req: &Request) -> Result<VmmAction, Response> {
             same_id(id, &net.iface_id)?;
             VmmAction::PutNetworkInterface(net)
         }
+        ("PATCH", ["network-interfaces", id]) => {
+            let update: crate::vmm::resources::NetworkInterfaceUpdate = body(req)?;
+            same_id(id, &update.iface_id)?;
+            VmmAction::PatchNetworkInterface(update)
+        }
         ("PUT", ["vsock"]) => VmmAction::PutVsock(body(req)?),
         ("PUT", ["entropy"]) => VmmAction::PutEntropy(body(req)?),
         ("PUT", ["logger"]) => VmmAction::PutLogger(body(req)?),

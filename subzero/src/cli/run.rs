@@ -72,12 +72,23 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH")]
     symbols: Option<PathBuf>,
     /// Attach a raw disk image as a virtio-blk device (repeatable; the first
-    /// is /dev/vda): path=FILE[,readonly=on][,id=NAME].
-    #[arg(long, value_name = "path=FILE[,readonly=on][,id=NAME]", value_parser = parse_disk)]
+    /// is /dev/vda): path=FILE[,readonly=on][,id=NAME][,bw=BYTES/s][,iops=N].
+    /// bw (e.g. 4M: 4 MiB/s) and iops limit the disk, with bursts of one
+    /// second's worth.
+    #[arg(
+        long,
+        value_name = "path=FILE[,readonly=on][,id=NAME][,bw=RATE][,iops=N]",
+        value_parser = parse_disk
+    )]
     disk: Vec<DiskConfig>,
     /// Attach a virtio-net device on a host TAP device (created if absent):
-    /// tap=NAME[,mac=XX:XX:XX:XX:XX:XX].
-    #[arg(long, value_name = "tap=NAME[,mac=MAC]", value_parser = parse_net)]
+    /// tap=NAME[,mac=XX:XX:XX:XX:XX:XX][,bw=BYTES/s][,pps=N]. bw and pps
+    /// limit each direction, with bursts of one second's worth.
+    #[arg(
+        long,
+        value_name = "tap=NAME[,mac=MAC][,bw=RATE][,pps=N]",
+        value_parser = parse_net
+    )]
     net: Vec<NetConfig>,
     /// Attach a virtio-vsock device; host programs connect through the Unix
     /// socket PATH (Firecracker's CONNECT <port> convention): cid=N,uds=PATH.
@@ -151,7 +162,7 @@ fn resources(args: &RunArgs) -> anyhow::Result<VmResources> {
                 is_read_only: d.readonly,
                 partuuid: None,
                 cache_type: None,
-                rate_limiter: None,
+                rate_limiter: d.rate_limiter.limits().then_some(d.rate_limiter),
                 io_engine: None,
                 socket: None,
             })
@@ -164,8 +175,8 @@ fn resources(args: &RunArgs) -> anyhow::Result<VmResources> {
                 iface_id: format!("net{i}"),
                 host_dev_name: n.tap.clone(),
                 guest_mac: n.mac.clone(),
-                rx_rate_limiter: None,
-                tx_rate_limiter: None,
+                rx_rate_limiter: n.rx_rate_limiter.limits().then_some(n.rx_rate_limiter),
+                tx_rate_limiter: n.tx_rate_limiter.limits().then_some(n.tx_rate_limiter),
             })
             .collect(),
         vsock: args.vsock.as_ref().map(|v| Vsock {

@@ -5,5 +5,6 @@ pub mod acpi_pm;
 pub mod console_pipe;
 pub mod i8042;
 pub mod probe;
+pub mod rate_limiter;
 pub mod serial;
 pub mod virtio;

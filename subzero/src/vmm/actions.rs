@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use super::resources::{
     BootSource, Drive, DriveUpdate, Entropy, Logger, MachineConfig, MachineConfigUpdate, Metrics,
-    NetworkInterface, Vsock,
+    NetworkInterface, NetworkInterfaceUpdate, Vsock,
 };
 
 /// `PUT /snapshot/create`.
@@ -110,6 +110,8 @@ pub enum VmmAction {
     PatchDrive(DriveUpdate),
     /// `PUT /network-interfaces/{id}`.
     PutNetworkInterface(NetworkInterface),
+    /// `PATCH /network-interfaces/{id}`.
+    PatchNetworkInterface(NetworkInterfaceUpdate),
     /// `PUT /vsock`.
     PutVsock(Vsock),
     /// `PUT /entropy`.

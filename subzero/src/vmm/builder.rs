@@ -99,18 +99,18 @@ pub enum BuildError {
 fn open_devices(cfg: &DevicesConfig) -> Result<Vec<Box<dyn VirtioDevice>>, BuildError> {
     let mut out: Vec<Box<dyn VirtioDevice>> = Vec::new();
     for disk in &cfg.disks {
-        out.push(Box::new(Block::open(
-            &disk.path,
-            disk.readonly,
-            disk.id.clone(),
-        )?));
+        let mut blk = Block::open(&disk.path, disk.readonly, disk.id.clone())?;
+        blk.set_rate_limiter(&disk.rate_limiter);
+        out.push(Box::new(blk));
     }
     if let Some(v) = &cfg.vsock {
         out.push(Box::new(Vsock::new(v.cid, &v.uds)?));
     }
     for net in &cfg.nets {
         let mac = net.mac.as_deref().map(parse_mac).transpose()?;
-        out.push(Box::new(Net::open(&net.tap, mac)?));
+        let mut dev = Net::open(&net.tap, mac)?;
+        dev.set_rate_limiters(&net.rx_rate_limiter, &net.tx_rate_limiter);
+        out.push(Box::new(dev));
     }
     if cfg.rng {
         out.push(Box::new(Rng::default()));

@@ -76,6 +76,17 @@ pub enum ConfigError {
 
 /// Parses "512M", "2G", "1048576K", "256" (MiB) into bytes.
 pub fn parse_size(text: &str) -> Result<u64, ConfigError> {
+    parse_size_in(text, 20)
+}
+
+/// Parses "4M", "4MiB", "512K", "1048576" (bytes) into bytes.
+pub fn parse_bytes(text: &str) -> Result<u64, ConfigError> {
+    parse_size_in(text, 0)
+}
+
+/// A size with a K/M/G/T suffix (binary, optionally followed by "iB" or
+/// "B"); a bare number counts in units of `1 << bare_shift` bytes.
+fn parse_size_in(text: &str, bare_shift: u32) -> Result<u64, ConfigError> {
     let bad = || ConfigError::BadSize(text.to_string());
     let t = text.trim();
     let t = t
@@ -90,7 +101,7 @@ pub fn parse_size(text: &str) -> Result<u64, ConfigError> {
         'M' => (&t[..t.len() - 1], 20),
         'G' => (&t[..t.len() - 1], 30),
         'T' => (&t[..t.len() - 1], 40),
-        c if c.is_ascii_digit() => (t, 20),
+        c if c.is_ascii_digit() => (t, bare_shift),
         _ => return Err(bad()),
     };
     let n: u64 = digits.trim().parse().map_err(|_| bad())?;

@@ -16,9 +16,12 @@ use super::actions::{
 use super::builder::{build_linux, restore_vm, BuildError};
 use super::config::ConfigError;
 use super::machine::{Machine, RunReport, RunningVm};
-use super::resources::{BootSource, DriveUpdate, MachineConfig, VmResources};
+use super::resources::{
+    BootSource, DriveUpdate, MachineConfig, NetworkInterfaceUpdate, VmResources,
+};
 use super::snapshot::{self, SnapshotError};
 use crate::arch::x86_64::boot;
+use crate::devices::virtio::net::{RX_QUEUE, TX_QUEUE};
 use crate::stats::clock::TickClock;
 use crate::stats::kvm::KvmStatsFds;
 use crate::stats::live;
@@ -216,6 +219,7 @@ impl Controller {
                 Ok(VmmData::Empty)
             }
             PatchDrive(u) => self.patch_drive(u),
+            PatchNetworkInterface(u) => self.patch_net(u),
             PutNetworkInterface(n) => {
                 self.before_start()?;
                 self.resources.put_net(n);
@@ -295,31 +299,73 @@ impl Controller {
         }
     }
 
-    /// A new backing file for a drive: in the configuration before boot,
-    /// and in the running device (which tells the guest) after.
+    /// A new backing file or rate limiter for a drive: in the
+    /// configuration before boot, and in the running device (which tells
+    /// the guest of a new file) after.
     fn patch_drive(&mut self, u: DriveUpdate) -> VmmResult {
-        if !matches!(u.rate_limiter, None | Some(serde_json::Value::Null)) {
-            return Err(ActionError::bad(format!(
-                "drives[{}].rate_limiter: rate limiters are not supported by Subzero yet",
-                u.drive_id
-            )));
-        }
         let index = self
             .resources
             .drives
             .iter()
             .position(|d| d.drive_id == u.drive_id)
             .ok_or_else(|| bad(format!("no drive {:?}: PUT /drives/{0} first", u.drive_id)))?;
-        let Some(path) = u.path_on_host else {
-            return Ok(VmmData::Empty);
-        };
-        if let Some(live) = &self.live {
-            live.vm
-                .virtio
-                .swap_disk(index, &path)
-                .map_err(|e| bad(format!("drives[{}]: {e}", u.drive_id)))?;
+        if let Some(path) = u.path_on_host {
+            if let Some(live) = &self.live {
+                live.vm
+                    .virtio
+                    .swap_disk(index, &path)
+                    .map_err(|e| bad(format!("drives[{}]: {e}", u.drive_id)))?;
+            }
+            self.resources.drives[index].path_on_host = path;
         }
-        self.resources.drives[index].path_on_host = path;
+        if let Some(limits) = u.rate_limiter {
+            if let Some(live) = &self.live {
+                let name = format!("virtio-blk{index}");
+                live.vm
+                    .virtio
+                    .set_rate_limiter(&name, 0, &limits)
+                    .map_err(|e| bad(format!("drives[{}].rate_limiter: {e}", u.drive_id)))?;
+            }
+            self.resources.drives[index].rate_limiter = Some(limits);
+        }
+        Ok(VmmData::Empty)
+    }
+
+    /// New rate limiters for a network interface, before boot or while it
+    /// runs.
+    fn patch_net(&mut self, u: NetworkInterfaceUpdate) -> VmmResult {
+        let index = self
+            .resources
+            .network_interfaces
+            .iter()
+            .position(|n| n.iface_id == u.iface_id)
+            .ok_or_else(|| {
+                bad(format!(
+                    "no network interface {:?}: PUT /network-interfaces/{0} first",
+                    u.iface_id
+                ))
+            })?;
+        let name = format!("virtio-net{index}");
+        for (queue, limits, field) in [
+            (RX_QUEUE, u.rx_rate_limiter, "rx_rate_limiter"),
+            (TX_QUEUE, u.tx_rate_limiter, "tx_rate_limiter"),
+        ] {
+            let Some(limits) = limits else {
+                continue;
+            };
+            if let Some(live) = &self.live {
+                live.vm
+                    .virtio
+                    .set_rate_limiter(&name, queue, &limits)
+                    .map_err(|e| bad(format!("network-interfaces[{}].{field}: {e}", u.iface_id)))?;
+            }
+            let n = &mut self.resources.network_interfaces[index];
+            *if queue == RX_QUEUE {
+                &mut n.rx_rate_limiter
+            } else {
+                &mut n.tx_rate_limiter
+            } = Some(limits);
+        }
         Ok(VmmData::Empty)
     }
 

@@ -3,6 +3,9 @@
 
 use std::path::PathBuf;
 
+use super::config::parse_bytes;
+use crate::devices::rate_limiter::{RateLimiterConfig, TokenBucketConfig};
+
 /// A problem with a device option.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DeviceConfigError {
@@ -58,8 +61,8 @@ pub enum DeviceConfigError {
     },
 }
 
-/// `--disk path=FILE[,readonly=on][,id=NAME]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `--disk path=FILE[,readonly=on][,id=NAME][,bw=BYTES/s][,iops=N]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DiskConfig {
     /// Raw image file.
     pub path: PathBuf,
@@ -67,15 +70,21 @@ pub struct DiskConfig {
     pub readonly: bool,
     /// Serial the guest sees (VIRTIO_BLK_T_GET_ID).
     pub id: Option<String>,
+    /// Bytes and requests per second (unlimited by default).
+    pub rate_limiter: RateLimiterConfig,
 }
 
-/// `--net tap=NAME[,mac=XX:XX:XX:XX:XX:XX]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `--net tap=NAME[,mac=XX:XX:XX:XX:XX:XX][,bw=BYTES/s][,pps=N]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NetConfig {
     /// Host TAP device name.
     pub tap: String,
     /// Guest MAC address, as written (checked when the device is created).
     pub mac: Option<String>,
+    /// Bytes and frames per second to the guest.
+    pub rx_rate_limiter: RateLimiterConfig,
+    /// Bytes and frames per second from the guest.
+    pub tx_rate_limiter: RateLimiterConfig,
 }
 
 /// `--vsock cid=N,uds=PATH`.
@@ -139,14 +148,52 @@ fn on_off(
     }
 }
 
+/// `bw=` (bytes per second: 4M, 512K, 1048576; 0 is unlimited) as a
+/// bucket of one second's worth.
+fn bandwidth(
+    flag: &'static str,
+    spec: &str,
+    v: &str,
+) -> Result<Option<TokenBucketConfig>, DeviceConfigError> {
+    let rate = parse_bytes(v).map_err(|_| DeviceConfigError::BadValue {
+        flag,
+        spec: spec.into(),
+        key: "bw",
+        value: v.into(),
+        problem: "is not a rate in bytes per second: e.g. 4M (MiB/s), 512K, 1048576",
+    })?;
+    Ok((rate > 0).then(|| TokenBucketConfig::per_second(rate)))
+}
+
+/// `iops=` or `pps=` (a count per second; 0 is unlimited).
+fn per_second(
+    flag: &'static str,
+    spec: &str,
+    key: &'static str,
+    v: &str,
+) -> Result<Option<TokenBucketConfig>, DeviceConfigError> {
+    let rate: u64 = v.parse().map_err(|_| DeviceConfigError::BadValue {
+        flag,
+        spec: spec.into(),
+        key,
+        value: v.into(),
+        problem: "is not a whole number per second",
+    })?;
+    Ok((rate > 0).then(|| TokenBucketConfig::per_second(rate)))
+}
+
 impl DiskConfig {
     /// Parses a `--disk` value.
     pub fn parse(spec: &str) -> Result<Self, DeviceConfigError> {
         let mut path = None;
         let mut readonly = false;
         let mut id = None;
-        for (k, v) in pairs("disk", spec, DISK_EXAMPLE, "path, readonly, id")? {
+        let mut rate_limiter = RateLimiterConfig::default();
+        let known = "path, readonly, id, bw, iops";
+        for (k, v) in pairs("disk", spec, DISK_EXAMPLE, known)? {
             match k.as_str() {
+                "bw" => rate_limiter.bandwidth = bandwidth("disk", spec, &v)?,
+                "iops" => rate_limiter.ops = per_second("disk", spec, "iops", &v)?,
                 "path" if !v.is_empty() => path = Some(PathBuf::from(v)),
                 "readonly" => readonly = on_off("disk", spec, "readonly", &v)?,
                 "id" if v.len() <= 20 && v.is_ascii() => id = Some(v),
@@ -168,7 +215,12 @@ impl DiskConfig {
             key: "path",
             example: DISK_EXAMPLE,
         })?;
-        Ok(DiskConfig { path, readonly, id })
+        Ok(DiskConfig {
+            path,
+            readonly,
+            id,
+            rate_limiter,
+        })
     }
 }
 
@@ -177,8 +229,11 @@ impl NetConfig {
     pub fn parse(spec: &str) -> Result<Self, DeviceConfigError> {
         let mut tap = None;
         let mut mac = None;
-        for (k, v) in pairs("net", spec, NET_EXAMPLE, "tap, mac")? {
+        let mut limit = RateLimiterConfig::default();
+        for (k, v) in pairs("net", spec, NET_EXAMPLE, "tap, mac, bw, pps")? {
             match k.as_str() {
+                "bw" => limit.bandwidth = bandwidth("net", spec, &v)?,
+                "pps" => limit.ops = per_second("net", spec, "pps", &v)?,
                 "tap" if !v.is_empty() && v.len() < 16 => tap = Some(v),
                 "tap" => {
                     return Err(DeviceConfigError::BadValue {
@@ -199,7 +254,13 @@ impl NetConfig {
             key: "tap",
             example: NET_EXAMPLE,
         })?;
-        Ok(NetConfig { tap, mac })
+        // Each direction gets the limits.
+        Ok(NetConfig {
+            tap,
+            mac,
+            rx_rate_limiter: limit,
+            tx_rate_limiter: limit,
+        })
     }
 }
 
@@ -250,7 +311,8 @@ mod tests {
             DiskConfig {
                 path: "a.img".into(),
                 readonly: true,
-                id: Some("root".into())
+                id: Some("root".into()),
+                rate_limiter: RateLimiterConfig::default(),
             }
         );
         assert!(!DiskConfig::parse("path=a.img").unwrap().readonly);
@@ -283,5 +345,42 @@ mod tests {
         assert!(e.contains("0-2 are reserved"), "{e}");
         let e = VsockConfig::parse("cid=3").unwrap_err().to_string();
         assert!(e.contains("missing uds="), "{e}");
+    }
+
+    #[test]
+    fn parses_rate_limits() {
+        let d = DiskConfig::parse("path=a.img,bw=4M,iops=100").unwrap();
+        assert_eq!(
+            d.rate_limiter,
+            RateLimiterConfig {
+                bandwidth: Some(TokenBucketConfig::per_second(4 << 20)),
+                ops: Some(TokenBucketConfig::per_second(100)),
+            }
+        );
+        for (bw, bytes) in [("4MiB", 4 << 20), ("512K", 512 << 10), ("1000", 1000)] {
+            let d = DiskConfig::parse(&format!("path=a,bw={bw}")).unwrap();
+            assert_eq!(d.rate_limiter.bandwidth.unwrap().size, bytes, "{bw}");
+        }
+        let d = DiskConfig::parse("path=a,bw=0,iops=0").unwrap();
+        assert!(!d.rate_limiter.limits(), "0 is unlimited");
+        let e = DiskConfig::parse("path=a,bw=fast").unwrap_err().to_string();
+        assert!(
+            e.starts_with("--disk ") && e.contains("bw=\"fast\" is not a rate"),
+            "{e}"
+        );
+        let e = DiskConfig::parse("path=a,iops=1.5")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("iops=\"1.5\" is not a whole number"), "{e}");
+        let n = NetConfig::parse("tap=tap0,bw=1M,pps=1000").unwrap();
+        assert_eq!(n.rx_rate_limiter, n.tx_rate_limiter, "both directions");
+        assert_eq!(
+            n.tx_rate_limiter.ops,
+            Some(TokenBucketConfig::per_second(1000))
+        );
+        let e = NetConfig::parse("tap=t,pps=-1").unwrap_err().to_string();
+        assert!(e.starts_with("--net ") && e.contains("pps="), "{e}");
+        let e = NetConfig::parse("tap=t,iops=1").unwrap_err().to_string();
+        assert!(e.contains("unknown key \"iops\""), "{e}");
     }
 }

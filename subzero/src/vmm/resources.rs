@@ -12,6 +12,7 @@ use super::config::{
     check_memory, host_ram, ConfigError, DevicesConfig, VmConfig, DEFAULT_CMDLINE,
 };
 use super::device_config::{DiskConfig, NetConfig, VsockConfig};
+pub use crate::devices::rate_limiter::{RateLimiterConfig, TokenBucketConfig};
 
 /// Firecracker's default guest RAM, in MiB, when machine-config is not set.
 pub const DEFAULT_MEM_MIB: u64 = 128;
@@ -201,9 +202,10 @@ pub struct Drive {
     /// "Unsafe" or "Writeback"; flushes are always honoured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_type: Option<String>,
-    /// Rate limiter (not offered yet).
+    /// Bytes and requests per second (a size or refill time of 0 is
+    /// unlimited).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate_limiter: Unsupported,
+    pub rate_limiter: Option<RateLimiterConfig>,
     /// "Sync" (the engine Subzero has) or "Async".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub io_engine: Option<String>,
@@ -220,9 +222,10 @@ pub struct DriveUpdate {
     pub drive_id: String,
     /// A new backing file.
     pub path_on_host: Option<PathBuf>,
-    /// Rate limiter (not offered yet).
+    /// New limits, replacing the old ones (a running disk's buckets start
+    /// full).
     #[serde(default)]
-    pub rate_limiter: Unsupported,
+    pub rate_limiter: Option<RateLimiterConfig>,
 }
 
 /// `PUT /network-interfaces/{iface_id}`.
@@ -236,12 +239,26 @@ pub struct NetworkInterface {
     /// Guest MAC address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guest_mac: Option<String>,
-    /// Receive rate limiter (not offered yet).
+    /// Bytes and frames per second to the guest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rx_rate_limiter: Unsupported,
-    /// Transmit rate limiter (not offered yet).
+    pub rx_rate_limiter: Option<RateLimiterConfig>,
+    /// Bytes and frames per second from the guest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tx_rate_limiter: Unsupported,
+    pub tx_rate_limiter: Option<RateLimiterConfig>,
+}
+
+/// `PATCH /network-interfaces/{iface_id}`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkInterfaceUpdate {
+    /// The interface.
+    pub iface_id: String,
+    /// New receive limits.
+    #[serde(default)]
+    pub rx_rate_limiter: Option<RateLimiterConfig>,
+    /// New transmit limits.
+    #[serde(default)]
+    pub tx_rate_limiter: Option<RateLimiterConfig>,
 }
 
 /// `PUT /vsock`.
@@ -420,7 +437,6 @@ impl VmResources {
         let mut disks = Vec::with_capacity(self.drives.len());
         for d in &self.drives {
             let s = |f| Setting::Drive(d.drive_id.clone(), f);
-            refuse_set(&d.rate_limiter, s("rate_limiter"), "a rate limiter")?;
             refuse_set(&d.partuuid, s("partuuid"), "a partition UUID")?;
             refuse_set(&d.socket, s("socket"), "a vhost-user socket")?;
             if !matches!(d.io_engine.as_deref(), None | Some("Sync")) {
@@ -439,16 +455,16 @@ impl VmResources {
                 path: d.path_on_host.clone(),
                 readonly: d.is_read_only,
                 id: Some(d.drive_id.clone()),
+                rate_limiter: d.rate_limiter.unwrap_or_default(),
             });
         }
         let mut nets = Vec::with_capacity(self.network_interfaces.len());
         for n in &self.network_interfaces {
-            let s = |f| Setting::Net(n.iface_id.clone(), f);
-            refuse_set(&n.rx_rate_limiter, s("rx_rate_limiter"), "a rate limiter")?;
-            refuse_set(&n.tx_rate_limiter, s("tx_rate_limiter"), "a rate limiter")?;
             nets.push(NetConfig {
                 tap: n.host_dev_name.clone(),
                 mac: n.guest_mac.clone(),
+                rx_rate_limiter: n.rx_rate_limiter.unwrap_or_default(),
+                tx_rate_limiter: n.tx_rate_limiter.unwrap_or_default(),
             });
         }
         let vsock = match &self.vsock {

@@ -12,8 +12,9 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::exit::Buses;
 use crate::arch::x86_64::acpi::AcpiMmioDevice;
 use crate::arch::x86_64::layout::{self, MMIO_DEVICES_START, MMIO_DEVICE_SLOT_SIZE};
+use crate::devices::rate_limiter::RateLimiterConfig;
 use crate::devices::virtio::mmio::{
-    lock, regs, MmioTransport, SharedTransport, TransportSnapshot, VirtioCounters,
+    regs, MmioTransport, SharedTransport, TransportSnapshot, VirtioCounters,
 };
 use crate::devices::virtio::worker::{DeviceWorker, WorkerThread, PAUSE_TIMEOUT};
 use crate::devices::virtio::{Interrupt, VirtioDevice, VirtioDeviceCounts};
@@ -165,7 +166,7 @@ impl VirtioDevices {
         let transport = MmioTransport::new(device, mem.clone(), clones(&kicks)?, irqfd)
             .map_err(|e| VirtioSetupError::Transport(name.clone(), e))?;
         let shared = transport.shared();
-        let counters = lock(&shared).counters().clone();
+        let counters = shared.counters().clone();
         let irq = transport.interrupt();
         self.transports.push(shared.clone());
         self.workers.push(DeviceWorker::new(shared, kicks));
@@ -242,7 +243,7 @@ impl VirtioDevices {
 
     /// Every device's transport and device state (devices paused).
     pub fn save(&self) -> Vec<TransportSnapshot> {
-        self.transports.iter().map(|t| lock(t).save()).collect()
+        self.transports.iter().map(SharedTransport::save).collect()
     }
 
     /// Puts back saved state into freshly attached devices, in slot order,
@@ -256,8 +257,7 @@ impl VirtioDevices {
             )));
         }
         for ((slot, t), s) in self.slots.iter().zip(&self.transports).zip(saved) {
-            lock(t)
-                .restore(s)
+            t.restore(s)
                 .map_err(|e| VirtioSetupError::Transport(slot.name.clone(), e))?;
         }
         Ok(())
@@ -272,7 +272,24 @@ impl VirtioDevices {
             .zip(&self.transports)
             .find(|(s, _)| s.name == name)
             .ok_or_else(|| format!("the VM has no {name}"))?;
-        lock(t).swap_backing(path)
+        t.swap_backing(path)
+    }
+
+    /// Sets the rate limiter of queue `queue` of the device called `name`
+    /// (e.g. "virtio-net0").
+    pub fn set_rate_limiter(
+        &self,
+        name: &str,
+        queue: usize,
+        cfg: &RateLimiterConfig,
+    ) -> Result<(), String> {
+        let (_, t) = self
+            .slots
+            .iter()
+            .zip(&self.transports)
+            .find(|(s, _)| s.name == name)
+            .ok_or_else(|| format!("the VM has no {name}"))?;
+        t.device().device.set_rate_limiter(queue, cfg)
     }
 
     /// Counters of every device.

@@ -15,7 +15,7 @@ mod tests;
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
@@ -30,6 +30,7 @@ use virtio_queue::desc::split::Descriptor;
 use vm_memory::{Address, Bytes, GuestMemoryMmap};
 
 use super::{types, DescChain, DeviceError, QueueCtx, VirtioDevice};
+use crate::devices::rate_limiter::{RateLimiter, RateLimiterConfig};
 pub use request::{parse_request, Request, RequestError};
 use request::{HEADER_LEN, ID_BYTES, MAX_DATA, SECTOR_SIZE, S_IOERR, S_OK};
 
@@ -138,6 +139,8 @@ pub struct BlockStats {
     pub errors: AtomicU64,
     /// Chains returned unserved (malformed, or no status byte).
     pub bad_chains: AtomicU64,
+    /// Times the rate limiter made the queue wait.
+    pub throttled: AtomicU64,
 }
 
 impl BlockStats {
@@ -155,6 +158,7 @@ pub struct Block {
     id: [u8; ID_BYTES],
     bounce: Vec<u8>,
     stats: Arc<BlockStats>,
+    limiter: RateLimiter,
 }
 
 impl Block {
@@ -223,6 +227,8 @@ impl Block {
                 size % SECTOR_SIZE
             );
         }
+        let limiter = RateLimiter::new(&RateLimiterConfig::default())
+            .map_err(io_err("cannot create a timerfd for its rate limiter"))?;
         let mut serial = [0u8; ID_BYTES];
         let n = id.len().min(ID_BYTES);
         serial[..n].copy_from_slice(&id[..n]);
@@ -234,6 +240,7 @@ impl Block {
             id: serial,
             bounce: vec![0; BOUNCE],
             stats: Arc::default(),
+            limiter,
         })
     }
 
@@ -296,10 +303,21 @@ impl Block {
         c
     }
 
-    /// Serves one chain; returns the number of bytes written into it.
-    fn serve(&mut self, mem: &GuestMemoryMmap, chain: &DescChain) -> u32 {
+    /// Limits the disk's bytes and requests per second from now on.
+    pub fn set_rate_limiter(&mut self, cfg: &RateLimiterConfig) {
+        self.limiter.update(cfg);
+    }
+
+    /// Serves one chain, parsed into `request`; returns the number of bytes
+    /// written into it.
+    fn serve(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        chain: &DescChain,
+        request: Result<Request, RequestError>,
+    ) -> u32 {
         BlockStats::add(&self.stats.requests, 1);
-        let (status, written) = match parse_request(mem, chain, self.capacity, self.readonly) {
+        let (status, written) = match request {
             Ok(req) => self.execute(mem, chain, req),
             Err(e) => {
                 log::debug!("{}: request refused: {e}", self.path.display());
@@ -539,10 +557,33 @@ impl VirtioDevice for Block {
         }
     }
 
+    fn set_rate_limiter(&mut self, _queue: usize, cfg: &RateLimiterConfig) -> Result<(), String> {
+        Block::set_rate_limiter(self, cfg);
+        Ok(())
+    }
+
+    fn event_fds(&self) -> Vec<RawFd> {
+        vec![self.limiter.timer_fd()]
+    }
+
+    /// The rate limiter's timer: the queue may go on.
+    fn process_event(&mut self, _token: usize, ctx: &mut QueueCtx) -> Result<(), DeviceError> {
+        self.limiter.timer_fired();
+        if ctx.ready(0) {
+            self.process_queue(0, ctx)?;
+        }
+        Ok(())
+    }
+
     fn process_queue(&mut self, q: usize, ctx: &mut QueueCtx) -> Result<(), DeviceError> {
         loop {
             ctx.disable_notification(q)?;
             loop {
+                if self.limiter.blocked() {
+                    // The timer brings the device back; notifications stay
+                    // off until then.
+                    return ctx.notify(q);
+                }
                 let chain = match ctx.pop_or_fail(q, MAX_CHAIN, fail_status) {
                     Ok(Some(c)) => c,
                     Ok(None) => break,
@@ -552,7 +593,18 @@ impl VirtioDevice for Block {
                         continue;
                     }
                 };
-                let written = self.serve(ctx.mem, &chain);
+                let request = parse_request(ctx.mem, &chain, self.capacity, self.readonly);
+                let bytes = match &request {
+                    Ok(Request::In { len, .. } | Request::Out { len, .. }) => *len,
+                    _ => 0,
+                };
+                if !self.limiter.consume(bytes, 1) {
+                    // Back on the ring, served when the buckets refill.
+                    BlockStats::add(&self.stats.throttled, 1);
+                    ctx.undo_pop(q);
+                    continue;
+                }
+                let written = self.serve(ctx.mem, &chain, request);
                 ctx.add_used(q, chain.head, written)?;
             }
             if !ctx.enable_notification(q)? {

@@ -1,21 +1,36 @@
 //! The virtio-mmio transport, register layout version 2 (virtio 1.x
 //! section 4.2.2).
 //!
-//! vCPU threads run the register protocol here: feature negotiation, queue
-//! setup and the status state machine. Queue notifications normally never
-//! arrive here: KVM turns writes of QueueNotify into ioeventfd signals that
-//! the device thread serves. The interrupt status register is read and
-//! acknowledged without taking the device lock, so interrupt handling in
-//! the guest does not wait for a device busy with I/O.
+//! A transport is two halves behind two locks:
+//! - [`Registers`], which vCPU threads read and write: feature negotiation,
+//!   queue setup, the status state machine, and a copy of the device's
+//!   configuration space;
+//! - [`DeviceState`] (`device.rs`): the device model, the queues as the
+//!   device advances them, and guest memory. The device thread holds this
+//!   lock while it serves requests: disk I/O, TAP reads and writes.
+//!
+//! So a register access never waits for a request in hand, with two
+//! exceptions a driver makes only while its device is idle: DRIVER_OK hands
+//! the queues to the device and activates it, and a reset (status 0) waits
+//! until the device lets go of the rings, which the driver may free as soon
+//! as its write returns. Locks are taken registers first, then device; the
+//! device thread never takes the registers'. Queue notifications normally
+//! never arrive here: KVM turns writes of QueueNotify into ioeventfd signals
+//! that the device thread serves. The interrupt status register is read and
+//! acknowledged through an atomic.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+mod device;
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{features, DeviceError, Interrupt, QueueCtx, VirtioDevice, INT_CONFIG};
+pub use device::{lock, DeviceState, QueueSnapshot, SharedTransport, TransportSnapshot};
+
+use super::{features, DeviceError, Interrupt, VirtioDevice};
 use crate::bus::{BusDevice, DeviceAction};
 
 /// "virt" in little-endian.
@@ -78,246 +93,65 @@ pub struct VirtioCounters {
     pub needs_reset: AtomicU64,
 }
 
-/// One queue, as a snapshot keeps it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct QueueSnapshot {
-    /// Largest size the device offers.
-    pub max_size: u16,
-    /// Size the driver chose.
-    pub size: u16,
-    /// QueueReady.
-    pub ready: bool,
-    /// Descriptor table address.
-    pub desc_table: u64,
-    /// Available ring address.
-    pub avail_ring: u64,
-    /// Used ring address.
-    pub used_ring: u64,
-    /// Next available-ring index the device reads.
-    pub next_avail: u16,
-    /// Next used-ring index the device writes.
-    pub next_used: u16,
-    /// VIRTIO_F_RING_EVENT_IDX in use.
-    pub event_idx: bool,
-}
-
-/// A transport's registers and queues, and its device's own state.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TransportSnapshot {
-    /// Device type, checked on restore.
-    pub device_type: u32,
-    /// Device status.
-    pub status: u32,
-    /// Features the driver accepted.
-    pub driver_features: u64,
-    /// QueueSel.
-    pub queue_sel: u32,
-    /// DeviceFeaturesSel.
-    pub device_features_sel: u32,
-    /// DriverFeaturesSel.
-    pub driver_features_sel: u32,
-    /// Interrupt status bits not yet acknowledged.
-    pub isr: u32,
-    /// ConfigGeneration.
-    #[serde(default)]
-    pub config_generation: u32,
-    /// Queues whose QueueNum write was refused.
-    pub size_invalid: Vec<bool>,
-    /// The queues.
-    pub queues: Vec<QueueSnapshot>,
-    /// [`VirtioDevice::save_state`].
-    pub device: serde_json::Value,
-}
-
-/// State shared by the vCPU threads (registers) and the device thread (queues).
-pub struct TransportState {
-    /// The device model.
-    pub device: Box<dyn VirtioDevice>,
+/// The registers, what the vCPU threads lock.
+pub struct Registers {
+    /// The device half, locked (after this one) at DRIVER_OK and reset.
+    dev: Arc<Mutex<DeviceState>>,
+    name: String,
+    device_type: u32,
+    /// Features offered, transport features included.
+    offered: u64,
+    /// The device's configuration space, as [`read_config_space`] read it.
+    config: Vec<u8>,
     mem: GuestMemoryMmap,
+    /// The queues as the driver sets them up; the device gets a copy at
+    /// DRIVER_OK.
     queues: Vec<Queue>,
     size_invalid: Vec<bool>,
     kicks: Vec<EventFd>,
     activated: EventFd,
     irq: Arc<Interrupt>,
+    /// DEVICE_NEEDS_RESET, which the device thread sets without this lock.
+    needs_reset: Arc<AtomicBool>,
+    counters: Arc<VirtioCounters>,
     queue_sel: u32,
     device_features_sel: u32,
     driver_features_sel: u32,
     driver_features: u64,
+    /// Device status, without DEVICE_NEEDS_RESET.
     status: u32,
     config_generation: u32,
-    counters: Arc<VirtioCounters>,
 }
 
-/// A shared handle on a transport's state.
-pub type SharedTransport = Arc<Mutex<TransportState>>;
+/// Bytes of configuration space a transport serves (every Subzero device
+/// has less); reads past them see 0.
+pub const CONFIG_SPACE: usize = 256;
 
-/// Locks `t`, carrying on if a thread panicked while holding it.
-pub fn lock(t: &SharedTransport) -> MutexGuard<'_, TransportState> {
-    t.lock().unwrap_or_else(|p| p.into_inner())
+/// Reads `device`'s configuration space, for the transport's copy.
+pub fn read_config_space(device: &dyn VirtioDevice) -> Vec<u8> {
+    let mut c = vec![0u8; CONFIG_SPACE];
+    device.read_config(0, &mut c);
+    c
 }
 
-impl TransportState {
-    /// Features the device offers, transport features included.
-    pub fn offered_features(&self) -> u64 {
-        self.device.features()
-            | features::VERSION_1
-            | features::RING_EVENT_IDX
-            | features::RING_INDIRECT_DESC
+impl Registers {
+    fn device(&self) -> MutexGuard<'_, DeviceState> {
+        lock(&self.dev)
     }
 
-    /// Whether the driver finished setup and the device is not broken.
-    pub fn active(&self) -> bool {
-        self.status & status::DRIVER_OK != 0 && self.status & status::DEVICE_NEEDS_RESET == 0
-    }
-
-    /// Signalled when the driver sets DRIVER_OK, for the device thread.
-    pub fn activated_event(&self) -> std::io::Result<EventFd> {
-        self.activated.try_clone()
-    }
-
-    /// The device's counters.
-    pub fn counters(&self) -> &Arc<VirtioCounters> {
-        &self.counters
-    }
-
-    /// Runs `f` with the device and a queue context.
-    pub fn with_ctx<R>(&mut self, f: impl FnOnce(&mut dyn VirtioDevice, &mut QueueCtx) -> R) -> R {
-        let active = self.active();
-        let mut ctx = QueueCtx {
-            mem: &self.mem,
-            queues: &mut self.queues,
-            irq: &self.irq,
-            active,
-            bad_chains: &self.counters.bad_chains,
-            stalled: None,
-            added: 0,
-        };
-        f(self.device.as_mut(), &mut ctx)
-    }
-
-    /// Marks the device broken: the driver sees DEVICE_NEEDS_RESET and a
-    /// configuration interrupt, and the device serves nothing until reset.
-    pub fn fail(&mut self, err: &DeviceError) {
-        if self.status & status::DEVICE_NEEDS_RESET == 0 {
-            log::warn!("{}: {err}; the device needs a reset", self.device.name());
-            self.status |= status::DEVICE_NEEDS_RESET;
-            self.counters.needs_reset.fetch_add(1, Ordering::Relaxed);
-            if self.status & status::DRIVER_OK != 0 {
-                self.irq.signal(INT_CONFIG);
-            }
+    /// The status register: the driver's bits and DEVICE_NEEDS_RESET.
+    fn status(&self) -> u32 {
+        if self.needs_reset.load(Ordering::SeqCst) {
+            self.status | status::DEVICE_NEEDS_RESET
+        } else {
+            self.status
         }
-    }
-
-    /// The registers, queues and device state, for a snapshot. The device
-    /// thread must be paused.
-    pub fn save(&self) -> TransportSnapshot {
-        TransportSnapshot {
-            device_type: self.device.device_type(),
-            status: self.status,
-            driver_features: self.driver_features,
-            queue_sel: self.queue_sel,
-            device_features_sel: self.device_features_sel,
-            driver_features_sel: self.driver_features_sel,
-            isr: self.irq.status.load(Ordering::SeqCst),
-            config_generation: self.config_generation,
-            size_invalid: self.size_invalid.clone(),
-            queues: self
-                .queues
-                .iter()
-                .map(|q| {
-                    let s = q.state();
-                    QueueSnapshot {
-                        max_size: s.max_size,
-                        size: s.size,
-                        ready: s.ready,
-                        desc_table: s.desc_table,
-                        avail_ring: s.avail_ring,
-                        used_ring: s.used_ring,
-                        next_avail: s.next_avail,
-                        next_used: s.next_used,
-                        event_idx: s.event_idx_enabled,
-                    }
-                })
-                .collect(),
-            device: self.device.save_state(),
-        }
-    }
-
-    /// Puts back a snapshot's state into a new transport for the same
-    /// device, before its thread starts. A device the driver had started is
-    /// activated again, and its thread serves every ready queue once.
-    pub fn restore(&mut self, s: &TransportSnapshot) -> Result<(), DeviceError> {
-        let name = self.device.name().to_string();
-        let bad = |what: String| DeviceError::Backend(format!("{name}: snapshot: {what}"));
-        if s.device_type != self.device.device_type() {
-            return Err(bad(format!(
-                "device type {} where the VM has {}",
-                s.device_type,
-                self.device.device_type()
-            )));
-        }
-        if s.queues.len() != self.queues.len() || s.size_invalid.len() != self.queues.len() {
-            return Err(bad(format!(
-                "{} queues where the device has {}",
-                s.queues.len(),
-                self.queues.len()
-            )));
-        }
-        let mut queues = Vec::with_capacity(s.queues.len());
-        for (i, q) in s.queues.iter().enumerate() {
-            let state = virtio_queue::QueueState {
-                max_size: q.max_size,
-                next_avail: q.next_avail,
-                next_used: q.next_used,
-                event_idx_enabled: q.event_idx,
-                size: q.size,
-                ready: q.ready,
-                desc_table: q.desc_table,
-                avail_ring: q.avail_ring,
-                used_ring: q.used_ring,
-            };
-            if q.max_size != self.queues[i].max_size() {
-                return Err(bad(format!("queue {i} has another maximum size")));
-            }
-            queues.push(Queue::try_from(state).map_err(|e| bad(format!("queue {i}: {e}")))?);
-        }
-        self.queues = queues;
-        self.size_invalid = s.size_invalid.clone();
-        self.status = s.status;
-        self.driver_features = s.driver_features;
-        self.queue_sel = s.queue_sel;
-        self.device_features_sel = s.device_features_sel;
-        self.driver_features_sel = s.driver_features_sel;
-        self.irq.status.store(s.isr, Ordering::SeqCst);
-        self.config_generation = s.config_generation;
-        if self.active() {
-            if let Some(i) = (0..self.queues.len())
-                .find(|&i| self.queues[i].ready() && !self.queues[i].is_valid(&self.mem))
-            {
-                return Err(bad(format!("queue {i} lies outside guest memory")));
-            }
-            self.device.activate(self.driver_features)?;
-            self.device.restore_state(&s.device)?;
-            let _ = self.activated.write(1);
-        }
-        Ok(())
-    }
-
-    /// Swaps the device's backing file, and tells a running driver that the
-    /// configuration changed (a new disk size, say).
-    pub fn swap_backing(&mut self, path: &std::path::Path) -> Result<(), String> {
-        self.device.swap_backing(path)?;
-        self.config_generation = self.config_generation.wrapping_add(1);
-        if self.status & status::DRIVER_OK != 0 {
-            self.irq.signal(INT_CONFIG);
-        }
-        Ok(())
     }
 
     fn reset(&mut self) {
-        self.device.reset();
+        let mut dev = lock(&self.dev);
+        dev.reset();
+        self.needs_reset.store(false, Ordering::SeqCst);
         self.irq.clear();
         for q in &mut self.queues {
             q.reset();
@@ -339,16 +173,16 @@ impl TransportState {
         match offset {
             regs::MAGIC_VALUE => MAGIC,
             regs::VERSION => VERSION,
-            regs::DEVICE_ID => self.device.device_type(),
+            regs::DEVICE_ID => self.device_type,
             regs::VENDOR_ID => VENDOR_ID,
             regs::DEVICE_FEATURES => match self.device_features_sel {
-                0 => self.offered_features() as u32,
-                1 => (self.offered_features() >> 32) as u32,
+                0 => self.offered as u32,
+                1 => (self.offered >> 32) as u32,
                 _ => 0,
             },
             regs::QUEUE_NUM_MAX => q.map_or(0, |q| u32::from(q.max_size())),
             regs::QUEUE_READY => q.map_or(0, |q| u32::from(q.ready())),
-            regs::STATUS => self.status,
+            regs::STATUS => self.status(),
             regs::CONFIG_GENERATION => self.config_generation,
             _ => 0,
         }
@@ -398,7 +232,7 @@ impl TransportState {
             regs::STATUS => self.write_status(v),
             _ => log::debug!(
                 "{}: ignored write {v:#x} to register {offset:#x}",
-                self.device.name()
+                self.name
             ),
         }
     }
@@ -427,16 +261,17 @@ impl TransportState {
             return;
         }
         let old = self.status;
-        let mut new = v | (old & status::DEVICE_NEEDS_RESET);
+        // DEVICE_NEEDS_RESET is the device's to set (and the reset's to clear).
+        let mut new = v & !status::DEVICE_NEEDS_RESET;
         let rising = new & !old;
         if rising & status::FEATURES_OK != 0 {
-            let unknown = self.driver_features & !self.offered_features();
+            let unknown = self.driver_features & !self.offered;
             if unknown != 0 || self.driver_features & features::VERSION_1 == 0 {
                 log::warn!(
                     "{}: driver features {:#x} refused (offered {:#x})",
-                    self.device.name(),
+                    self.name,
                     self.driver_features,
-                    self.offered_features()
+                    self.offered
                 );
                 new &= !status::FEATURES_OK;
             }
@@ -453,44 +288,51 @@ impl TransportState {
         self.status = new;
     }
 
-    /// DRIVER_OK: checks every ready queue, then activates the device.
+    /// DRIVER_OK: checks every ready queue, hands the queues to the device
+    /// and activates it.
     fn start(&mut self) {
         let event_idx = self.driver_features & features::RING_EVENT_IDX != 0;
+        let mut dev = lock(&self.dev);
+        dev.started = true;
         for (i, q) in self.queues.iter_mut().enumerate() {
             if !q.ready() {
                 continue;
             }
             if self.size_invalid[i] {
                 let e = DeviceError::Queue(i, "queue size is not a power of two".into());
-                return self.fail(&e);
+                return dev.fail(&e);
             }
             if q.avail_ring() == 0 || q.desc_table() == 0 || q.used_ring() == 0 {
                 let e =
                     DeviceError::Queue(i, "queue rings left at address 0 (never set up)".into());
-                return self.fail(&e);
+                return dev.fail(&e);
             }
             if !q.is_valid(&self.mem) {
                 let e =
                     DeviceError::Queue(i, "queue rings misplaced or outside guest memory".into());
-                return self.fail(&e);
+                return dev.fail(&e);
             }
             q.set_event_idx(event_idx);
         }
-        if let Err(e) = self.device.activate(self.driver_features) {
-            return self.fail(&e);
+        if let Err(e) = dev.take_queues(&self.queues) {
+            return dev.fail(&e);
         }
+        if let Err(e) = dev.device.activate(self.driver_features) {
+            return dev.fail(&e);
+        }
+        drop(dev);
         // Some drivers add buffers and kick before DRIVER_OK (Linux 5.18's
         // virtio-rng did); those kicks found the device inactive, so the
         // device thread serves every ready queue once now.
         if let Err(e) = self.activated.write(1) {
-            log::warn!("{}: cannot wake the device thread: {e}", self.device.name());
+            log::warn!("{}: cannot wake the device thread: {e}", self.name);
         }
     }
 }
 
 /// A virtio device on the MMIO bus.
 pub struct MmioTransport {
-    state: SharedTransport,
+    shared: SharedTransport,
     isr: Arc<AtomicU32>,
 }
 
@@ -503,43 +345,76 @@ impl MmioTransport {
         kicks: Vec<EventFd>,
         irqfd: EventFd,
     ) -> Result<Self, DeviceError> {
-        let mut queues = Vec::new();
-        for (i, &max) in device.queue_max_sizes().iter().enumerate() {
-            queues.push(Queue::new(max).map_err(|e| DeviceError::Queue(i, e.to_string()))?);
-        }
+        let (name, device_type, config) = (
+            device.name().to_string(),
+            device.device_type(),
+            read_config_space(device.as_ref()),
+        );
+        let offered = device.features()
+            | features::VERSION_1
+            | features::RING_EVENT_IDX
+            | features::RING_INDIRECT_DESC;
+        let new_queues = || -> Result<Vec<Queue>, DeviceError> {
+            let max = device.queue_max_sizes().iter().enumerate();
+            max.map(|(i, &m)| Queue::new(m).map_err(|e| DeviceError::Queue(i, e.to_string())))
+                .collect()
+        };
+        let (queues, live) = (new_queues()?, new_queues()?);
         let isr = Arc::new(AtomicU32::new(0));
-        let n = queues.len();
-        let state = TransportState {
+        let irq = Arc::new(Interrupt::new(isr.clone(), irqfd));
+        let needs_reset = Arc::new(AtomicBool::new(false));
+        let counters = Arc::<VirtioCounters>::default();
+        let dev = DeviceState::new(
             device,
+            mem.clone(),
+            live,
+            irq.clone(),
+            needs_reset.clone(),
+            counters.clone(),
+        );
+        let n = queues.len();
+        let regs = Registers {
+            dev: Arc::new(Mutex::new(dev)),
+            name,
+            device_type,
+            offered,
+            config,
             mem,
             queues,
             size_invalid: vec![false; n],
             kicks,
             activated: EventFd::new(libc::EFD_NONBLOCK)
                 .map_err(|e| DeviceError::Backend(format!("eventfd: {e}")))?,
-            irq: Arc::new(Interrupt::new(isr.clone(), irqfd)),
+            irq,
+            needs_reset,
+            counters: counters.clone(),
             queue_sel: 0,
             device_features_sel: 0,
             driver_features_sel: 0,
             driver_features: 0,
             status: 0,
             config_generation: 0,
-            counters: Arc::default(),
         };
+        let dev = regs.dev.clone();
         Ok(MmioTransport {
-            state: Arc::new(Mutex::new(state)),
+            shared: SharedTransport {
+                regs: Arc::new(Mutex::new(regs)),
+                dev,
+                counters,
+            },
             isr,
         })
     }
 
-    /// The state, to share with the device thread.
+    /// The transport's two halves, to share with the device thread and
+    /// the snapshot code.
     pub fn shared(&self) -> SharedTransport {
-        self.state.clone()
+        self.shared.clone()
     }
 
     /// The interrupt line.
     pub fn interrupt(&self) -> Arc<Interrupt> {
-        lock(&self.state).irq.clone()
+        self.shared.regs().irq.clone()
     }
 }
 
@@ -547,9 +422,15 @@ impl BusDevice for MmioTransport {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         data.fill(0);
         if offset >= regs::CONFIG {
-            lock(&self.state)
-                .device
-                .read_config(offset - regs::CONFIG, data);
+            let r = self.shared.regs();
+            let at = offset - regs::CONFIG;
+            for (i, b) in data.iter_mut().enumerate() {
+                *b = at
+                    .checked_add(i as u64)
+                    .and_then(|at| usize::try_from(at).ok())
+                    .and_then(|at| r.config.get(at).copied())
+                    .unwrap_or(0);
+            }
             return;
         }
         if data.len() != 4 || offset % 4 != 0 {
@@ -562,16 +443,15 @@ impl BusDevice for MmioTransport {
         let v = if offset == regs::INTERRUPT_STATUS {
             self.isr.load(Ordering::SeqCst)
         } else {
-            lock(&self.state).read_reg(offset)
+            self.shared.regs().read_reg(offset)
         };
         data.copy_from_slice(&v.to_le_bytes());
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) -> DeviceAction {
         if offset >= regs::CONFIG {
-            lock(&self.state)
-                .device
-                .write_config(offset - regs::CONFIG, data);
+            // No Subzero device has a writable configuration field.
+            log::debug!("virtio-mmio: configuration write at {offset:#x} ignored");
             return DeviceAction::None;
         }
         let Ok(bytes) = <[u8; 4]>::try_from(data) else {
@@ -588,7 +468,7 @@ impl BusDevice for MmioTransport {
         if offset == regs::INTERRUPT_ACK {
             self.isr.fetch_and(!v, Ordering::SeqCst);
         } else {
-            lock(&self.state).write_reg(offset, v);
+            self.shared.regs().write_reg(offset, v);
         }
         DeviceAction::None
     }

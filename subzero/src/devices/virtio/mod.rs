@@ -28,6 +28,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 pub use chain::{ChainError, DescChain};
 
+use crate::devices::rate_limiter::RateLimiterConfig;
+
 /// Device type numbers (virtio 1.x section 5).
 pub mod types {
     /// Network card.
@@ -253,6 +255,14 @@ impl QueueCtx<'_> {
             .map_err(|e| DeviceError::Queue(q, e.to_string()))
     }
 
+    /// Puts the chain last taken from queue `q` back, for a device that
+    /// cannot serve it yet (its rate limiter says wait).
+    pub fn undo_pop(&mut self, q: usize) {
+        if let Some(queue) = self.queues.get_mut(q) {
+            queue.go_to_previous_position();
+        }
+    }
+
     /// Whether the device is active and queue `q` is set up by the driver.
     pub fn ready(&self, q: usize) -> bool {
         self.active && self.queues.get(q).is_some_and(|queue| queue.ready())
@@ -277,10 +287,11 @@ pub trait VirtioDevice: Send {
     /// Feature bits offered. The transport adds [`features::VERSION_1`],
     /// [`features::RING_EVENT_IDX`] and [`features::RING_INDIRECT_DESC`].
     fn features(&self) -> u64;
-    /// Reads the device-specific configuration space. Bytes past its end read as 0.
+    /// Reads the device-specific configuration space. Bytes past its end
+    /// read as 0. The transport reads it when the device is made, restored
+    /// or given a new backing file, and serves the driver from that copy,
+    /// so a configuration read never waits for the device's I/O.
     fn read_config(&self, offset: u64, data: &mut [u8]);
-    /// Writes the configuration space; ignored by default.
-    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
     /// Called once the driver set DRIVER_OK, with the features it accepted.
     fn activate(&mut self, _acked_features: u64) -> Result<(), DeviceError> {
         Ok(())
@@ -291,6 +302,11 @@ pub trait VirtioDevice: Send {
     /// runs. The transport then tells the driver its configuration changed.
     fn swap_backing(&mut self, _path: &std::path::Path) -> Result<(), String> {
         Err(format!("{} has no backing file to swap", self.name()))
+    }
+    /// Sets the rate limiter of queue `queue` (a disk's only queue, a
+    /// network card's receive or transmit queue) while the VM runs.
+    fn set_rate_limiter(&mut self, _queue: usize, _cfg: &RateLimiterConfig) -> Result<(), String> {
+        Err(format!("{} has no rate limiter", self.name()))
     }
     /// State a snapshot keeps beyond the transport's, as JSON (none by
     /// default: the backend is reopened from the configuration).

@@ -5,7 +5,7 @@
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::mmio::{lock, regs, status, MmioTransport, SharedTransport};
+use super::mmio::{regs, status, MmioTransport, SharedTransport};
 use super::worker::DeviceWorker;
 use super::VirtioDevice;
 use crate::bus::BusDevice;
@@ -242,6 +242,6 @@ impl TestDriver {
 
     /// Runs `f` on the device, downcast by the caller.
     pub fn with_device<R>(&self, f: impl FnOnce(&mut dyn VirtioDevice) -> R) -> R {
-        f(lock(&self.shared).device.as_mut())
+        f(self.shared.device().device.as_mut())
     }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::mmio::{lock, SharedTransport};
+use super::mmio::SharedTransport;
 use crate::seccomp::ThreadKind;
 
 /// Event data of host-side sources: `SOURCE_BASE + index`.
@@ -30,10 +30,8 @@ pub struct DeviceWorker {
 impl DeviceWorker {
     /// A worker for `transport`, woken by `kicks[i]` for queue `i`.
     pub fn new(transport: SharedTransport, kicks: Vec<EventFd>) -> Self {
-        let (sources, activated) = {
-            let t = lock(&transport);
-            (t.device.event_fds(), t.activated_event())
-        };
+        let sources = transport.device().device.event_fds();
+        let activated = transport.activated_event();
         let activated = activated
             .map_err(|e| log::error!("virtio: no DRIVER_OK event: {e}"))
             .ok();
@@ -60,7 +58,7 @@ impl DeviceWorker {
     pub fn handle_kick(&mut self, q: usize) {
         // The eventfd counter holds the number of kicks since the last read.
         let n = self.kicks[q].read().unwrap_or(0);
-        lock(&self.transport)
+        self.transport
             .counters()
             .eventfd_kicks
             .fetch_add(n, Ordering::Relaxed);
@@ -69,7 +67,8 @@ impl DeviceWorker {
 
     /// Serves queue `q` if the device is active and the queue ready.
     fn serve(&mut self, q: usize) {
-        let mut t = lock(&self.transport);
+        // Only the device half: the registers stay free for the vCPUs.
+        let mut t = self.transport.device();
         if !t.active() {
             return;
         }
@@ -86,7 +85,7 @@ impl DeviceWorker {
 
     /// Serves host-side source `token` (also called directly by tests).
     pub fn handle_source(&mut self, token: usize) {
-        let mut t = lock(&self.transport);
+        let mut t = self.transport.device();
         if let Err(e) = t.with_ctx(|dev, ctx| dev.process_event(token, ctx)) {
             t.fail(&e);
         }

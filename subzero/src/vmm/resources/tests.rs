@@ -70,15 +70,15 @@ fn what_subzero_does_not_offer_is_refused_not_ignored() {
     let mut r = parse(
         r#"{"boot-source": {"kernel_image_path": "k"},
             "drives": [{"drive_id": "d", "path_on_host": "x", "is_root_device": false,
-                        "rate_limiter": {"bandwidth": {"size": 1, "refill_time": 100}}}]}"#,
+                        "partuuid": "0eaa91a0-01"}]}"#,
     )
     .unwrap();
     let e = r.vm_config().unwrap_err().to_string();
     assert!(
-        e.starts_with("drives[d].rate_limiter: a rate limiter is not supported"),
+        e.starts_with("drives[d].partuuid: a partition UUID is not supported"),
         "{e}"
     );
-    r.drives[0].rate_limiter = Some(serde_json::Value::Null);
+    r.drives[0].partuuid = Some(serde_json::Value::Null);
     r.drives[0].io_engine = Some("Async".into());
     let e = r.vm_config().unwrap_err().to_string();
     assert!(e.starts_with("drives[d].io_engine:"), "{e}");
@@ -123,4 +123,83 @@ fn machine_config_patch_changes_only_what_it_names() {
     let mut m = MachineConfig::default();
     m.update(serde_json::from_str(r#"{"mem_size_mib": 512}"#).unwrap());
     assert_eq!((m.vcpu_count, m.mem_size_mib), (1, 512));
+}
+
+#[test]
+fn rate_limiters_take_firecrackers_shape() {
+    let r = parse(
+        r#"{"boot-source": {"kernel_image_path": "k"},
+            "drives": [{"drive_id": "d", "path_on_host": "x", "is_root_device": true,
+                        "rate_limiter": {
+                          "bandwidth": {"size": 4194304, "one_time_burst": 1048576, "refill_time": 1000},
+                          "ops": {"size": 100, "refill_time": 1000}}}],
+            "network-interfaces": [{"iface_id": "eth0", "host_dev_name": "tap0",
+                                    "rx_rate_limiter": {"ops": {"size": 1000, "refill_time": 100}},
+                                    "tx_rate_limiter": {"bandwidth": {"size": 0, "refill_time": 100}}}]}"#,
+    )
+    .unwrap();
+    let cfg = r.vm_config().unwrap();
+    let disk = cfg.devices.disks[0].rate_limiter;
+    assert_eq!(
+        disk.bandwidth,
+        Some(TokenBucketConfig {
+            size: 4 << 20,
+            one_time_burst: Some(1 << 20),
+            refill_time: 1000
+        })
+    );
+    assert_eq!(disk.ops.unwrap().size, 100);
+    let net = &cfg.devices.nets[0];
+    assert!(net.rx_rate_limiter.limits());
+    assert!(
+        !net.tx_rate_limiter.limits(),
+        "a size of 0 is unlimited, as in Firecracker"
+    );
+    // GET /vm/config gives back what was put, without absent fields.
+    let json = serde_json::to_value(&r).unwrap();
+    assert_eq!(
+        json["drives"][0]["rate_limiter"]["ops"],
+        serde_json::json!({"size": 100, "refill_time": 1000})
+    );
+    assert_eq!(parse(&json.to_string()).unwrap(), r);
+}
+
+#[test]
+fn malformed_rate_limiters_are_refused_with_the_field() {
+    let drive = |limiter: &str| {
+        parse(&format!(
+            r#"{{"drives": [{{"drive_id": "d", "path_on_host": "x", "is_root_device": false,
+                             "rate_limiter": {limiter}}}]}}"#
+        ))
+        .map(|_| ())
+        .unwrap_err()
+        .to_string()
+    };
+    let e = drive(r#"{"bandwidth": {"size": 1, "refill_ms": 100}}"#);
+    assert!(e.contains("unknown field `refill_ms`"), "{e}");
+    let e = drive(r#"{"bandwidth": {"size": 1}}"#);
+    assert!(e.contains("missing field `refill_time`"), "{e}");
+    let e = drive(r#"{"bw": {"size": 1, "refill_time": 1}}"#);
+    assert!(e.contains("unknown field `bw`"), "{e}");
+    let e = drive(r#"{"ops": {"size": -1, "refill_time": 1}}"#);
+    assert!(e.contains("invalid value"), "{e}");
+}
+
+#[test]
+fn patches_carry_rate_limiters() {
+    let u: DriveUpdate = serde_json::from_str(
+        r#"{"drive_id": "d", "rate_limiter": {"ops": {"size": 10, "refill_time": 1000}}}"#,
+    )
+    .unwrap();
+    assert_eq!(u.rate_limiter.unwrap().ops.unwrap().size, 10);
+    assert_eq!(u.path_on_host, None);
+    let n: NetworkInterfaceUpdate = serde_json::from_str(
+        r#"{"iface_id": "eth0", "tx_rate_limiter": {"bandwidth": {"size": 1, "refill_time": 1}}}"#,
+    )
+    .unwrap();
+    assert!(n.rx_rate_limiter.is_none() && n.tx_rate_limiter.unwrap().limits());
+    assert!(serde_json::from_str::<NetworkInterfaceUpdate>(
+        r#"{"iface_id": "eth0", "host_dev_name": "tap1"}"#
+    )
+    .is_err());
 }

@@ -436,9 +436,7 @@ fn a_swapped_backing_file_is_served_and_the_driver_told() {
     let (mut d, _) = driver(&old, false);
     let generation = d.read(regs::CONFIG_GENERATION);
     let irqs = d.interrupts();
-    crate::devices::virtio::mmio::lock(&d.shared)
-        .swap_backing(&new.path)
-        .unwrap();
+    d.shared.swap_backing(&new.path).unwrap();
     assert_eq!(d.read(regs::CONFIG), 16, "the new capacity");
     assert_ne!(d.read(regs::CONFIG_GENERATION), generation);
     assert!(d.interrupts() > irqs, "a configuration interrupt");
@@ -448,7 +446,8 @@ fn a_swapped_backing_file_is_served_and_the_driver_told() {
     // The old image is released: another user can lock it now.
     assert!(Block::open(&old.path, false, None).is_ok());
     // A bad path leaves the device on the image it has, and says why.
-    let err = crate::devices::virtio::mmio::lock(&d.shared)
+    let err = d
+        .shared
         .swap_backing(std::path::Path::new("/nonexistent/disk.img"))
         .unwrap_err();
     assert!(err.contains("/nonexistent/disk.img"), "{err}");
@@ -514,4 +513,78 @@ fn a_host_block_device_is_opened_exclusively() {
         .to_string();
     assert!(err.contains(&dev.0), "{err}");
     drop(holder);
+}
+
+/// Waits (at most 5 s) for `fd` to be readable.
+fn readable(fd: RawFd) -> bool {
+    let mut fds = [libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    // SAFETY: `fds` is a valid array of one pollfd for the call.
+    unsafe { libc::poll(fds.as_mut_ptr(), 1, 5000) == 1 }
+}
+
+#[test]
+fn a_rate_limited_disk_defers_requests_and_serves_them_when_tokens_refill() {
+    use crate::devices::rate_limiter::TokenBucketConfig;
+    let img = TempImage::new("limited", &pattern(64 * 512));
+    let mut blk = Block::open(&img.path, false, None).unwrap();
+    let bucket = |size| TokenBucketConfig {
+        size,
+        one_time_burst: None,
+        refill_time: 200,
+    };
+    // One request and 4 KiB per 200 ms.
+    blk.set_rate_limiter(&RateLimiterConfig {
+        bandwidth: Some(bucket(4096)),
+        ops: Some(bucket(1)),
+    });
+    let stats = blk.stats();
+    let timer = blk.limiter.timer_fd();
+    let mut d = TestDriver::new(Box::new(blk));
+    header(&d, T_IN, 1);
+    let req = |n: u64| {
+        [
+            (HDR, 16, false),
+            (BUF + n * 0x1000, 512, true),
+            (STATUS + n, 1, true),
+        ]
+    };
+    d.add_chain(0, &req(0));
+    d.add_chain(0, &req(1));
+    d.kick(0);
+    assert_eq!(d.used(0).len(), 1, "the second request waits");
+    assert_eq!(stats.throttled.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        d.shared.save().queues[0].next_avail,
+        1,
+        "the waiting request is back on the ring (a snapshot keeps it)"
+    );
+    d.kick(0);
+    assert_eq!(d.used(0).len(), 1, "a kick does not get past the limiter");
+    assert!(readable(timer), "the limiter's timer fires");
+    d.source(0);
+    assert_eq!(d.used(0).len(), 2, "served once the bucket refilled");
+    assert_eq!(
+        mem_bytes(&d, BUF + 0x1000, 512),
+        pattern(64 * 512)[512..1024]
+    );
+    // A read four times the bandwidth bucket still gets through.
+    header(&d, T_IN, 0);
+    d.add_chain(
+        0,
+        &[(HDR, 16, false), (BUF, 16 << 10, true), (STATUS, 1, true)],
+    );
+    d.kick(0);
+    for _ in 0..10 {
+        if d.used(0).len() == 3 {
+            break;
+        }
+        assert!(readable(timer), "the limiter's timer fires");
+        d.source(0);
+    }
+    assert_eq!(d.used(0).len(), 3, "an oversized request completes");
+    assert_eq!(mem_bytes(&d, STATUS, 1), [S_OK]);
 }

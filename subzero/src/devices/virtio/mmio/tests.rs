@@ -2,6 +2,8 @@ use super::*;
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::testing::{TestDriver, DATA, MEM_SIZE};
 use crate::devices::virtio::types;
+use crate::devices::virtio::worker::DeviceWorker;
+use crate::devices::virtio::{DeviceError, QueueCtx, VirtioDevice};
 
 #[test]
 fn identifies_as_a_version_2_device() {
@@ -27,7 +29,7 @@ fn serves_a_request_and_interrupts() {
     assert_eq!(d.read(regs::INTERRUPT_STATUS), 1);
     d.write(regs::INTERRUPT_ACK, 1);
     assert_eq!(d.read(regs::INTERRUPT_STATUS), 0);
-    let counters = lock(&d.shared).counters().clone();
+    let counters = d.shared.counters().clone();
     assert_eq!(counters.eventfd_kicks.load(Ordering::Relaxed), 1);
 }
 
@@ -107,7 +109,7 @@ fn a_kick_through_mmio_is_counted_and_forwarded() {
     d.write(regs::QUEUE_NOTIFY, 0);
     d.worker.handle_kick(0);
     assert_eq!(d.used(0).len(), 1);
-    let c = lock(&d.shared).counters().clone();
+    let c = d.shared.counters().clone();
     assert_eq!(c.mmio_kicks.load(Ordering::Relaxed), 1);
     assert_eq!(c.eventfd_kicks.load(Ordering::Relaxed), 1);
 }
@@ -131,7 +133,7 @@ fn an_available_index_far_ahead_needs_reset_instead_of_spinning() {
     vm_memory::Bytes::write_obj(&d.mem, 1000u16, vm_memory::GuestAddress(avail)).unwrap();
     d.kick(0);
     assert!(d.needs_reset());
-    let c = lock(&d.shared).counters().clone();
+    let c = d.shared.counters().clone();
     assert_eq!(c.needs_reset.load(Ordering::Relaxed), 1);
 }
 
@@ -140,7 +142,7 @@ fn refused_chains_are_counted() {
     let mut d = TestDriver::new(Box::new(Rng::default()));
     d.add_chain(0, &[(MEM_SIZE as u64, 8, true)]);
     d.kick(0);
-    let c = lock(&d.shared).counters().clone();
+    let c = d.shared.counters().clone();
     assert_eq!(c.bad_chains.load(Ordering::Relaxed), 1);
 }
 
@@ -180,7 +182,7 @@ fn queue_rings_never_placed_need_reset_and_never_spin() {
     assert!(
         !spun,
         "process_queue never returns; transport lock held: {}",
-        shared.try_lock().is_err()
+        shared.device_busy()
     );
 }
 
@@ -222,15 +224,15 @@ fn a_snapshot_restores_into_a_new_transport_that_serves_on() {
     let first = d.add_chain(0, &[(DATA, 64, true)]);
     d.kick(0);
     d.write(regs::QUEUE_SEL, 0);
-    let saved = lock(&d.shared).save();
+    let saved = d.shared.save();
     assert_eq!(saved.queues[0].next_used, 1);
     // The JSON round trip a snapshot file makes.
     let saved: TransportSnapshot =
         serde_json::from_str(&serde_json::to_string(&saved).unwrap()).unwrap();
     d.replace_transport(Box::new(Rng::default()));
-    lock(&d.shared).restore(&saved).unwrap();
+    d.shared.restore(&saved).unwrap();
     assert_eq!(
-        lock(&d.shared).save(),
+        d.shared.save(),
         saved,
         "the restored state reads back the same"
     );
@@ -246,16 +248,88 @@ fn a_snapshot_restores_into_a_new_transport_that_serves_on() {
 #[test]
 fn a_snapshot_of_another_device_or_a_broken_queue_is_refused() {
     let d = TestDriver::new(Box::new(Rng::default()));
-    let saved = lock(&d.shared).save();
+    let saved = d.shared.save();
     let mut other = saved.clone();
     other.device_type = types::BLOCK;
-    let e = lock(&d.shared).restore(&other).unwrap_err().to_string();
+    let e = d.shared.restore(&other).unwrap_err().to_string();
     assert!(e.contains("device type 2 where the VM has 4"), "{e}");
     let mut outside = saved.clone();
     outside.queues[0].used_ring = (MEM_SIZE as u64) + 0x1000;
-    let e = lock(&d.shared).restore(&outside).unwrap_err().to_string();
+    let e = d.shared.restore(&outside).unwrap_err().to_string();
     assert!(e.contains("outside guest memory"), "{e}");
     let mut size = saved;
     size.queues[0].size = 3;
-    assert!(lock(&d.shared).restore(&size).is_err());
+    assert!(d.shared.restore(&size).is_err());
+}
+
+/// A device whose every request blocks until the test lets it go, like a
+/// disk on a stalled backing store.
+struct Stalled {
+    started: std::sync::mpsc::Sender<()>,
+    release: std::sync::mpsc::Receiver<()>,
+}
+
+impl VirtioDevice for Stalled {
+    fn name(&self) -> &str {
+        "stalled"
+    }
+    fn device_type(&self) -> u32 {
+        types::BLOCK
+    }
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[16]
+    }
+    fn features(&self) -> u64 {
+        0
+    }
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        if offset == 0 {
+            data[0] = 42;
+        }
+    }
+    fn process_queue(&mut self, _q: usize, _ctx: &mut QueueCtx) -> Result<(), DeviceError> {
+        let _ = self.started.send(());
+        let _ = self.release.recv();
+        Ok(())
+    }
+}
+
+#[test]
+fn register_accesses_do_not_wait_for_a_request_in_hand() {
+    let (started_tx, started) = std::sync::mpsc::channel();
+    let (release, release_rx) = std::sync::mpsc::channel();
+    let mut d = TestDriver::new(Box::new(Stalled {
+        started: started_tx,
+        release: release_rx,
+    }));
+    let mut worker = std::mem::replace(
+        &mut d.worker,
+        DeviceWorker::new(d.shared.clone(), Vec::new()),
+    );
+    let io = std::thread::spawn(move || worker.handle_activated());
+    started.recv().unwrap();
+    // The device thread is inside a request now. A vCPU's accesses to
+    // every kind of register must still complete.
+    let (done_tx, done) = std::sync::mpsc::channel();
+    let vcpu = std::thread::spawn(move || {
+        let status = d.status();
+        d.write(regs::QUEUE_SEL, 0);
+        let ready = d.read(regs::QUEUE_READY);
+        let config = d.read(regs::CONFIG);
+        let generation = d.read(regs::CONFIG_GENERATION);
+        let isr = d.read(regs::INTERRUPT_STATUS);
+        d.write(regs::INTERRUPT_ACK, isr);
+        let _ = done_tx.send((status, ready, config, generation));
+        d
+    });
+    // Generous: the old design never got here while the request was held.
+    let got = done.recv_timeout(std::time::Duration::from_secs(20));
+    release.send(()).unwrap();
+    io.join().unwrap();
+    let _d = vcpu.join().unwrap();
+    let (status, ready, config, generation) =
+        got.expect("a register access waited for the device's I/O");
+    assert_eq!(status & status::DRIVER_OK, status::DRIVER_OK);
+    assert_eq!((ready, config, generation), (1, 42, 0));
 }

@@ -46,6 +46,8 @@
 mod mac;
 #[cfg(test)]
 mod proptests;
+#[cfg(test)]
+mod rate_tests;
 mod rx;
 pub mod tap;
 #[cfg(test)]
@@ -68,6 +70,7 @@ use virtio_bindings::bindings::virtio_net::{
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use super::{types, DescChain, DeviceError, QueueCtx, VirtioDevice};
+use crate::devices::rate_limiter::{RateLimiter, RateLimiterConfig};
 use mac::{check_mac, random_mac};
 pub use mac::{format_mac, parse_mac};
 pub use tap::Tap;
@@ -93,8 +96,12 @@ const RX_BUDGET: usize = 256;
 /// Largest receive chain accepted; only the first [`MAX_PACKET`] bytes are
 /// ever written.
 const RX_CHAIN_MAX: u64 = u32::MAX as u64;
-/// Token of the device's only host-side source.
+/// Token of the device's host-side source that holds the TAP.
 const RX_TOKEN: usize = 0;
+/// Token of the receive rate limiter's timer.
+const RX_TIMER: usize = 1;
+/// Token of the transmit rate limiter's timer.
+const TX_TIMER: usize = 2;
 
 /// Feature bit `b` as a mask.
 const fn bit(b: u32) -> u64 {
@@ -222,6 +229,10 @@ pub struct NetCounters {
     pub rx_backend_errors: AtomicU64,
     /// Failed attempts to set the TAP's offloads.
     pub offload_errors: AtomicU64,
+    /// Times the receive rate limiter held a frame back.
+    pub rx_throttled: AtomicU64,
+    /// Times the transmit rate limiter held a frame back.
+    pub tx_throttled: AtomicU64,
 }
 
 /// Adds one to `c`; logs the first occurrence as a warning and later ones
@@ -268,6 +279,10 @@ pub struct Net {
     rx_offloads: u32,
     set_offload: SetOffload,
     counters: Arc<NetCounters>,
+    /// Bytes and frames to the guest.
+    rx_limiter: RateLimiter,
+    /// Bytes and frames from the guest.
+    tx_limiter: RateLimiter,
 }
 
 impl fmt::Debug for Net {
@@ -336,6 +351,10 @@ impl Net {
         };
         set_nonblocking(fd.as_raw_fd()).map_err(|e| io_err("cannot make it non-blocking", e))?;
         let epoll = Epoll::new().map_err(|e| io_err("cannot create an epoll instance", e))?;
+        let limiter = || {
+            RateLimiter::new(&RateLimiterConfig::default())
+                .map_err(|e| io_err("cannot create a timerfd for a rate limiter", e))
+        };
         let mut net = Net {
             backend: File::from(fd),
             epoll,
@@ -350,10 +369,19 @@ impl Net {
             rx_offloads: 0,
             set_offload,
             counters: Arc::default(),
+            rx_limiter: limiter()?,
+            tx_limiter: limiter()?,
         };
         net.arm()
             .map_err(|e| io_err("cannot watch it with epoll", e))?;
         Ok(net)
+    }
+
+    /// Limits bytes and frames per second to the guest (`rx`) and from it
+    /// (`tx`).
+    pub fn set_rate_limiters(&mut self, rx: &RateLimiterConfig, tx: &RateLimiterConfig) {
+        self.rx_limiter.update(rx);
+        self.tx_limiter.update(tx);
     }
 
     /// The device's MAC address.
@@ -495,18 +523,46 @@ impl VirtioDevice for Net {
     }
 
     fn event_fds(&self) -> Vec<RawFd> {
-        vec![self.epoll.as_raw_fd()]
+        vec![
+            self.epoll.as_raw_fd(),
+            self.rx_limiter.timer_fd(),
+            self.tx_limiter.timer_fd(),
+        ]
+    }
+
+    fn set_rate_limiter(&mut self, queue: usize, cfg: &RateLimiterConfig) -> Result<(), String> {
+        match queue {
+            RX_QUEUE => self.rx_limiter.update(cfg),
+            TX_QUEUE => self.tx_limiter.update(cfg),
+            _ => return Err(format!("virtio-net has no queue {queue}")),
+        }
+        Ok(())
     }
 
     fn process_event(&mut self, token: usize, ctx: &mut QueueCtx) -> Result<(), DeviceError> {
-        if token != RX_TOKEN {
-            return Ok(());
-        }
-        if ctx.active {
-            self.rx(ctx)
-        } else {
-            self.drop_rx();
-            Ok(())
+        match token {
+            RX_TOKEN if ctx.active => self.rx(ctx),
+            RX_TOKEN => {
+                self.drop_rx();
+                Ok(())
+            }
+            RX_TIMER => {
+                // The held frame may go now: watch the TAP again and deliver.
+                self.rx_limiter.timer_fired();
+                self.rearm();
+                if ctx.active {
+                    self.rx(ctx)?;
+                }
+                Ok(())
+            }
+            TX_TIMER => {
+                self.tx_limiter.timer_fired();
+                if ctx.ready(TX_QUEUE) {
+                    self.tx(ctx)?;
+                }
+                Ok(())
+            }
+            _ => Ok(()),
         }
     }
 }

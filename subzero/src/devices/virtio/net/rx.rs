@@ -167,6 +167,13 @@ impl Net {
                 }
             };
             match self.gather(ctx, n)? {
+                Gather::Ready if !self.rx_limiter.consume((n - VNET_HDR_LEN) as u64, 1) => {
+                    // Over the limit: keep the frame and its chains, stop
+                    // watching the TAP until the limiter's timer fires.
+                    self.disarm();
+                    self.counters.rx_throttled.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
                 Gather::Ready => self.deliver(ctx, n)?,
                 Gather::Wait => {
                     // No buffer: keep the frame, stop watching the TAP

@@ -29,6 +29,8 @@ pub(super) struct Rig {
     /// Stands in for the device thread's epoll: watches the device's
     /// event fd level-triggered, like event-manager does.
     outer: Epoll,
+    /// The receive and transmit rate limiters' timers.
+    pub timers: [RawFd; 2],
 }
 
 /// Features without the offloads (and merged receive buffers): what the
@@ -75,7 +77,7 @@ impl Rig {
         let net = Net::with_backend(OwnedFd::from(dev), "test", Some(MAC), set).unwrap();
         let c = net.counters();
         let fds = net.event_fds();
-        assert_eq!(fds.len(), 1);
+        assert_eq!(fds.len(), 3, "the TAP's epoll, the limiters' two timers");
         let outer = Epoll::new().unwrap();
         outer
             .ctl(
@@ -90,6 +92,7 @@ impl Rig {
             c,
             offloads,
             outer,
+            timers: [fds[RX_TIMER], fds[TX_TIMER]],
         }
     }
 

@@ -59,6 +59,10 @@ impl Net {
         loop {
             ctx.disable_notification(TX_QUEUE)?;
             loop {
+                if self.tx_limiter.blocked() {
+                    // The limiter's timer brings the device back.
+                    return ctx.notify(TX_QUEUE);
+                }
                 let chain = match ctx.pop(TX_QUEUE, MAX_PACKET as u64) {
                     Ok(Some(c)) => c,
                     Ok(None) => break,
@@ -70,6 +74,13 @@ impl Net {
                         continue;
                     }
                 };
+                let frame = chain.readable_len().saturating_sub(VNET_HDR_LEN as u64);
+                if !self.tx_limiter.consume(frame, 1) {
+                    // Back on the ring, sent when the buckets refill.
+                    self.counters.tx_throttled.fetch_add(1, Ordering::Relaxed);
+                    ctx.undo_pop(TX_QUEUE);
+                    continue;
+                }
                 self.tx_chain(ctx.mem, &chain);
                 ctx.add_used(TX_QUEUE, chain.head, 0)?;
             }

@@ -757,7 +757,7 @@ fn header_only_rx_buffers_with_host_data_do_not_spin() {
     assert!(
         !hung,
         "device thread spins in Muxer::next_packet; lock held: {}",
-        shared.try_lock().is_err()
+        shared.device_busy()
     );
 }
 
@@ -772,11 +772,9 @@ fn a_restored_device_tells_the_driver_its_connections_were_reset() {
     let head = g.d.add_chain(2, &[(ev_addr, 8, true)]);
     g.d.kick(2);
     assert!(g.d.used(2).is_empty(), "no event before a restore");
-    let saved = crate::devices::virtio::mmio::lock(&g.d.shared).save();
+    let saved = g.d.shared.save();
     g.d.replace_transport(Box::new(Vsock::new(CID, &tmp.0.join("w.sock")).unwrap()));
-    crate::devices::virtio::mmio::lock(&g.d.shared)
-        .restore(&saved)
-        .unwrap();
+    g.d.shared.restore(&saved).unwrap();
     g.d.worker.handle_activated();
     assert_eq!(g.d.used(2), vec![(u32::from(head), 4)]);
     let mut event = [0u8; 8];
