@@ -1,9 +1,10 @@
 //! virtio-blk behind the MMIO transport: request headers, data buffers and
 //! status bytes in every arrangement, on a small disk image whose last
-//! sector is partial. The first byte picks a read-only or writable disk.
+//! sector is partial. The first byte picks a read-only or writable disk; a
+//! read-only one must be unchanged after the input.
 #![no_main]
 
-use subzero_fuzz::{device, run_device, write_seeds, Program};
+use subzero_fuzz::{device, disk_image, run_device, write_seeds, Program};
 
 /// A request header: type, reserved, sector.
 fn header(kind: u32, sector: u64) -> Vec<u8> {
@@ -66,5 +67,11 @@ libfuzzer_sys::fuzz_target!(init: write_seeds(&seeds()), |data: &[u8]| {
     // Device 1 is the writable disk, 2 the read-only one.
     let ro = data.first().copied().unwrap_or(0) & 1;
     let (dev, mut host) = device(1 + ro);
+    // A read-only disk must come out as it went in, whatever the guest asked.
+    let before = (ro == 1).then(|| std::fs::read(disk_image()).expect("disk image"));
     run_device(dev, &mut host, data.get(1..).unwrap_or(&[]));
+    if let Some(before) = before {
+        let after = std::fs::read(disk_image()).expect("disk image");
+        assert!(before == after, "the guest changed a read-only disk");
+    }
 });

@@ -2,8 +2,10 @@
 //! (any offset, any width, the configuration space included), mixed with
 //! ring setup, kicks and host events, on each of the devices (the first
 //! byte picks it). Nothing is set up beforehand: the input is the driver.
+//! After it, a reset and a clean setup must bring the device up again.
 #![no_main]
 
+use subzero::devices::virtio::features;
 use subzero::devices::virtio::mmio::{regs, status};
 use subzero_fuzz::{device, ring_base, write_seeds, Driver, Input, Program, DEVICES};
 
@@ -49,4 +51,8 @@ libfuzzer_sys::fuzz_target!(init: write_seeds(&seeds()), |data: &[u8]| {
     let (dev, mut host) = device(inp.u8());
     let mut d = Driver::new(dev);
     d.run(&mut inp, &mut host);
+    // Whatever came before, a reset and a clean setup bring the device up.
+    d.setup(features::VERSION_1, &mut Input::new(&[4; 3]), true);
+    let ok = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK;
+    assert_eq!(d.read(regs::STATUS, 4), u64::from(ok), "no recovery by reset");
 });
