@@ -12,7 +12,8 @@ fn seeds() -> Vec<Vec<u8>> {
     frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 2, 0x08, 0x00]);
     frame.resize(12 + 60, 0x45);
     let host = |f: &[u8]| {
-        let mut a = (f.len() as u16).to_le_bytes().to_vec();
+        let mut a = (f.len() as u32).to_le_bytes().to_vec();
+        a.push(f.len() as u8);
         a.extend_from_slice(f);
         a
     };

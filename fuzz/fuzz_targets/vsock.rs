@@ -49,7 +49,7 @@ fn seeds() -> Vec<Vec<u8>> {
             .0,
         rx(Program::prologue(u64::MAX, 3, 4))
             .host(&host)
-            .host(&[1, 0, 5, 0, b'h', b'e', b'l', b'l', b'o'])
+            .host(&[1, 0, 5, 0, 5, b'h', b'e', b'l', b'l', b'o'])
             .0,
     ]
 }

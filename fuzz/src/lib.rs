@@ -557,8 +557,10 @@ pub fn write_seeds(seeds: &[Vec<u8>]) {
 }
 
 /// The virtio-net device's host side: a datagram socket standing in for
-/// the TAP. [`op::HOST`]: length u16 (mod 2048), then that many bytes sent
-/// as one frame (virtio-net header first), then the device's event runs.
+/// the TAP. [`op::HOST`]: a frame length u32 (mod 70000, past the largest
+/// frame), a count u8 and that many bytes of the frame (virtio-net header
+/// first; the rest is zeros), sent as one datagram; then the device's event
+/// runs.
 pub struct NetHost {
     /// The peer end of the backend.
     pub peer: UnixDatagram,
@@ -577,13 +579,13 @@ impl NetHost {
 
 impl Host for NetHost {
     fn event(&mut self, d: &mut Driver, inp: &mut Input) {
-        let n = usize::from(inp.u16() % 2048);
-        let frame = inp.bytes(n);
-        if !frame.is_empty() {
-            let _ = self.peer.send(frame);
-        }
+        let len = inp.u32() as usize % 70_000;
+        let n = usize::from(inp.u8());
+        let mut frame = inp.bytes(n).to_vec();
+        frame.resize(len, 0);
+        let _ = self.peer.send(&frame);
         // Drain what the device sent, so the socket never fills.
-        let mut buf = [0u8; 2048];
+        let mut buf = vec![0u8; 70_000];
         while self.peer.recv(&mut buf).is_ok() {}
         d.worker.handle_source(0);
     }
@@ -662,12 +664,15 @@ impl Host for VsockHost {
                     self.streams.push(s);
                 }
             }
-            // A host end writes.
+            // A host end writes: a length u16, a count u8 and that many
+            // bytes (the rest is zeros).
             1 => {
-                let n = usize::from(inp.u16() % 4096);
-                let data = inp.bytes(n);
+                let len = usize::from(inp.u16());
+                let n = usize::from(inp.u8());
+                let mut data = inp.bytes(n).to_vec();
+                data.resize(len, 0);
                 if let Some(s) = self.streams.get_mut(k) {
-                    let _ = s.write(data);
+                    let _ = s.write(&data);
                 }
             }
             // A host end reads what it has.
