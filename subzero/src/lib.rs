@@ -22,6 +22,8 @@ pub mod demo;
 pub mod devices;
 pub mod exits;
 pub mod files;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod kvm;
 pub mod logger;
 pub mod seccomp;

@@ -230,6 +230,11 @@ pub fn load_kernel(
     let himem = Some(GuestAddress(HIMEM_START));
     if format == KernelFormat::Elf {
         let loaded = Elf::load(mem, None, &mut file, himem).map_err(corrupt)?;
+        // A segment's memory size may reach past its file size (the bss):
+        // linux-loader writes only the file's part, so check the rest fits.
+        if loaded.kernel_end > low_ram_end {
+            return Err(too_big(loaded.kernel_end));
+        }
         let (kind, entry) = match loaded.pvh_boot_cap {
             PvhBootCapability::PvhEntryPresent(addr) => (KernelKind::ElfPvh, addr.0),
             _ => (KernelKind::Elf64, loaded.kernel_load.0),
@@ -322,7 +327,11 @@ pub fn load_initrd(
 ) -> Result<(u64, u64), BootError> {
     let (mut file, size) = open("initrd", path)?;
     let top = low_ram_end.min(kernel.initrd_addr_max.saturating_add(1));
-    let bottom = kernel.end.next_multiple_of(PAGE_SIZE);
+    // A kernel ending in the last page of the address space leaves no room.
+    let bottom = kernel
+        .end
+        .checked_next_multiple_of(PAGE_SIZE)
+        .unwrap_or(u64::MAX);
     let room = top.saturating_sub(bottom);
     if size > room {
         return Err(BootError::InitrdTooBig {
@@ -382,4 +391,87 @@ fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
         }
     }
     Ok(got)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RAM: u64 = 32 << 20;
+
+    fn mem() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), RAM as usize)]).unwrap()
+    }
+
+    /// An ELF64 vmlinux with one PT_LOAD of 16 bytes at 1 MiB whose memory
+    /// size is `memsz`.
+    fn elf(memsz: u64) -> Vec<u8> {
+        let mut b = vec![0u8; 64 + 56 + 16];
+        b[..7].copy_from_slice(b"\x7fELF\x02\x01\x01");
+        b[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+        b[18..20].copy_from_slice(&0x3eu16.to_le_bytes()); // EM_X86_64
+        b[20..24].copy_from_slice(&1u32.to_le_bytes());
+        b[24..32].copy_from_slice(&HIMEM_START.to_le_bytes()); // e_entry
+        b[32..40].copy_from_slice(&64u64.to_le_bytes()); // e_phoff
+        b[52..54].copy_from_slice(&64u16.to_le_bytes()); // e_ehsize
+        b[54..56].copy_from_slice(&56u16.to_le_bytes()); // e_phentsize
+        b[56..58].copy_from_slice(&1u16.to_le_bytes()); // e_phnum
+        let p = &mut b[64..120];
+        p[0..4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+        p[8..16].copy_from_slice(&120u64.to_le_bytes()); // p_offset
+        p[16..24].copy_from_slice(&HIMEM_START.to_le_bytes()); // p_vaddr
+        p[24..32].copy_from_slice(&HIMEM_START.to_le_bytes()); // p_paddr
+        p[32..40].copy_from_slice(&16u64.to_le_bytes()); // p_filesz
+        p[40..48].copy_from_slice(&memsz.to_le_bytes()); // p_memsz
+        b
+    }
+
+    fn write(name: &str, data: &[u8]) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("subzero-boot-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, data).unwrap();
+        path
+    }
+
+    #[test]
+    fn an_elf_kernel_that_fits_loads() {
+        let path = write("fits", &elf(16));
+        let k = load_kernel(&mem(), &path, RAM).unwrap();
+        assert_eq!(
+            (k.kind, k.entry, k.end),
+            (KernelKind::Elf64, HIMEM_START, HIMEM_START + 16)
+        );
+    }
+
+    /// Found by the `loader` fuzz target: the segment's memory size ran to
+    /// the end of the address space, the kernel was accepted, and placing
+    /// the initrd above it overflowed.
+    #[test]
+    fn an_elf_kernel_whose_memory_size_passes_ram_is_too_big() {
+        for memsz in [RAM, u64::MAX - HIMEM_START] {
+            let path = write("bss", &elf(memsz));
+            match load_kernel(&mem(), &path, RAM) {
+                Err(BootError::KernelTooBig { have_mib: 32, .. }) => {}
+                other => panic!("memsz {memsz:#x}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn an_initrd_above_a_kernel_at_the_top_of_the_address_space_does_not_fit() {
+        let kernel = LoadedKernel {
+            kind: KernelKind::Elf64,
+            entry: HIMEM_START,
+            end: u64::MAX - 10,
+            header: None,
+            cmdline_max: 255,
+            initrd_addr_max: u64::MAX,
+        };
+        let path = write("initrd", &[0u8; 4096]);
+        match load_initrd(&mem(), &path, &kernel, RAM) {
+            Err(BootError::InitrdTooBig { room_mib: 0, .. }) => {}
+            other => panic!("{other:?}"),
+        }
+    }
 }
