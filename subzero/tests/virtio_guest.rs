@@ -66,12 +66,18 @@ fn stats_report_lists_eventfd_kicks_in_every_format() {
         ["virtio-rng0", "0xd0000000", "50", "0"],
         "{row}"
     );
+    assert_eq!(cols.get(6), Some(&"0"), "nothing throttled: {row}");
     let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
     assert_eq!(json["virtio"][0]["eventfd_kicks"], 50);
     assert_eq!(json["virtio"][0]["mmio_kicks"], 0);
+    assert_eq!(json["virtio"][0]["throttled"], 0);
     let prom = report.to_prometheus();
     assert!(
         prom.contains("subzero_virtio_eventfd_kicks_total{device=\"virtio-rng0\"} 50"),
+        "{prom}"
+    );
+    assert!(
+        prom.contains("subzero_virtio_throttled_total{device=\"virtio-rng0\"} 0"),
         "{prom}"
     );
 }

@@ -332,6 +332,7 @@ mod tests {
                 mmio_kicks: 0,
                 interrupts: kicks,
                 needs_reset: 0,
+                throttled: 0,
             }];
             r
         };

@@ -118,6 +118,10 @@ pub struct VirtioRow {
     pub interrupts: u64,
     /// Times the device entered DEVICE_NEEDS_RESET.
     pub needs_reset: u64,
+    /// Requests and frames its rate limiter held back until tokens
+    /// refilled (absent in reports from before rate limiters).
+    #[serde(default)]
+    pub throttled: u64,
 }
 
 impl From<&VirtioDeviceCounts> for VirtioRow {
@@ -129,6 +133,7 @@ impl From<&VirtioDeviceCounts> for VirtioRow {
             mmio_kicks: c.mmio_kicks,
             interrupts: c.interrupts,
             needs_reset: c.needs_reset,
+            throttled: c.throttled,
         }
     }
 }
@@ -351,10 +356,11 @@ impl StatsReport {
                 .map(|v| (format!("device=\"{}\"", v.device), pick(v).to_string()))
                 .collect()
         };
-        let (eventfd, mmio, irqs) = (
+        let (eventfd, mmio, irqs, throttled) = (
             virtio(|v| v.eventfd_kicks),
             virtio(|v| v.mmio_kicks),
             virtio(|v| v.interrupts),
+            virtio(|v| v.throttled),
         );
         if !self.virtio.is_empty() {
             family(
@@ -374,6 +380,12 @@ impl StatsReport {
                 "counter",
                 "Interrupts raised by virtio devices through irqfds.",
                 irqs,
+            );
+            family(
+                "subzero_virtio_throttled_total",
+                "counter",
+                "Virtio requests and frames a rate limiter held back until its buckets refilled.",
+                throttled,
             );
         }
         if !self.log.is_empty() {
@@ -515,19 +527,26 @@ impl StatsReport {
         let _ = writeln!(
             o,
             "\nvirtio queue notifications (eventfd kicks never exit to userspace)\n\
-             {:<14} {:<12} {:>14} {:>14} {:>12} {:>11}",
-            "device", "mmio base", "eventfd kicks", "mmio kicks", "interrupts", "needs reset"
+             {:<14} {:<12} {:>14} {:>14} {:>12} {:>11} {:>10}",
+            "device",
+            "mmio base",
+            "eventfd kicks",
+            "mmio kicks",
+            "interrupts",
+            "needs reset",
+            "throttled"
         );
         for v in &self.virtio {
             let _ = writeln!(
                 o,
-                "{:<14} {:<12} {:>14} {:>14} {:>12} {:>11}",
+                "{:<14} {:<12} {:>14} {:>14} {:>12} {:>11} {:>10}",
                 v.device,
                 format!("{:#x}", v.base),
                 v.eventfd_kicks,
                 v.mmio_kicks,
                 v.interrupts,
-                v.needs_reset
+                v.needs_reset,
+                v.throttled
             );
         }
     }

@@ -78,6 +78,7 @@ impl VirtioSlot {
             mmio_kicks: c.mmio_kicks.load(Ordering::Relaxed),
             interrupts: self.irq.sent(),
             needs_reset: c.needs_reset.load(Ordering::Relaxed),
+            throttled: c.throttled.load(Ordering::Relaxed),
         }
     }
 

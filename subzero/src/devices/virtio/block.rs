@@ -601,6 +601,7 @@ impl VirtioDevice for Block {
                 if !self.limiter.consume(bytes, 1) {
                     // Back on the ring, served when the buckets refill.
                     BlockStats::add(&self.stats.throttled, 1);
+                    ctx.throttled.fetch_add(1, Ordering::Relaxed);
                     ctx.undo_pop(q);
                     continue;
                 }

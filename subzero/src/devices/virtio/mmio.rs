@@ -91,6 +91,8 @@ pub struct VirtioCounters {
     pub bad_chains: AtomicU64,
     /// Times the device entered DEVICE_NEEDS_RESET.
     pub needs_reset: AtomicU64,
+    /// Requests and frames its rate limiter held back until tokens refilled.
+    pub throttled: AtomicU64,
 }
 
 /// The registers, what the vCPU threads lock.

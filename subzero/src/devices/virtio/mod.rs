@@ -80,6 +80,8 @@ pub struct VirtioDeviceCounts {
     pub interrupts: u64,
     /// Times the device entered DEVICE_NEEDS_RESET.
     pub needs_reset: u64,
+    /// Requests and frames its rate limiter held back.
+    pub throttled: u64,
 }
 
 /// The device's interrupt line: the ISR bits the driver reads, and the
@@ -139,6 +141,9 @@ pub struct QueueCtx<'a> {
     pub active: bool,
     /// Chains refused so far (the transport's counter).
     pub bad_chains: &'a AtomicU64,
+    /// Requests a rate limiter held back (the transport's counter, which
+    /// `--stats` shows).
+    pub throttled: &'a AtomicU64,
     /// A queue that looked non-empty but yielded nothing.
     pub(crate) stalled: Option<usize>,
     /// Bit `q`: queue `q` got used entries since its last notify.

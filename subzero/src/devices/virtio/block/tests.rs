@@ -557,6 +557,8 @@ fn a_rate_limited_disk_defers_requests_and_serves_them_when_tokens_refill() {
     d.kick(0);
     assert_eq!(d.used(0).len(), 1, "the second request waits");
     assert_eq!(stats.throttled.load(Ordering::Relaxed), 1);
+    let shown = &d.shared.counters().throttled;
+    assert_eq!(shown.load(Ordering::Relaxed), 1, "--stats counts it");
     assert_eq!(
         d.shared.save().queues[0].next_avail,
         1,

@@ -120,6 +120,7 @@ impl DeviceState {
             irq: &self.irq,
             active,
             bad_chains: &self.counters.bad_chains,
+            throttled: &self.counters.throttled,
             stalled: None,
             added: 0,
         };

@@ -172,6 +172,7 @@ impl Net {
                     // watching the TAP until the limiter's timer fires.
                     self.disarm();
                     self.counters.rx_throttled.fetch_add(1, Ordering::Relaxed);
+                    ctx.throttled.fetch_add(1, Ordering::Relaxed);
                     break;
                 }
                 Gather::Ready => self.deliver(ctx, n)?,

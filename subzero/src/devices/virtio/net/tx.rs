@@ -78,6 +78,7 @@ impl Net {
                 if !self.tx_limiter.consume(frame, 1) {
                     // Back on the ring, sent when the buckets refill.
                     self.counters.tx_throttled.fetch_add(1, Ordering::Relaxed);
+                    ctx.throttled.fetch_add(1, Ordering::Relaxed);
                     ctx.undo_pop(TX_QUEUE);
                     continue;
                 }
