@@ -144,6 +144,20 @@ pub fn build(
         return Err(JailError::Exists(layout.dir.clone()));
     }
     mkdir(&layout.dir, 0o755, false)?;
+    fill(layout, files, &image, exe, uid, gid).inspect_err(|_| {
+        let _ = fs::remove_dir_all(&layout.dir);
+    })
+}
+
+/// The jail's contents, in a directory [`build`] just made.
+fn fill(
+    layout: &Layout,
+    files: &[JailFile],
+    image: &[u8],
+    exe: &Path,
+    uid: u32,
+    gid: u32,
+) -> Result<Vec<Placed>, JailError> {
     mkdir(&layout.root, 0o755, false)?;
     mkdir(&layout.root.join("dev"), 0o755, false)?;
     let run = layout.root.join("run");
@@ -151,7 +165,7 @@ pub fn build(
     std::os::unix::fs::chown(&run, Some(uid), Some(gid))
         .map_err(sys(format!("chown {}", run.display())))?;
     let exe_path = layout.host_path(EXE);
-    fs::write(&exe_path, &image).map_err(sys(format!("copying {}", exe.display())))?;
+    fs::write(&exe_path, image).map_err(sys(format!("copying {}", exe.display())))?;
     fs::set_permissions(&exe_path, fs::Permissions::from_mode(0o755))
         .map_err(sys(format!("chmod {}", exe_path.display())))?;
 

@@ -18,7 +18,10 @@
 //!    waits for it, removes the cgroup and exits with its status.
 //!
 //! The child tells the parent why it failed before the exec through a
-//! close-on-exec pipe, so every error reaches the user as one line.
+//! close-on-exec pipe, so every error reaches the user as one line. A jail
+//! that fails before the exec is removed; one that ran stays (its `/run`
+//! holds the sockets and outputs), as Firecracker's jails do: remove it
+//! before you use its `--id` again.
 
 pub mod args;
 pub mod cgroup;
@@ -102,7 +105,13 @@ pub fn prepare(cfg: &JailConfig) -> Result<Prepared, JailError> {
         None
     } else {
         let root = std::path::Path::new(cgroup::CGROUP_ROOT);
-        Some(cgroup::create(root, &cfg.id, &cfg.cgroups)?)
+        match cgroup::create(root, &cfg.id, &cfg.cgroups) {
+            Ok(dir) => Some(dir),
+            Err(e) => {
+                remove_jail(&layout);
+                return Err(e);
+            }
+        }
     };
     Ok(Prepared {
         layout,
@@ -114,6 +123,15 @@ pub fn prepare(cfg: &JailConfig) -> Result<Prepared, JailError> {
         gid: cfg.gid,
         rlimits: cfg.rlimits,
     })
+}
+
+/// Removes a jail that never ran, so the same --id can be tried again. In
+/// the host's mount namespace the jail holds only hard links, empty
+/// placeholders and our copy of the binary: removing them harms no file.
+fn remove_jail(layout: &Layout) {
+    if let Err(e) = std::fs::remove_dir_all(&layout.dir) {
+        log::warn!("jail: could not remove {}: {e}", layout.dir.display());
+    }
 }
 
 /// The child's pid, for the parent's signal handler.
@@ -167,6 +185,7 @@ pub fn launch(p: Prepared) -> Result<u8, JailError> {
         cgroup::remove(dir);
     }
     if !msg.is_empty() {
+        remove_jail(&p.layout);
         return Err(JailError::Child(msg));
     }
     Ok(status)
