@@ -106,6 +106,7 @@ pub mod binaries;
 pub mod cpio;
 pub mod elf;
 pub mod images;
+pub mod jail_scripts;
 pub mod kernel;
 pub mod l2_scripts;
 pub mod parse;
@@ -698,6 +699,9 @@ pub fn run_lab(cfg: &Config) -> Result<LabRun, LabError> {
     if needs(scripts::Asset::Firecracker) {
         assets.extend(firecracker_files(cfg.firecracker.as_deref())?);
     }
+    if needs(scripts::Asset::Soak) {
+        assets.extend(jail_scripts::soak_assets()?);
+    }
     // Binaries share libraries: one copy of each path.
     let mut seen = std::collections::BTreeSet::new();
     assets.retain(|(path, _, _)| seen.insert(path.clone()));
@@ -861,7 +865,7 @@ mod tests {
         assert!(SCENARIOS
             .iter()
             .filter(|s| s.opt_in)
-            .all(|s| s.name.contains("bench")));
+            .all(|s| s.name.contains("bench") || s.name == "soak"));
         let api = SCENARIOS.iter().find(|s| s.name == "api").unwrap();
         assert!(!api.opt_in, "api runs by default");
     }
