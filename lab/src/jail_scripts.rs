@@ -77,7 +77,11 @@ RUST_LOG=subzero::jail=info chroot $J /bin/subzero jail --id jail0 --uid 1000 --
 jpid=$!
 sz_track $jpid
 if sz_wait_for $OUT '@@L2 JAIL_HOLD' 120; then
-    pid=$(pgrep -P $jpid | head -n 1)
+    # The VMM is the jail's child (L1's busybox has no pgrep).
+    pid=
+    for p in /proc/[0-9]*; do
+        [ "$(awk '/^PPid:/ { print $2 }' $p/status 2>/dev/null)" = "$jpid" ] && pid=${p#/proc/}
+    done
     sz_check VMM_PID "$pid"
     sz_check VMM_CMD "$(tr '\0' ' ' </proc/$pid/cmdline)"
     for k in Uid Gid Groups CapInh CapPrm CapEff CapBnd CapAmb NoNewPrivs NSpid; do

@@ -176,7 +176,7 @@ fn fill(
         } else {
             place(layout, f)?
         };
-        log::info!(
+        log::debug!(
             "jail: {} {} -> {} ({how:?})",
             f.flag,
             f.host.display(),

@@ -14,8 +14,10 @@
 //!    the jail ([`ns`]), sets the rlimits, drops to `--uid`/`--gid` with
 //!    every capability cleared and no_new_privs ([`privs`]), and execs
 //!    `/subzero` with the rewritten arguments;
-//! 5. the parent forwards SIGINT, SIGTERM, SIGHUP and SIGQUIT to the child,
-//!    waits for it, removes the cgroup and exits with its status.
+//! 5. the parent forwards SIGINT, SIGTERM, SIGHUP and SIGQUIT to the child
+//!    (and SIGKILL for one the VMM has no handler for: as PID 1 of its
+//!    namespace it would ignore it), waits for it, removes the cgroup and
+//!    exits with its status.
 //!
 //! The child tells the parent why it failed before the exec through a
 //! close-on-exec pipe, so every error reaches the user as one line. A jail
@@ -136,6 +138,8 @@ fn remove_jail(layout: &Layout) {
 
 /// The child's pid, for the parent's signal handler.
 static CHILD: AtomicI32 = AtomicI32::new(0);
+/// The last signal the parent forwarded, for its wait loop.
+static PENDING: AtomicI32 = AtomicI32::new(0);
 
 extern "C" fn forward(sig: libc::c_int) {
     let pid = CHILD.load(Ordering::Relaxed);
@@ -143,7 +147,11 @@ extern "C" fn forward(sig: libc::c_int) {
         // SAFETY: kill is async-signal-safe.
         unsafe { libc::kill(pid, sig) };
     }
+    PENDING.store(sig, Ordering::Relaxed);
 }
+
+/// The signals the parent passes on to the VMM.
+const FORWARDED: [libc::c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
 
 /// Steps 4 and 5: starts the jailed VMM and waits for it; returns its exit
 /// status (128 + the signal if a signal ended it).
@@ -174,9 +182,14 @@ pub fn launch(p: Prepared) -> Result<u8, JailError> {
     }
     drop(wr);
     CHILD.store(pid, Ordering::Relaxed);
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
-        // SAFETY: the handler only calls kill, which is async-signal-safe.
-        unsafe { libc::signal(sig, forward as *const () as libc::sighandler_t) };
+    for sig in FORWARDED {
+        // SAFETY: a zeroed sigaction with our async-signal-safe handler.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = forward as *const () as libc::sighandler_t;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
     }
     let mut msg = String::new();
     let _ = File::from(rd).read_to_string(&mut msg);
@@ -191,19 +204,45 @@ pub fn launch(p: Prepared) -> Result<u8, JailError> {
     Ok(status)
 }
 
+/// Whether `pid` has a handler for `sig` (its `SigCgt` in /proc).
+fn catches(pid: libc::pid_t, sig: libc::c_int) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+        .is_some_and(|m| m & (1 << (sig - 1)) != 0)
+}
+
+/// Waits for the VMM. It is PID 1 of its namespace, where a signal it has
+/// no handler for is ignored instead of ending it; so a forwarded signal
+/// the VMM does not catch is followed by SIGKILL, and reported as that
+/// signal, as if its default action had ended the VMM.
 fn wait(pid: libc::pid_t) -> Result<u8, JailError> {
     let mut status = 0;
+    let mut killed_for = 0;
+    // Polled, so that a signal that lands just before a blocking waitpid
+    // is not left unhandled.
     loop {
-        // SAFETY: waitpid writes the status into our integer.
-        if unsafe { libc::waitpid(pid, &mut status, 0) } == pid {
-            break;
+        let sig = PENDING.swap(0, Ordering::Relaxed);
+        if sig != 0 && !catches(pid, sig) {
+            log::info!("jail: the VMM has no handler for signal {sig}: killing it");
+            killed_for = sig;
+            // SAFETY: kill takes a pid and a signal number.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
         }
-        if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            return Err(last("waitpid"));
+        // SAFETY: waitpid writes the status into our integer.
+        match unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } {
+            0 => std::thread::sleep(std::time::Duration::from_millis(100)),
+            r if r == pid => break,
+            _ if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) => {}
+            _ => return Err(last("waitpid")),
         }
     }
     Ok(if libc::WIFEXITED(status) {
         libc::WEXITSTATUS(status) as u8
+    } else if libc::WTERMSIG(status) == libc::SIGKILL && killed_for != 0 {
+        128 + killed_for as u8
     } else {
         128u8.saturating_add(libc::WTERMSIG(status) as u8)
     })
