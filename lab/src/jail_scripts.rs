@@ -84,9 +84,10 @@ if sz_wait_for $OUT '@@L2 JAIL_HOLD' 120; then
     done
     sz_check VMM_PID "$pid"
     sz_check VMM_CMD "$(tr '\0' ' ' </proc/$pid/cmdline)"
-    for k in Uid Gid Groups CapInh CapPrm CapEff CapBnd CapAmb NoNewPrivs NSpid; do
+    for k in Uid Gid Groups CapInh CapPrm CapEff CapBnd CapAmb NoNewPrivs NSpid Seccomp; do
         sz_check "STATUS_$k" "$(awk -v k="$k:" '$1 == k { $1 = ""; print }' /proc/$pid/status)"
     done
+    sz_check THREADS_SECCOMP "$(for t in /proc/$pid/task/*; do printf '%s=%s ' "$(cat $t/comm)" "$(awk '/^Seccomp:/ { print $2 }' $t/status)"; done)"
     sz_check ROOT_LS "$(ls -a /proc/$pid/root/ | tr '\n' ' ')"
     sz_check ROOT_DEV "$(cd /proc/$pid/root/dev && find . | sort | tr '\n' ' ')"
     sz_check HOST_PATHS_SEEN "$(for p in /bin /l2 /srv /data /proc /sys /tmp /init /etc /home; do [ -e /proc/$pid/root$p ] && printf '%s ' $p; done)"

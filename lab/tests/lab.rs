@@ -1115,6 +1115,19 @@ fn jail_boots_the_guest_confined_with_its_disk_working() {
         assert_eq!(check(key), "0000000000000000", "{key}\n{}", ctx());
     }
     assert_eq!(check("STATUS_NoNewPrivs"), "1", "NoNewPrivs\n{}", ctx());
+    // The VMM's own seccomp filters still go on inside the jail.
+    assert_eq!(
+        check("STATUS_Seccomp"),
+        "2",
+        "Seccomp (filter mode)\n{}",
+        ctx()
+    );
+    let threads = check("THREADS_SECCOMP");
+    assert!(
+        threads.contains("vcpu0=2") && !threads.contains("=0"),
+        "every thread of the jailed VMM should be filtered: {threads}\n{}",
+        ctx()
+    );
     assert_eq!(
         check("STATUS_NSpid").split_whitespace().last(),
         Some("1"),
