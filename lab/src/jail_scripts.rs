@@ -10,7 +10,7 @@
 //!   sleeps), L1 reads the jailed VMM's `/proc/PID/status`, `limits`,
 //!   `cgroup`, `mountinfo`, `ns/*` and lists `/proc/PID/root/`; after it,
 //!   L1 checks the image (loop mount).
-//! - `soak` ([`SOAK_DRIVER`], opt-in: about 10 minutes in L1): first
+//! - `soak` ([`SOAK_DRIVER`], opt-in: about 13 minutes in L1): first
 //!   `SUBZERO_LAB_SOAK_VMS` (50) VMs back to back, each with a disk, a net
 //!   device on the TAP, vsock and rng, whose guest touches each device and
 //!   powers off; then one VM for `SUBZERO_LAB_SOAK_SECS` (180) whose guest
