@@ -20,6 +20,14 @@
 //!   and RSS every `SUBZERO_LAB_SOAK_SAMPLE` (5) seconds. `e2fsck -fn`
 //!   and the known file's sha256 check the image after each part.
 //!
+//! The soak keeps L1 busy with nested guests for about 13 minutes, and
+//! L1 as a whole froze (QEMU's vCPU thread asleep, using no CPU; L1's
+//! console silent) in 3 of the 6 L1 boots that ran it while it was
+//! written: once during the 50 short VMs and twice during the driven one.
+//! The lab then boots one new L1 for it; a second freeze fails the test
+//! with "L1 did not finish its scenarios". The other scenarios in those
+//! L1s had passed, and no subzero process was found stuck.
+//!
 //! Output: `@@L1 CHECK jail <KEY> <value>` facts; for the soak one
 //! `@@L1 CHECK soak CYCLE <n> rc=<rc> secs=<s> <the guest's CYCLE line>` per
 //! VM and `@@L1 CHECK soak SAMPLE t=<s> fds=<n> rss_kb=<n> guest_kb=<n>
