@@ -26,7 +26,8 @@
 //! written: once during the 50 short VMs and twice during the driven one.
 //! The lab then boots one new L1 for it; a second freeze fails the test
 //! with "L1 did not finish its scenarios". The other scenarios in those
-//! L1s had passed, and no subzero process was found stuck.
+//! L1s had passed. A frozen L1 cannot be inspected, so whether a guest,
+//! L1's KVM or QEMU's TCG is to blame is not known.
 //!
 //! Output: `@@L1 CHECK jail <KEY> <value>` facts; for the soak one
 //! `@@L1 CHECK soak CYCLE <n> rc=<rc> secs=<s> <the guest's CYCLE line>` per
