@@ -175,6 +175,18 @@ pub(crate) fn curl_files() -> Result<Vec<(String, Vec<u8>, u32)>, LabError> {
     Ok(files)
 }
 
+/// The host's e2fsck and its libraries, for the soak's image checks.
+pub(crate) fn e2fsck_files() -> Result<Vec<(String, Vec<u8>, u32)>, LabError> {
+    let missing = |what: &str| LabError::Unavailable(format!("{what} for the soak scenario"));
+    let host = ["/usr/sbin/e2fsck", "/sbin/e2fsck"]
+        .into_iter()
+        .find(|p| Path::new(p).is_file())
+        .ok_or_else(|| missing("e2fsck (apt-get install e2fsprogs)"))?;
+    let files = with_libraries(Path::new(host), "/sbin/e2fsck", &missing)?;
+    log_size("e2fsck", &files);
+    Ok(files)
+}
+
 /// The peer Firecracker (a dynamically linked binary, see
 /// `shared/peers/README.md`) and its libraries, at [`scripts::L1_FIRECRACKER`];
 /// nothing when `peer` is `None` (the benchmark then measures subzero only).

@@ -210,6 +210,89 @@ virtio-bench*)
     echo "@@L2 BENCH tcp-g2h $(lab-peer connect tcp:169.254.0.1:9000 --retry 10 --bytes $SZ_BENCH_BYTES </dev/zero 2>&1 >/dev/null)"
     echo "@@L2 BENCH tcp-h2g $(lab-peer connect tcp:169.254.0.1:9001 --retry 10 </dev/null 2>&1 >/dev/null)"
     ;;
+jail)
+    # As block, then hold a few seconds while L1 inspects the jailed VMM.
+    sz_load virtio_mmio virtio_blk
+    sz_wait /dev/vda
+    mkdir -p /mnt
+    sz_try MOUNT mount -t ext4 /dev/vda /mnt
+    echo "@@L2 KNOWN_SHA256 $(sz_sha < /mnt/known.bin)"
+    sz_try WRITE sh -c "lab-peer gen $SZ_WRITTEN_FILE > /mnt/written.bin && sync"
+    echo "@@L2 JAIL_HOLD"
+    sleep 10
+    sz_try UMOUNT umount /mnt
+    ;;
+soak-cycle)
+    # One of the soak's back-to-back VMs: touch every device, power off.
+    sz_load virtio_mmio virtio_blk virtio_net vmw_vsock_virtio_transport virtio_rng
+    sz_wait /dev/vda
+    sz_wait /sys/class/net/eth0
+    sz_wait /dev/vsock
+    blk=$(dd if=/dev/vda bs=4096 count=1 2>/dev/null | sz_sha | cut -c1-16)
+    rng=$(head -c 64 /dev/hwrng | wc -c)
+    echo "@@L2 CYCLE blk=$blk mac=$(cat /sys/class/net/eth0/address) vsock=$([ -c /dev/vsock ] && echo yes) rng=$rng"
+    ;;
+soak)
+    # The soak's long VM: disk, TCP, vsock (both ways) and rng in loops
+    # for $sz_soak_secs seconds.
+    sz_load virtio_mmio virtio_blk virtio_net vmw_vsock_virtio_transport virtio_rng
+    sz_wait /dev/vda
+    sz_wait /sys/class/net/eth0
+    sz_wait /dev/vsock
+    ip addr add 169.254.0.2/16 dev eth0
+    ip link set eth0 up
+    mkdir -p /mnt
+    sz_try MOUNT mount -t ext4 /dev/vda /mnt
+    end=$(($(cut -d. -f1 /proc/uptime) + ${sz_soak_secs:-180}))
+    sz_more() { [ "$(cut -d. -f1 /proc/uptime)" -lt $end ]; }
+    want_tcp=$(lab-peer gen 2001 4194304 | sz_sha)
+    want_vs_g=$(lab-peer gen 2003 1048576 | sz_sha)
+    want_vs_l=$(lab-peer gen 2005 1048576 | sz_sha)
+    (
+        n=0 ok=0
+        while sz_more; do
+            n=$((n + 1))
+            h=$(lab-peer gen 2002 4194304 | lab-peer connect tcp:169.254.0.1:9100 --retry 20 2>/dev/null | sz_sha)
+            [ "$h" = "$want_tcp" ] && ok=$((ok + 1))
+        done
+        echo "@@L2 SOAK_TCP $ok/$n"
+    ) &
+    (
+        n=0 ok=0
+        while sz_more; do
+            n=$((n + 1))
+            h=$(lab-peer gen 2004 1048576 | lab-peer connect vsock:2:5001 --retry 20 2>/dev/null | sz_sha)
+            [ "$h" = "$want_vs_g" ] && ok=$((ok + 1))
+        done
+        echo "@@L2 SOAK_VSOCK_OUT $ok/$n"
+    ) &
+    (
+        n=0 ok=0
+        while sz_more; do
+            n=$((n + 1))
+            h=$(lab-peer gen 2006 1048576 | lab-peer listen vsock:5000 --timeout 20 2>/dev/null | sz_sha)
+            [ "$h" = "$want_vs_l" ] && ok=$((ok + 1))
+        done
+        echo "@@L2 SOAK_VSOCK_IN $ok/$n"
+    ) &
+    echo "@@L2 SOAK_READY"
+    n=0 ok=0 rng=0
+    while sz_more; do
+        n=$((n + 1))
+        lab-peer gen $n 4194304 >/mnt/soak.bin
+        sync
+        echo 3 >/proc/sys/vm/drop_caches
+        [ "$(sz_sha </mnt/soak.bin)" = "$(lab-peer gen $n 4194304 | sz_sha)" ] && ok=$((ok + 1))
+        dd if=/mnt/soak.bin of=/dev/null bs=1M 2>/dev/null
+        lab-peer seq read /dev/vda 8M >/dev/null 2>&1
+        rng=$((rng + $(head -c 4096 /dev/hwrng | wc -c)))
+    done
+    echo "@@L2 SOAK_DISK $ok/$n"
+    echo "@@L2 SOAK_LAST_SEED $n"
+    echo "@@L2 SOAK_RNG_BYTES $rng"
+    wait
+    sz_try UMOUNT umount /mnt
+    ;;
 *)
     echo "@@L2 UNKNOWN_SCENARIO [$sz_scenario]"
     ;;

@@ -53,6 +53,15 @@
 //!   the guest has powered off. Each VMM's console is printed after it
 //!   ends, between `@@L1 CONSOLE api <n>` markers ([`api_facts`]).
 //!
+//! - `jail`: `subzero jail --uid 1000 --gid 1000 --chroot-base /srv/jail
+//!   -- run ... --disk ...`, chrooted into a tmpfs (L1's initramfs root
+//!   refuses `pivot_root`); while the guest holds, L1 reads the jailed
+//!   VMM's `/proc/PID` (ids, capabilities, NoNewPrivs, namespaces, mounts,
+//!   cgroup, limits, root). See [`jail_scripts`].
+//! - `soak` (opt-in): N VMs with every device back to back, then one VM
+//!   driven hard while L1 samples its fds and RSS; e2fsck and sha256 check
+//!   the image. See [`jail_scripts`].
+//!
 //! Payloads are generated, not shipped: `lab-peer gen SEED BYTES` in L1 and
 //! L2, and [`payload`] on the host for the expected sha256 ([`scripts::BLOBS`]).
 //!
@@ -75,14 +84,14 @@
 //! the vmlinux scenarios), `mkfs.ext4` (e2fsprogs, for `block`, `block-ro`
 //! and `rootfs`), cargo to build the static subzero and `lab-peer`, and for
 //! `virtio-bench` also `ldd` and SeaBIOS's `bios-microvm.bin`; `curl` and
-//! `ldd` for `api`.
+//! `ldd` for `api`; `e2fsck` and `ldd` for `soak`.
 //!
 //! Environment knobs:
 //! - `SUBZERO_LAB_CACHE`: download/unpack cache (default `<workspace>/.lab-cache`).
 //! - `SUBZERO_LAB_BIN`: use this static subzero instead of building one.
 //! - `SUBZERO_LAB_SCENARIOS`: comma-separated scenarios to run (default:
-//!   every scenario except the opt-in `bench`, `virtio-bench` and
-//!   `api-bench`: see [`scripts::SCENARIOS`]). `virtio-bench` also selects
+//!   every scenario except the opt-in `bench`, `virtio-bench`,
+//!   `api-bench` and `soak`: see [`scripts::SCENARIOS`]). `virtio-bench` also selects
 //!   `virtio-bench-qemu`.
 //! - `SUBZERO_LAB_FIRECRACKER`: the peer Firecracker binary for `api-bench`
 //!   (default `<workspace>/../shared/peers/firecracker` when it exists; it
@@ -97,6 +106,10 @@
 //!   benchmarks in one L1). The 4-vCPU L2 scenario runs fine on one L1 CPU.
 //! - `SUBZERO_LAB_KERNEL_PKG`: kernel package (default `linux-image-cloud-amd64`,
 //!   resolved to the versioned package it depends on).
+//! - `SUBZERO_LAB_SOAK_VMS`, `SUBZERO_LAB_SOAK_SECS`, `SUBZERO_LAB_SOAK_SAMPLE`:
+//!   the soak's back-to-back VMs (default 50), the driven VM's seconds (180;
+//!   past about 20 minutes raise `SUBZERO_LAB_SCENARIO_TIMEOUT` too) and
+//!   the seconds between fd/RSS samples (5).
 //! - `SUBZERO_LAB_VERBOSE=1`: echo every L1 console line live.
 //! - `CI=true`: missing prerequisites fail instead of skipping.
 
@@ -106,6 +119,7 @@ pub mod binaries;
 pub mod cpio;
 pub mod elf;
 pub mod images;
+pub mod jail_scripts;
 pub mod kernel;
 pub mod l2_scripts;
 pub mod parse;
@@ -698,6 +712,9 @@ pub fn run_lab(cfg: &Config) -> Result<LabRun, LabError> {
     if needs(scripts::Asset::Firecracker) {
         assets.extend(firecracker_files(cfg.firecracker.as_deref())?);
     }
+    if needs(scripts::Asset::Soak) {
+        assets.extend(jail_scripts::soak_assets()?);
+    }
     // Binaries share libraries: one copy of each path.
     let mut seen = std::collections::BTreeSet::new();
     assets.retain(|(path, _, _)| seen.insert(path.clone()));
@@ -861,7 +878,7 @@ mod tests {
         assert!(SCENARIOS
             .iter()
             .filter(|s| s.opt_in)
-            .all(|s| s.name.contains("bench")));
+            .all(|s| s.name.contains("bench") || s.name == "soak"));
         let api = SCENARIOS.iter().find(|s| s.name == "api").unwrap();
         assert!(!api.opt_in, "api runs by default");
     }

@@ -79,6 +79,9 @@ pub enum Asset {
     /// The peer Firecracker binary ([`L1_FIRECRACKER`]) with its
     /// libraries, when the host has one (see `SUBZERO_LAB_FIRECRACKER`).
     Firecracker,
+    /// The soak's `/l2/soak.env` and the host's e2fsck with its libraries
+    /// ([`crate::jail_scripts`]).
+    Soak,
 }
 
 /// The plain boot: 1 vCPU, 256 MiB, the bzImage. Scenarios differ from it.
@@ -270,6 +273,25 @@ rm -f /tmp/rootfs.img
         assets: &[Asset::Firecracker],
         opt_in: true,
         min_timeout: 1200,
+        ..BOOT
+    },
+    Scenario {
+        name: "jail",
+        driver: crate::jail_scripts::JAIL_DRIVER,
+        before: crate::jail_scripts::JAIL_BEFORE,
+        after: crate::jail_scripts::JAIL_AFTER,
+        assets: &[Asset::BlockImage],
+        min_timeout: 180,
+        ..BOOT
+    },
+    Scenario {
+        name: "soak",
+        driver: crate::jail_scripts::SOAK_DRIVER,
+        before: crate::jail_scripts::SOAK_BEFORE,
+        after: crate::jail_scripts::SOAK_AFTER,
+        assets: &[Asset::BlockImage, Asset::Soak],
+        opt_in: true,
+        min_timeout: 1800,
         ..BOOT
     },
 ];

@@ -1059,3 +1059,317 @@ fn api_benchmark_against_firecracker() {
         run.context(sc)
     );
 }
+
+#[test]
+fn jail_boots_the_guest_confined_with_its_disk_working() {
+    let Some(run) = lab() else { return };
+    let Some(sc) = run.scenario("jail") else {
+        return;
+    };
+    let ctx = || run.context(sc);
+    let check = |key: &str| sc.l1(key).unwrap_or("<missing>");
+    // The guest and its disk.
+    assert_eq!(
+        sc.l2("KNOWN_SHA256"),
+        Some(scripts::KNOWN_FILE.sha256().as_str()),
+        "sha256 of /known.bin read by the jailed guest\n{}",
+        ctx()
+    );
+    assert!(l2_ok(sc, "WRITE"), "the guest could not write\n{}", ctx());
+    assert!(
+        l2_ok(sc, "UMOUNT"),
+        "the guest could not unmount\n{}",
+        ctx()
+    );
+    assert!(sc.l2("POWEROFF").is_some(), "no poweroff\n{}", ctx());
+    assert_eq!(
+        check("JAIL_RC"),
+        "0",
+        "subzero jail's exit status\n{}",
+        ctx()
+    );
+    assert_eq!(sc.exit_code, Some(0), "the driver's exit status\n{}", ctx());
+    assert_eq!(
+        check("WRITTEN_SHA256"),
+        scripts::WRITTEN_FILE.sha256(),
+        "the file the jailed guest wrote, read back from the image in L1\n{}",
+        ctx()
+    );
+    // Who the VMM is: uid/gid 1000, no groups, no capabilities, no_new_privs.
+    for key in ["STATUS_Uid", "STATUS_Gid"] {
+        assert_eq!(check(key), "1000 1000 1000 1000", "{key}\n{}", ctx());
+    }
+    assert_eq!(
+        check("STATUS_Groups"),
+        "",
+        "supplementary groups\n{}",
+        ctx()
+    );
+    for key in [
+        "STATUS_CapInh",
+        "STATUS_CapPrm",
+        "STATUS_CapEff",
+        "STATUS_CapBnd",
+        "STATUS_CapAmb",
+    ] {
+        assert_eq!(check(key), "0000000000000000", "{key}\n{}", ctx());
+    }
+    assert_eq!(check("STATUS_NoNewPrivs"), "1", "NoNewPrivs\n{}", ctx());
+    // The VMM's own seccomp filters still go on inside the jail.
+    assert_eq!(
+        check("STATUS_Seccomp"),
+        "2",
+        "Seccomp (filter mode)\n{}",
+        ctx()
+    );
+    let threads = check("THREADS_SECCOMP");
+    assert!(
+        threads.contains("vcpu0=2") && !threads.contains("=0"),
+        "every thread of the jailed VMM should be filtered: {threads}\n{}",
+        ctx()
+    );
+    assert_eq!(
+        check("STATUS_NSpid").split_whitespace().last(),
+        Some("1"),
+        "the VMM should be PID 1 of its own PID namespace (NSpid)\n{}",
+        ctx()
+    );
+    assert_eq!(
+        check("NS_NEW"),
+        "mnt pid ipc",
+        "namespaces that differ from L1's\n{}",
+        ctx()
+    );
+    // What it sees: only the jail.
+    assert_eq!(
+        check("HOST_PATHS_IN_CHROOT"),
+        "/bin /l2 /srv /data /proc /sys /tmp",
+        "the jail's parent root should have these (else the next check proves nothing)\n{}",
+        ctx()
+    );
+    assert_eq!(
+        check("HOST_PATHS_SEEN"),
+        "",
+        "host paths visible through /proc/PID/root of the jailed VMM\n{}",
+        ctx()
+    );
+    let mut root: Vec<&str> = check("ROOT_LS").split_whitespace().collect();
+    root.sort_unstable();
+    assert_eq!(
+        root,
+        [
+            ".",
+            "..",
+            "bzImage",
+            "dev",
+            "initrd.cpio.gz",
+            "jail.img",
+            "run",
+            "subzero"
+        ],
+        "ls -a /proc/PID/root/\n{}",
+        ctx()
+    );
+    assert_eq!(check("ROOT_DEV"), ". ./kvm", "the jail's /dev\n{}", ctx());
+    assert_eq!(
+        check("MOUNTS"),
+        "/ /dev /jail.img",
+        "the VMM's mount points: pivot_root detached the old root\n{}",
+        ctx()
+    );
+    assert!(
+        sc.mentions("root switched by PivotRoot"),
+        "the jail should have used pivot_root\n{}",
+        ctx()
+    );
+    assert!(
+        sc.mentions("--kernel /bzImage (hard link /l2/bzImage)")
+            && sc.mentions("--disk /jail.img (bind mount /data/jail.img)"),
+        "the kernel is on the jail's file system (hard link), the disk is not (bind mount)\n{}",
+        ctx()
+    );
+    // Limits.
+    assert_eq!(
+        check("CGROUP"),
+        "0::/subzero/jail0",
+        "/proc/PID/cgroup\n{}",
+        ctx()
+    );
+    assert_eq!(
+        check("PIDS_MAX"),
+        "64",
+        "pids.max of the jail's cgroup\n{}",
+        ctx()
+    );
+    assert_eq!(
+        check("CGROUP_LEFT"),
+        "",
+        "the cgroup is removed after the run\n{}",
+        ctx()
+    );
+    assert_eq!(
+        check("LIMIT_FSIZE"),
+        "1073741824 1073741824",
+        "RLIMIT_FSIZE\n{}",
+        ctx()
+    );
+    assert_eq!(check("LIMIT_NOFILE"), "512 512", "RLIMIT_NOFILE\n{}", ctx());
+    eprintln!(
+        "lab: jail: VMM {} as {}; root {}; owners {}; mounts {}",
+        check("VMM_CMD"),
+        check("STATUS_Uid"),
+        check("ROOT_LS"),
+        check("ROOT_OWNERS"),
+        check("MOUNTS")
+    );
+}
+
+#[test]
+fn soak_many_vms_then_one_driven_hard_with_flat_fds_and_rss() {
+    use subzero_lab::jail_scripts::parse_sample;
+    let Some(run) = lab() else { return };
+    let Some(sc) = run.scenario("soak") else {
+        return;
+    };
+    let ctx = || run.context(sc);
+    let check = |key: &str| sc.l1(key).unwrap_or("<missing>");
+    let all = |key: &str| -> Vec<&str> {
+        sc.checks
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    };
+    // Part 1: every VM exits 0, its guest saw every device, no stale socket.
+    let cycles = all("CYCLE");
+    let secs: Vec<f64> = cycles
+        .iter()
+        .filter_map(|c| c.split_whitespace().find_map(|w| w.strip_prefix("secs=")))
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    let bad: Vec<&&str> = cycles
+        .iter()
+        .filter(|c| {
+            !c.contains(" rc=0 ")
+                || c.contains("stale-uds")
+                || !c.contains("@@L2 CYCLE blk=")
+                || !c.contains("vsock=yes")
+                || !c.contains("rng=64")
+        })
+        .collect();
+    let mean = secs.iter().sum::<f64>() / secs.len().max(1) as f64;
+    eprintln!(
+        "lab: soak: {} VMs back to back in {} s (mean {mean:.1} s, max {:.1} s each), {} bad",
+        cycles.len(),
+        check("CYCLES_SECS"),
+        secs.iter().cloned().fold(0.0, f64::max),
+        bad.len()
+    );
+    assert!(!cycles.is_empty(), "no VM ran\n{}", ctx());
+    assert!(bad.is_empty(), "VMs that failed: {bad:#?}\n{}", ctx());
+    // Part 2: the samples.
+    let samples: Vec<_> = all("SAMPLE")
+        .iter()
+        .filter_map(|s| parse_sample(s))
+        .collect();
+    let ready: f64 = check("READY_AT").parse().unwrap_or(f64::MAX);
+    eprintln!(
+        "lab: soak: one VM driven for {} s (guest ready at {ready} s); samples:",
+        check("SOAK_SECS_RUN")
+    );
+    eprintln!(
+        "  {:>7}  {:>4}  {:>9}  {:>10}  {:>12}  {:>7}",
+        "t s", "fds", "VmRSS kB", "guest kB", "VMM-own kB", "threads"
+    );
+    for (t, fds, rss, guest, thr) in &samples {
+        eprintln!(
+            "  {t:>7.1}  {fds:>4}  {rss:>9}  {guest:>10}  {:>12}  {thr:>7}",
+            rss.saturating_sub(*guest)
+        );
+    }
+    // Flat: the last sample within a margin of the first one taken 20 s
+    // after the guest's loops started (warm-up: every connection kind seen).
+    let warm = samples
+        .iter()
+        .find(|s| s.0 >= ready + 20.0)
+        .unwrap_or_else(|| panic!("no sample 20 s after SOAK_READY\n{}", ctx()));
+    let last = samples.last().expect("a sample");
+    let own = |s: &(f64, u64, u64, u64, u64)| s.2.saturating_sub(s.3);
+    eprintln!(
+        "lab: soak: warm-up sample t={:.1}: fds {} VMM-own RSS {} kB; last t={:.1}: fds {} VMM-own RSS {} kB",
+        warm.0,
+        warm.1,
+        own(warm),
+        last.0,
+        last.1,
+        own(last)
+    );
+    assert!(
+        last.0 - warm.0 >= 60.0,
+        "the soak should sample for at least a minute after warm-up\n{}",
+        ctx()
+    );
+    assert!(
+        last.1.abs_diff(warm.1) <= 4,
+        "open fds went from {} to {} (flat: within 4)\n{}",
+        warm.1,
+        last.1,
+        ctx()
+    );
+    let margin = (own(warm) / 20).max(2048);
+    assert!(
+        own(last) <= own(warm) + margin,
+        "VMM-own RSS (VmRSS less resident guest RAM) went from {} kB to {} kB (flat: at most {margin} kB more)\n{}",
+        own(warm),
+        own(last),
+        ctx()
+    );
+    assert_eq!(
+        check("SOAK_RC"),
+        "0",
+        "the soak VM's exit status\n{}",
+        ctx()
+    );
+    assert_eq!(sc.exit_code, Some(0), "the driver's exit status\n{}", ctx());
+    // The guest's loops and L1's ends all moved data, all of it right.
+    for key in ["SOAK_DISK", "SOAK_TCP", "SOAK_VSOCK_OUT", "SOAK_VSOCK_IN"] {
+        let v = sc.l2(key).unwrap_or("0/0");
+        let (ok, n) = v.split_once('/').unwrap_or(("0", "0"));
+        eprintln!("lab: soak: guest {key}: {ok} of {n} rounds intact");
+        assert!(ok == n && n != "0", "guest {key} = {v}\n{}", ctx());
+    }
+    for key in ["L1_tcp", "L1_vsg", "L1_vsl"] {
+        eprintln!("lab: soak: L1 {key}: {}", check(key));
+        assert!(
+            check(key).ends_with(" bad=0") && !check(key).starts_with("ok=0 "),
+            "{key}: {}\n{}",
+            check(key),
+            ctx()
+        );
+    }
+    // The image after each part.
+    for part in ["CYCLES", "SOAK"] {
+        assert!(
+            check(&format!("FSCK_{part}")).starts_with("rc=0 "),
+            "e2fsck -fn after {part}: {}\n{}",
+            check(&format!("FSCK_{part}")),
+            ctx()
+        );
+        assert_eq!(
+            check(&format!("KNOWN_{part}")),
+            scripts::KNOWN_FILE.sha256(),
+            "known.bin after {part}\n{}",
+            ctx()
+        );
+    }
+    let seed: u64 = sc
+        .l2("SOAK_LAST_SEED")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    assert_eq!(
+        check("LAST_SOAK"),
+        subzero_lab::payload::payload_sha256(seed, 4 << 20),
+        "the last file the guest wrote (seed {seed}), read in L1\n{}",
+        ctx()
+    );
+}

@@ -13,6 +13,7 @@
 //! - [`api`]: Firecracker's REST API on a Unix socket, routed into `vmm` actions.
 //! - [`logger`]: the log target and level, changeable at run time.
 //! - [`demo`]: the embedded guest behind `subzero demo`.
+//! - [`jail`]: `subzero jail`, namespaces, pivot_root and the privilege drop.
 
 pub mod api;
 pub mod arch;
@@ -24,6 +25,7 @@ pub mod exits;
 pub mod files;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod jail;
 pub mod kvm;
 pub mod logger;
 pub mod seccomp;

@@ -39,6 +39,9 @@ enum Command {
     Stat(cli::stat::StatArgs),
     /// Benchmarks: `subzero bench exits` measures what each VM exit costs.
     Bench(cli::bench::BenchArgs),
+    /// Run the VMM confined: a private root, new namespaces, rlimits, a
+    /// cgroup, and an unprivileged uid with no capabilities (needs root).
+    Jail(cli::jail::JailArgs),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
         Some(Command::Demo(args)) => cli::demo::run(args),
         Some(Command::Stat(args)) => cli::stat::run(args),
         Some(Command::Bench(args)) => cli::bench::run(args),
+        Some(Command::Jail(args)) => cli::jail::run(args),
         None if cli.vmm.wanted() => cli::vmm::run(cli.vmm),
         None => {
             use clap::CommandFactory;

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod demo;
+pub mod jail;
 pub mod run;
 pub mod stat;
 pub mod vmm;
