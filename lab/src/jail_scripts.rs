@@ -22,7 +22,7 @@
 //!
 //! The soak keeps L1 busy with nested guests for about 13 minutes, and
 //! L1 as a whole froze (QEMU's vCPU thread asleep, using no CPU; L1's
-//! console silent) in 3 of the 6 L1 boots that ran it while it was
+//! console silent) in 3 of the 7 L1 boots that ran it while it was
 //! written: once during the 50 short VMs and twice during the driven one.
 //! The lab then boots one new L1 for it; a second freeze fails the test
 //! with "L1 did not finish its scenarios". The other scenarios in those
