@@ -266,14 +266,8 @@ impl VirtioDevices {
 
     /// Puts disk `index` (0 is /dev/vda) on the image at `path`.
     pub fn swap_disk(&self, index: usize, path: &std::path::Path) -> Result<(), String> {
-        let name = format!("virtio-blk{index}");
-        let (_, t) = self
-            .slots
-            .iter()
-            .zip(&self.transports)
-            .find(|(s, _)| s.name == name)
-            .ok_or_else(|| format!("the VM has no {name}"))?;
-        t.swap_backing(path)
+        self.transport(&format!("virtio-blk{index}"))?
+            .swap_backing(path)
     }
 
     /// Sets the rate limiter of queue `queue` of the device called `name`
@@ -284,13 +278,20 @@ impl VirtioDevices {
         queue: usize,
         cfg: &RateLimiterConfig,
     ) -> Result<(), String> {
-        let (_, t) = self
-            .slots
+        self.transport(name)?
+            .device()
+            .device
+            .set_rate_limiter(queue, cfg)
+    }
+
+    /// The transport of the device called `name`.
+    fn transport(&self, name: &str) -> Result<&SharedTransport, String> {
+        self.slots
             .iter()
             .zip(&self.transports)
             .find(|(s, _)| s.name == name)
-            .ok_or_else(|| format!("the VM has no {name}"))?;
-        t.device().device.set_rate_limiter(queue, cfg)
+            .map(|(_, t)| t)
+            .ok_or_else(|| format!("the VM has no {name}"))
     }
 
     /// Counters of every device.

@@ -245,3 +245,15 @@ impl TestDriver {
         f(self.shared.device().device.as_mut())
     }
 }
+
+/// Waits (at most 5 s) for `fd` (a rate limiter's timerfd, say) to be
+/// readable.
+pub fn readable(fd: std::os::fd::RawFd) -> bool {
+    let mut fds = [libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    // SAFETY: `fds` is a valid array of one pollfd for the call.
+    unsafe { libc::poll(fds.as_mut_ptr(), 1, 5000) == 1 }
+}

@@ -7,7 +7,7 @@ use super::request::{S_IOERR, S_OK, S_UNSUPP, T_FLUSH, T_GET_ID, T_IN, T_OUT};
 use super::*;
 use crate::bus::BusDevice;
 use crate::devices::virtio::mmio::regs;
-use crate::devices::virtio::testing::{TestDriver, D, DATA, MEM_SIZE};
+use crate::devices::virtio::testing::{readable, TestDriver, D, DATA, MEM_SIZE};
 
 /// Where the tests put the request header.
 pub(super) const HDR: u64 = DATA;
@@ -513,17 +513,6 @@ fn a_host_block_device_is_opened_exclusively() {
         .to_string();
     assert!(err.contains(&dev.0), "{err}");
     drop(holder);
-}
-
-/// Waits (at most 5 s) for `fd` to be readable.
-fn readable(fd: RawFd) -> bool {
-    let mut fds = [libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    }];
-    // SAFETY: `fds` is a valid array of one pollfd for the call.
-    unsafe { libc::poll(fds.as_mut_ptr(), 1, 5000) == 1 }
 }
 
 #[test]

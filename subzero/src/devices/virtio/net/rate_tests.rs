@@ -3,7 +3,7 @@
 use super::tests::{frame, get, packet, Rig};
 use super::*;
 use crate::devices::rate_limiter::TokenBucketConfig;
-use crate::devices::virtio::testing::DATA;
+use crate::devices::virtio::testing::{readable, DATA};
 
 /// One frame per 200 ms.
 fn one_frame() -> RateLimiterConfig {
@@ -15,17 +15,6 @@ fn one_frame() -> RateLimiterConfig {
             refill_time: 200,
         }),
     }
-}
-
-/// Waits (at most 5 s) for `fd` to be readable.
-fn readable(fd: RawFd) -> bool {
-    let mut fds = [libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    }];
-    // SAFETY: `fds` is a valid array of one pollfd for the call.
-    unsafe { libc::poll(fds.as_mut_ptr(), 1, 5000) == 1 }
 }
 
 #[test]
