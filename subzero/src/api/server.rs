@@ -56,7 +56,7 @@ pub fn serve(listener: UnixListener) -> io::Result<Requests> {
                     std::thread::Builder::new()
                         .name("api-conn".into())
                         .spawn(move || {
-                            crate::seccomp::enter_or_exit(ThreadKind::Api);
+                            crate::seccomp::enter_inherited(ThreadKind::Api);
                             serve_connection(stream, &tx, &waker);
                             live.fetch_sub(1, Ordering::SeqCst);
                         });

@@ -155,11 +155,6 @@ fn one_malloc_arena() {
     }
 }
 
-/// Whether [`install`] has run, so threads filter themselves.
-pub fn enabled() -> bool {
-    FILTERS.get().is_some() && ACTIVE.load(Ordering::Acquire)
-}
-
 /// Turns filtering of threads that start from now on on or off, after
 /// [`install`]. For the exit benchmark, which measures what the filters
 /// cost by running the same VM with and without them in one process.
@@ -189,5 +184,14 @@ pub fn enter_or_exit(kind: ThreadKind) {
     if let Err(e) = enter(kind) {
         log::error!("{e}; stopping, since this thread cannot be confined");
         sigsys::exit_now(EXIT_BAD_SYSCALL);
+    }
+}
+
+/// For a thread started by a thread that entered `kind` itself: it already
+/// runs under that filter, inherited, so this only names it for the SIGSYS
+/// message instead of stacking the same filter again.
+pub fn enter_inherited(kind: ThreadKind) {
+    if FILTERS.get().is_some() && ACTIVE.load(Ordering::Acquire) {
+        sigsys::name_thread(Some(kind));
     }
 }

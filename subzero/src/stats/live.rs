@@ -86,7 +86,7 @@ fn accept_loop(listener: UnixListener, snapshot: Arc<Snapshot>, stop: Arc<Atomic
                 let spawned = std::thread::Builder::new()
                     .name("stats-client".into())
                     .spawn(move || {
-                        crate::seccomp::enter_or_exit(ThreadKind::Stats);
+                        crate::seccomp::enter_inherited(ThreadKind::Stats);
                         feed(stream, &snapshot, &stop);
                         count.fetch_sub(1, Ordering::SeqCst);
                     });
