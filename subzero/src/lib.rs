@@ -30,4 +30,5 @@ pub mod kvm;
 pub mod logger;
 pub mod seccomp;
 pub mod stats;
+pub mod trace;
 pub mod vmm;

@@ -46,11 +46,14 @@ pub enum ThreadKind {
     Console,
     /// The live statistics server (`run --stats-socket`) and its clients.
     Stats,
+    /// The reader of KVM's tracepoints (`--stats`): polls and drains the
+    /// vCPUs' perf ring buffers.
+    Trace,
 }
 
 impl ThreadKind {
     /// Every kind.
-    pub const ALL: [ThreadKind; 9] = [
+    pub const ALL: [ThreadKind; 10] = [
         ThreadKind::Vmm,
         ThreadKind::Vcpu,
         ThreadKind::Block,
@@ -60,6 +63,7 @@ impl ThreadKind {
         ThreadKind::Api,
         ThreadKind::Console,
         ThreadKind::Stats,
+        ThreadKind::Trace,
     ];
 
     /// The filter's name in messages.
@@ -74,6 +78,7 @@ impl ThreadKind {
             ThreadKind::Api => "api",
             ThreadKind::Console => "console",
             ThreadKind::Stats => "stats",
+            ThreadKind::Trace => "hw-trace",
         }
     }
 

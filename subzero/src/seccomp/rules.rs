@@ -81,6 +81,9 @@ const TUNSETOFFLOAD: u64 = libc::TUNSETOFFLOAD;
 /// The main thread's non-KVM ioctls: terminals, TAPs, non-blocking and
 /// close-on-exec flags, a block device's size.
 const VMM_IOCTLS: &[u64] = &[
+    // PERF_EVENT_IOC_SET_OUTPUT: _IO('$', 5), a vCPU thread joins its
+    // tracepoints into one ring (before it enters its own filter).
+    0x2405,
     libc::TCGETS,
     libc::TCSETS,
     libc::TIOCGWINSZ,
@@ -160,6 +163,9 @@ const SOCKETS: &[i64] = &[
 /// The main thread's own calls: building a VM (files, memory, KVM, TAPs,
 /// sockets), taking and loading snapshots, and the event loop.
 const VMM: &[i64] = &[
+    // KVM's tracepoints, opened by each vCPU thread for itself before it
+    // enters its own filter (`--stats`).
+    libc::SYS_perf_event_open,
     libc::SYS_openat,
     libc::SYS_open,
     libc::SYS_fstat,
@@ -352,7 +358,9 @@ pub fn allowed(kind: ThreadKind) -> Result<Rules, BackendError> {
             // The stats server reads KVM's binary statistics.
             add(&mut rules, &[libc::SYS_pread64]);
         }
-        ThreadKind::Console => add(&mut rules, &[libc::SYS_poll, libc::SYS_ppoll]),
+        ThreadKind::Console | ThreadKind::Trace => {
+            add(&mut rules, &[libc::SYS_poll, libc::SYS_ppoll])
+        }
     }
     if matches!(kind, ThreadKind::Vmm | ThreadKind::Api | ThreadKind::Stats) {
         add_spawn_rules(&mut rules)?;
