@@ -121,6 +121,9 @@ pub struct Rates {
     /// Per virtio device: queue kicks per second through the ioeventfd
     /// (no exit) and as MMIO exits, in device order.
     pub virtio: Vec<(String, f64, f64)>,
+    /// Hardware exits per second by reason (KVM's tracepoints), highest
+    /// first; empty when not traced.
+    pub hardware: Vec<(String, f64)>,
 }
 
 fn target_label(t: &TargetRow) -> String {
@@ -180,11 +183,18 @@ pub fn rates(before: &StatsReport, after: &StatsReport) -> Rates {
             )
         })
         .collect();
+    let hardware = after
+        .hardware
+        .as_ref()
+        .filter(|h| h.status == "traced")
+        .map(|h| super::hw_table::rates(before.hardware.as_ref(), h, seconds))
+        .unwrap_or_default();
     Rates {
         seconds,
         reasons,
         targets,
         virtio,
+        hardware,
     }
 }
 
@@ -196,6 +206,15 @@ pub fn render(r: &Rates, report: &StatsReport) -> String {
     );
     for (name, rate) in &r.reasons {
         o.push_str(&format!("{name:<16} {rate:>12.1}\n"));
+    }
+    if !r.hardware.is_empty() {
+        o.push_str(&format!(
+            "\n{:<22} {:>12}   (KVM's tracepoints)\n",
+            "hardware exit reason", "exits/s"
+        ));
+        for (name, rate) in r.hardware.iter().take(10) {
+            o.push_str(&format!("{name:<22} {rate:>12.1}\n"));
+        }
     }
     o.push_str(&format!("\n{:<40} {:>12}\n", "top targets", "exits/s"));
     for (name, rate) in r.targets.iter().take(8) {
@@ -299,9 +318,11 @@ mod tests {
             rips: super::super::report::RipSamples {
                 sample_period: 64,
                 top: vec![],
+                kaslr_slide: 0,
             },
             virtio: vec![],
             log: vec![],
+            hardware: None,
         }
     }
 

@@ -3,7 +3,10 @@
 
 pub mod clock;
 pub mod exits;
+pub mod hardware;
 pub mod histogram;
+pub mod hw_report;
+pub mod hw_table;
 pub mod kvm;
 pub mod live;
 pub mod report;

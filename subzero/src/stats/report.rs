@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::hw_report::HardwareReport;
 use super::symbols::Symbols;
 use super::VcpuStats;
 use crate::bus::Buses;
@@ -100,6 +101,13 @@ pub struct RipSamples {
     pub sample_period: u64,
     /// Most sampled first.
     pub top: Vec<RipRow>,
+    /// The KASLR shift the symbols were read with (0: none, or no symbols).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub kaslr_slide: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// Queue notifications and interrupts of one virtio device.
@@ -164,6 +172,10 @@ pub struct StatsReport {
     /// the rate limit let through (set by the caller; see `logger`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub log: Vec<LogCount>,
+    /// Hardware exits from KVM's tracepoints (set by the caller; absent
+    /// when not asked for, and in reports from before tracing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hardware: Option<HardwareReport>,
 }
 
 fn space_name(space: Space) -> &'static str {
@@ -269,9 +281,11 @@ impl StatsReport {
             rips: RipSamples {
                 sample_period: all.rip_sample_period,
                 top,
+                kaslr_slide: slide,
             },
             virtio: Vec::new(),
             log: Vec::new(),
+            hardware: None,
         }
     }
 
@@ -404,6 +418,11 @@ impl StatsReport {
                     .collect(),
             );
         }
+        if let Some(hw) = self.hardware.as_ref().filter(|h| h.status == "traced") {
+            for (name, help, rows) in hw.prometheus() {
+                family(name, "counter", help, rows);
+            }
+        }
         if let Some(kvm) = &self.kvm {
             let mut rows: Vec<(String, String)> = Vec::new();
             for (id, map) in kvm.vcpus.iter().enumerate() {
@@ -506,6 +525,9 @@ impl StatsReport {
         self.virtio_table(&mut o);
         self.log_table(&mut o);
         self.kvm_table(&mut o);
+        if let Some(hw) = &self.hardware {
+            hw.to_table(&mut o);
+        }
         if !self.rips.top.is_empty() {
             let _ = writeln!(
                 o,
