@@ -10,7 +10,8 @@
  *   3. mmio_reads x load from mmio_addr, then mmio_writes x store of the last
  *      value read to mmio_addr + 8
  *   4. halts x HLT
- *   5. writes poweroff_value to poweroff_port, and halts forever
+ *   5. cpuids x CPUID (leaf 0), then rdmsrs x RDMSR of msr_index
+ *   6. writes poweroff_value to poweroff_port, and halts forever
  *
  * Position independent; only PARAMS is a fixed address.
  */
@@ -28,6 +29,9 @@
         .set P_POWEROFF_PORT,  0x40
         .set P_POWEROFF_VALUE, 0x48
         .set P_MESSAGE,        0x50
+        .set P_CPUIDS,         0x58
+        .set P_RDMSRS,         0x60
+        .set P_MSR_INDEX,      0x68
 
         .text
         .globl _start
@@ -80,12 +84,33 @@ mmio_write_loop:
         /* 4. HLT exits (no in-kernel irqchip: each one reaches the VMM) */
 halts:
         mov     rcx, [rbp + P_HALTS]
-        jrcxz   poweroff
+        jrcxz   cpuids
 halt_loop:
         hlt
         loop    halt_loop
 
-        /* 5. power off */
+        /* 5. CPUID and RDMSR exits, which KVM handles itself */
+cpuids:
+        mov     r8, [rbp + P_CPUIDS]
+        test    r8, r8
+        jz      rdmsrs
+cpuid_loop:
+        xor     eax, eax
+        xor     ecx, ecx
+        cpuid
+        dec     r8
+        jnz     cpuid_loop
+rdmsrs:
+        mov     r8, [rbp + P_RDMSRS]
+        test    r8, r8
+        jz      poweroff
+rdmsr_loop:
+        mov     rcx, [rbp + P_MSR_INDEX]
+        rdmsr
+        dec     r8
+        jnz     rdmsr_loop
+
+        /* 6. power off */
 poweroff:
         mov     rdx, [rbp + P_POWEROFF_PORT]
         mov     rax, [rbp + P_POWEROFF_VALUE]

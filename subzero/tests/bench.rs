@@ -43,6 +43,7 @@ fn every_case_and_driver_runs_to_power_off() {
             Driver::Dispatch,
             Driver::Subzero,
             Driver::Seccomp,
+            Driver::Traced,
         ] {
             let ns = bench::run_once(case, driver, 50).unwrap();
             assert!(ns > 0.0 && ns.is_finite(), "{case:?} {driver:?}: {ns}");

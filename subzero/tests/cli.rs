@@ -355,3 +355,81 @@ fn a_live_stats_socket_or_another_file_is_never_taken() {
     );
     assert_eq!(std::fs::read_to_string(&notes).unwrap(), "mine");
 }
+
+/// A bzImage whose 64-bit entry prints "ok\n", makes five CPUID exits and
+/// powers off.
+fn cpuid_kernel(name: &str) -> std::path::PathBuf {
+    use subzero::arch::x86_64::layout::ports;
+    let kernel = common::scratch(name).join("bzImage");
+    let mut code = vec![0u8; 0x200];
+    code.extend_from_slice(&[0x66, 0xba, 0xf8, 0x03]); // mov dx, 0x3f8
+    for c in b"ok\n" {
+        code.extend_from_slice(&[0xb0, *c, 0xee]); // mov al, c; out dx, al
+    }
+    code.extend_from_slice(&[0x41, 0xb8, 5, 0, 0, 0]); // mov r8d, 5
+                                                       // loop: xor eax, eax; xor ecx, ecx; cpuid; dec r8d; jnz loop
+    code.extend_from_slice(&[
+        0x31, 0xc0, 0x31, 0xc9, 0x0f, 0xa2, 0x41, 0xff, 0xc8, 0x75, 0xf5,
+    ]);
+    let [lo, hi] = ports::ACPI_SLEEP_CONTROL.to_le_bytes();
+    let value = (ports::ACPI_S5_SLEEP_TYPE << 2) | 0x20;
+    code.extend_from_slice(&[0x66, 0xba, lo, hi, 0xb0, value, 0xee]);
+    code.extend_from_slice(&[0xf4, 0xeb, 0xfd]); // hlt; jmp hlt
+    common::fake_bzimage(&kernel, &code);
+    kernel
+}
+
+#[test]
+fn run_stats_shows_hardware_exits_under_the_seccomp_filters() {
+    if !common::kvm_available() {
+        return;
+    }
+    let kernel = cpuid_kernel("hwstats");
+    let dir = kernel.parent().unwrap().to_path_buf();
+    let json_path = dir.join("stats.json");
+    let report = |extra: &[&str]| {
+        let mut args = vec!["--memory", "64M", "--stats", "--stats-format", "json"];
+        args.extend_from_slice(&["--stats-out", json_path.to_str().unwrap()]);
+        args.extend_from_slice(extra);
+        let out = run_with(&kernel, &args);
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{stderr}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n");
+        let text = std::fs::read_to_string(&json_path).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        (v["hardware"].clone(), stderr)
+    };
+    let (hw, stderr) = report(&[]);
+    match hw["status"].as_str() {
+        Some("traced") => {
+            let serial = hw["io"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["port"] == 0x3f8)
+                .unwrap_or_else(|| panic!("no serial row: {hw}"));
+            assert_eq!(serial["count"], 3, "{serial}");
+            assert_eq!(serial["to_userspace"], 3, "{serial}");
+            let leaf0 = hw["cpuid"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["leaf"] == 0)
+                .unwrap_or_else(|| panic!("no CPUID leaf 0 row: {hw}"));
+            assert_eq!(leaf0["count"], 5, "{leaf0}");
+        }
+        Some("unavailable") => {
+            let note = hw["note"].as_str().unwrap_or_default();
+            assert!(!note.is_empty(), "{hw}");
+            assert!(
+                stderr.contains(note),
+                "the reason is also on stderr: {stderr}"
+            );
+            eprintln!("skipped: tracing unavailable here: {note}");
+        }
+        other => panic!("hardware.status {other:?}: {hw}"),
+    }
+    let (hw, _) = report(&["--no-trace"]);
+    assert_eq!(hw["status"], "off", "{hw}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -3,6 +3,7 @@
 use std::process::Command;
 use std::time::Instant;
 
+use subzero::stats::hw_report::{HardwareReport, HwReasonRow, HwStatus};
 use subzero::stats::live;
 use subzero::stats::report::{ReasonRow, RipSamples, StatsReport, TargetRow, SCHEMA};
 
@@ -37,10 +38,36 @@ fn snapshot(elapsed_s: f64) -> StatsReport {
         rips: RipSamples {
             sample_period: 64,
             top: vec![],
+            kaslr_slide: 0,
         },
         virtio: vec![],
         log: vec![],
+        hardware: Some(hardware(count * 2)),
     }
+}
+
+/// A traced hardware section with `npf` nested page faults.
+fn hardware(npf: u64) -> HardwareReport {
+    let mut hw = HardwareReport::without(HwStatus::Traced, "");
+    hw.note = None;
+    hw.isa = Some("svm".into());
+    hw.total_exits = npf;
+    hw.reasons = vec![HwReasonRow {
+        reason: "npf".into(),
+        code: 0x400,
+        count: npf,
+        share: 1.0,
+        total_ns: npf * 2000,
+        mean_ns: 2000.0,
+        p50_ns: 2000,
+        p99_ns: 2000,
+        max_ns: 2000,
+        to_userspace: 0,
+        kvm_part_mean_ns: None,
+        userspace_part_mean_ns: None,
+        per_vcpu: vec![npf],
+    }];
+    hw
 }
 
 #[test]
@@ -81,6 +108,17 @@ fn stat_shows_exits_per_second_until_the_vm_ends() {
         "io-out rate {rate}: {stdout}"
     );
     assert!(stdout.contains("serial pio 0x3f8 write"), "{stdout}");
+    // The hardware reasons, per second too (twice the io-out rate).
+    let npf: f64 = stdout
+        .lines()
+        .find(|l| l.starts_with("npf"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(0.0);
+    assert!(
+        stdout.contains("hardware exit reason") && (900.0..1100.0).contains(&npf),
+        "npf rate {npf}: {stdout}"
+    );
     assert!(stderr.contains("the VM ended after"), "{stderr}");
 }
 

@@ -8,6 +8,7 @@ use serde_json::Value;
 use subzero::demo::guest::{self, Params, PROBE_MMIO, PROBE_PORT};
 use subzero::stats::kvm::KvmStatsFds;
 use subzero::stats::report::{StatsReport, SCHEMA};
+use subzero::vmm::hw_trace::HwTrace;
 
 fn run_with_stats(params: &Params) -> StatsReport {
     let vm = guest::build(params, "", Box::new(std::io::sink())).expect("build");
@@ -180,6 +181,15 @@ fn json_output_parses_and_matches_its_schema() {
         halts: 2,
         ..Params::new()
     });
+    let mut report = report;
+    // A real hardware section, traced on this host's KVM.
+    let vm = guest::build(&Params::new(), "x", Box::new(std::io::sink())).expect("build");
+    let mut machine = vm.machine;
+    let buses = machine.buses.clone();
+    let mut hw = HwTrace::start(&mut machine, true);
+    machine.run().expect("run");
+    hw.finish();
+    report.hardware = Some(hw.report(&buses, &report.exits, None));
     let json: Value = serde_json::from_str(&report.to_json()).expect("valid JSON");
     let schema_text = include_str!("../../docs/stats.schema.json");
     let schema: Value = serde_json::from_str(schema_text).expect("schema is JSON");

@@ -96,6 +96,9 @@ pub enum Driver {
     /// run` has them: the VM is built and run from a thread under the main
     /// thread's filter, and its vCPU thread adds the vCPU filter.
     Seccomp,
+    /// [`Driver::Subzero`] with KVM's tracepoints read for the hardware
+    /// exit reasons, as `run --stats` does.
+    Traced,
 }
 
 /// Median round trips of one case, nanoseconds per exit.
@@ -111,6 +114,9 @@ pub struct CaseResult {
     pub subzero_ns: f64,
     /// Full Subzero under its seccomp filters.
     pub seccomp_ns: f64,
+    /// Full Subzero with hardware exit tracing; NaN where tracing is not
+    /// available.
+    pub traced_ns: f64,
 }
 
 impl CaseResult {
@@ -135,6 +141,9 @@ pub enum BenchError {
     /// A thread or eventfd could not be created.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// The traced driver was asked for where tracing is not available.
+    #[error("hardware exit tracing is not available here")]
+    Untraced,
 }
 
 /// Runs the guest to its power-off write with a bare loop.
@@ -167,8 +176,17 @@ fn dispatch_loop(fd: &mut VcpuFd, buses: &Buses) -> Result<(), BenchError> {
 /// Times one run of `machine` with a driver. `n` exits.
 fn drive(machine: crate::vmm::Machine, driver: Driver) -> Result<Duration, BenchError> {
     Ok(match driver {
-        Driver::Subzero | Driver::Seccomp => {
+        Driver::Subzero | Driver::Seccomp | Driver::Traced => {
+            let mut machine = machine;
+            let mut hw = (driver == Driver::Traced)
+                .then(|| crate::vmm::hw_trace::HwTrace::start(&mut machine, true));
+            if hw.as_ref().is_some_and(|h| !h.traced()) {
+                return Err(BenchError::Untraced);
+            }
             let report = machine.run()?;
+            if let Some(hw) = hw.as_mut() {
+                hw.finish();
+            }
             if report.stop.reason != crate::vmm::exit::StopReason::PowerOff {
                 return Err(BenchError::Guest(format!("{:?}", report.stop.reason)));
             }
@@ -261,11 +279,17 @@ pub fn run(
     let mut out = Vec::new();
     for &case in cases {
         let (mut raw, mut disp, mut full, mut sec) = (vec![], vec![], vec![], vec![]);
+        let mut traced = vec![];
         for _ in 0..rounds.max(1) {
             raw.push(run_once(case, Driver::Raw, n)?);
             disp.push(run_once(case, Driver::Dispatch, n)?);
             full.push(run_once(case, Driver::Subzero, n)?);
             sec.push(run_once(case, Driver::Seccomp, n)?);
+            match run_once(case, Driver::Traced, n) {
+                Ok(ns) => traced.push(ns),
+                Err(BenchError::Untraced) => traced.push(f64::NAN),
+                Err(e) => return Err(e),
+            }
         }
         let result = CaseResult {
             case,
@@ -273,6 +297,7 @@ pub fn run(
             dispatch_ns: median(disp),
             subzero_ns: median(full),
             seccomp_ns: median(sec),
+            traced_ns: median(traced),
         };
         on_result(&result);
         out.push(result);
@@ -301,7 +326,7 @@ pub fn header(n: u64, rounds: usize) -> String {
             .unwrap_or_default()
     );
     o.push_str(&format!(
-        "{:<34} {:>9} {:>8} {:>11} {:>9} {:>8} {:>8} {:>11} {:>10}\n",
+        "{:<34} {:>9} {:>8} {:>11} {:>9} {:>8} {:>8} {:>11} {:>10} {:>10}\n",
         "exit kind",
         "raw ns",
         "cycles",
@@ -310,7 +335,8 @@ pub fn header(n: u64, rounds: usize) -> String {
         "cycles",
         "ratio",
         "accounting",
-        "seccomp ns"
+        "seccomp ns",
+        "traced ns"
     ));
     o
 }
@@ -328,7 +354,7 @@ pub fn row(r: &CaseResult) -> String {
         format!("{:.1}%", r.accounting_share() * 100.0)
     };
     format!(
-        "{:<34} {:>9.0} {} {:>11.0} {:>9.0} {} {:>7.2}x {:>11} {:>10.0}\n",
+        "{:<34} {:>9.0} {} {:>11.0} {:>9.0} {} {:>7.2}x {:>11} {:>10.0} {:>10}\n",
         r.case.name(),
         r.raw_ns,
         cycles(r.raw_ns),
@@ -337,7 +363,12 @@ pub fn row(r: &CaseResult) -> String {
         cycles(r.subzero_ns),
         r.subzero_ns / r.raw_ns,
         accounting,
-        r.seccomp_ns
+        r.seccomp_ns,
+        if r.traced_ns.is_nan() {
+            "n/a".to_string()
+        } else {
+            format!("{:.0}", r.traced_ns)
+        }
     )
 }
 
@@ -346,7 +377,9 @@ pub fn footer(took: Duration) -> String {
     format!(
         "\nratio = subzero / raw (what Subzero's dispatch and accounting add to the floor);\n\
          accounting = (subzero - dispatch) / subzero, for cases whose exits reach userspace;\n\
-         seccomp = subzero under its seccomp filters (main thread's and vCPU's, as `run`).\n\
+         seccomp = subzero under its seccomp filters (main thread's and vCPU's, as `run`);\n\
+         traced = subzero reading KVM's tracepoints for the hardware exit reasons, as\n\
+         `run --stats` does (n/a where they cannot be read).\n\
          Seed figure: a hardware exit round trip costs roughly 500-1500 cycles on modern\n\
          CPUs. Took {:.1} s.\n",
         took.as_secs_f64()

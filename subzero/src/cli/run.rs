@@ -4,7 +4,7 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::Context;
@@ -15,6 +15,7 @@ use subzero::stats::symbols::Symbols;
 use subzero::vmm::config::{parse_size, DEFAULT_CMDLINE};
 use subzero::vmm::device_config::{DiskConfig, NetConfig, VsockConfig};
 use subzero::vmm::exit::StopReason;
+use subzero::vmm::hw_trace::HwTrace;
 use subzero::vmm::resources::{
     BootSource, Drive, Entropy, MachineConfig, NetworkInterface, VmResources, Vsock,
 };
@@ -108,6 +109,10 @@ pub struct RunArgs {
     /// Run without the seccomp filters that confine each thread.
     #[arg(long)]
     no_seccomp: bool,
+    /// With --stats or --stats-socket, do not read KVM's tracepoints for
+    /// the hardware exit reasons.
+    #[arg(long)]
+    no_trace: bool,
 }
 
 fn parse_memory(s: &str) -> Result<u64, String> {
@@ -209,8 +214,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     for (disk, arg) in cfg.devices.disks.iter_mut().zip(&args.disk) {
         disk.id = arg.id.clone();
     }
-    let machine = build_linux(&cfg, Box::new(std::io::stdout()))?;
+    let mut machine = build_linux(&cfg, Box::new(std::io::stdout()))?;
     let stats = machine.new_stats();
+    // Only when statistics are asked for: tracing costs time per exit.
+    let hw = (args.stats || args.stats_socket.is_some())
+        .then(|| Arc::new(Mutex::new(HwTrace::start(&mut machine, !args.no_trace))));
     let buses = machine.buses.clone();
     let virtio = machine.virtio.slots.clone();
     let kvm = Arc::new(KvmStatsFds::open(&machine.vm, &machine.vcpus));
@@ -218,8 +226,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let clock = TickClock::start();
     let _server = match &args.stats_socket {
         Some(path) => {
-            let (stats, buses, kvm, symbols) =
-                (stats.clone(), buses.clone(), kvm.clone(), symbols.clone());
+            let (stats, buses, kvm, symbols, hw) = (
+                stats.clone(),
+                buses.clone(),
+                kvm.clone(),
+                symbols.clone(),
+                hw.clone(),
+            );
             Some(live::serve(
                 path,
                 Box::new(move || {
@@ -235,6 +248,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                         .iter()
                         .map(|s| VirtioRow::from(&s.counts()))
                         .collect();
+                    add_hardware(&mut report, hw.as_deref(), &buses, symbols.as_ref());
                     report
                 }),
             )?)
@@ -246,6 +260,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let report = machine.run_with_stats(stats).context("running the VM");
     console::restore_terminal();
     let report = report?;
+    if let Some(hw) = &hw {
+        lock(hw).finish();
+    }
     if args.stats {
         let mut stats = StatsReport::build(
             &report.per_vcpu,
@@ -257,6 +274,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         );
         stats.virtio = report.virtio.iter().map(VirtioRow::from).collect();
         stats.log = subzero::logger::counts();
+        add_hardware(&mut stats, hw.as_deref(), &buses, symbols.as_ref());
         let text = match args.stats_format {
             StatsFormat::Table => stats.to_table(),
             StatsFormat::Json => stats.to_json() + "\n",
@@ -271,6 +289,23 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(outcome(&report))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Fills in the report's hardware section from the tracer, if any.
+fn add_hardware(
+    report: &mut StatsReport,
+    hw: Option<&Mutex<HwTrace>>,
+    buses: &subzero::bus::Buses,
+    symbols: Option<&Symbols>,
+) {
+    let Some(hw) = hw else { return };
+    let slide = report.rips.kaslr_slide;
+    let hardware = lock(hw).report(buses, &report.exits, symbols.map(|s| (s, slide)));
+    report.hardware = Some(hardware);
 }
 
 /// Every file the VM reads.

@@ -53,6 +53,13 @@ pub struct Params {
     pub poweroff_value: u64,
     /// Address of the NUL-terminated message.
     pub message: u64,
+    /// CPUID (leaf 0) instructions, after the HLTs.
+    pub cpuids: u64,
+    /// RDMSRs of `msr_index`, after the CPUIDs.
+    pub rdmsrs: u64,
+    /// The MSR read (IA32_APIC_BASE by default, which KVM always
+    /// intercepts).
+    pub msr_index: u64,
 }
 
 // SAFETY: Params is repr(C), made only of u64 fields, so it has no padding
@@ -69,6 +76,7 @@ impl Params {
             poweroff_port: u64::from(ports::ACPI_SLEEP_CONTROL),
             poweroff_value: u64::from((ports::ACPI_S5_SLEEP_TYPE << 2) | 0x20),
             message: MESSAGE_START,
+            msr_index: 0x1b,
             ..Default::default()
         }
     }

@@ -310,6 +310,7 @@ pub fn build_linux(cfg: &VmConfig, console: Box<dyn Write + Send>) -> Result<Mac
         virtio,
         msr_indices: msr_indices(&kvm)?,
         restore: Vec::new(),
+        tracer: None,
     })
 }
 
@@ -368,6 +369,7 @@ pub fn restore_vm(
         virtio,
         msr_indices: msr_indices(&kvm)?,
         restore: snapshot.vcpus,
+        tracer: None,
     })
 }
 
@@ -414,6 +416,7 @@ impl TinyVm {
             virtio,
             msr_indices: self.msr_indices,
             restore: Vec::new(),
+            tracer: None,
         }
     }
 }

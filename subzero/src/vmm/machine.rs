@@ -20,6 +20,7 @@ use crate::devices::serial::{PanicWatch, SerialDevice};
 use crate::devices::virtio::VirtioDeviceCounts;
 use crate::stats::clock::TickClock;
 use crate::stats::VcpuStats;
+use crate::trace::Attacher;
 
 /// How long a finished VM waits for its console output to be written.
 const CONSOLE_DRAIN: Duration = Duration::from_secs(2);
@@ -47,6 +48,9 @@ pub struct Machine {
     /// Per vCPU, a saved state to restore before it first runs; empty for
     /// a fresh boot.
     pub restore: Vec<VcpuState>,
+    /// When set, each vCPU thread opens KVM's tracepoints for itself
+    /// before it first runs (see [`crate::trace`]).
+    pub tracer: Option<Attacher>,
 }
 
 /// What happened in a run.
@@ -163,6 +167,7 @@ impl Machine {
                 stats: running.stats[index].clone(),
                 msr_indices: self.msr_indices.clone(),
                 restore: restore.next().map(Box::new),
+                tracer: self.tracer.clone(),
                 // A restored vCPU first puts its state back, then waits.
                 start_paused: paused || restoring,
             };

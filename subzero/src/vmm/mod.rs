@@ -8,6 +8,7 @@ pub mod controller;
 pub mod device_config;
 pub mod event_loop;
 pub mod exit;
+pub mod hw_trace;
 pub mod legacy;
 pub mod machine;
 pub mod memory;

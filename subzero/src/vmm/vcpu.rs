@@ -15,6 +15,7 @@ use super::exit::{dispatch, Buses, ExitKind, Handled, Outcome, StopReason};
 use crate::arch::x86_64::vcpu_state::VcpuState;
 use crate::stats::clock::ticks;
 use crate::stats::VcpuStats;
+use crate::trace::Attacher;
 
 /// Exits between two guest RIP samples (each sample costs a KVM_GET_REGS).
 pub const RIP_SAMPLE_PERIOD: u64 = 64;
@@ -164,6 +165,8 @@ pub struct VcpuSetup {
     pub restore: Option<Box<VcpuState>>,
     /// Start paused, waiting for Resume.
     pub start_paused: bool,
+    /// Opens KVM's tracepoints for this thread before it first runs.
+    pub tracer: Option<Attacher>,
 }
 
 /// The vCPU side of a [`super::vcpu_handle::VcpuHandle`].
@@ -175,6 +178,7 @@ pub struct VcpuRunner {
     stats: SharedStats,
     msr_indices: Arc<Vec<u32>>,
     restore: Option<Box<VcpuState>>,
+    tracer: Option<Attacher>,
     start_paused: bool,
     pending: Arc<AtomicBool>,
     commands: Receiver<VcpuCommand>,
@@ -204,6 +208,7 @@ impl VcpuRunner {
             stats: setup.stats,
             msr_indices: setup.msr_indices,
             restore: setup.restore,
+            tracer: setup.tracer,
             start_paused: setup.start_paused,
             pending,
             commands,
@@ -213,6 +218,10 @@ impl VcpuRunner {
 
     /// Runs the vCPU until it is told to exit.
     pub fn run(mut self) {
+        // Before the filter: perf_event_open is the main thread's call.
+        if let Some(tracer) = self.tracer.take() {
+            tracer.attach_this_thread(self.index);
+        }
         crate::seccomp::enter_or_exit(crate::seccomp::ThreadKind::Vcpu);
         KVM_RUN.with(|c| c.set(self.fd.get_kvm_run()));
         if let Some(state) = self.restore.take() {
