@@ -16,6 +16,25 @@ use crate::trace::{Event, Stamped};
 /// [`ReasonAcc::rip_overflow`].
 pub const RIPS_PER_REASON: usize = 256;
 
+/// Distinct MSRs and CPUID leaves kept per vCPU. A guest can name 2^32 of
+/// each; past this many, the rest are counted under [`OTHER`].
+pub const MAX_KEYS: usize = 1024;
+/// The MSR index and CPUID leaf that stand for "all the others".
+pub const OTHER: u32 = u32::MAX;
+
+/// The row for `key`, or the [`OTHER`] row once `map` is full.
+fn bounded<K: std::hash::Hash + Eq>(
+    map: &mut HashMap<K, Acc, FnvBuild>,
+    key: K,
+    other: K,
+) -> &mut Acc {
+    if map.len() >= MAX_KEYS && !map.contains_key(&key) {
+        map.entry(other).or_default()
+    } else {
+        map.entry(key).or_default()
+    }
+}
+
 /// Named guest-physical ranges: RAM and each device's MMIO window.
 #[derive(Clone, Debug, Default)]
 pub struct Regions {
@@ -269,8 +288,8 @@ impl HwVcpu {
         }
         match p.detail {
             Detail::None => {}
-            Detail::Msr(i, w) => self.msrs.entry((i, w)).or_default().add(ns, to_user),
-            Detail::Cpuid(l) => self.cpuid.entry(l).or_default().add(ns, to_user),
+            Detail::Msr(i, w) => bounded(&mut self.msrs, (i, w), (OTHER, w)).add(ns, to_user),
+            Detail::Cpuid(l) => bounded(&mut self.cpuid, l, OTHER).add(ns, to_user),
             Detail::Pio(port, w) => self.io.entry((port, w)).or_default().add(ns, to_user),
             Detail::Gpa(gpa) => {
                 let region = self.regions.find(gpa);
@@ -524,6 +543,33 @@ mod tests {
         assert_eq!(v.io[&(0x61, false)].to_user, 0);
         assert!(v.reasons.is_empty());
         assert_eq!(v.unpaired, 0);
+    }
+
+    #[test]
+    fn a_guest_naming_endless_msrs_and_leaves_cannot_grow_the_maps() {
+        let mut v = HwVcpu::new(regions());
+        let n = MAX_KEYS as u32 * 5;
+        for i in 0..n {
+            v.record(
+                &[
+                    at(
+                        0,
+                        Event::Msr {
+                            index: i,
+                            write: false,
+                        },
+                    ),
+                    at(1, Event::Cpuid { leaf: i }),
+                ],
+                0,
+            );
+        }
+        v.flush();
+        assert!(v.msrs.len() <= MAX_KEYS + 1, "{}", v.msrs.len());
+        assert!(v.cpuid.len() <= MAX_KEYS + 1, "{}", v.cpuid.len());
+        assert_eq!(v.msrs.values().map(|a| a.count).sum::<u64>(), n as u64);
+        assert_eq!(v.cpuid.values().map(|a| a.count).sum::<u64>(), n as u64);
+        assert_eq!(v.cpuid[&OTHER].count, n as u64 - MAX_KEYS as u64);
     }
 
     #[test]

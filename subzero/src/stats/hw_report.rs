@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::hardware::HwVcpu;
+use super::hardware::{HwVcpu, OTHER};
 use super::report::ReasonRow;
 use super::symbols::Symbols;
 use crate::bus::Buses;
@@ -256,7 +256,11 @@ impl HardwareReport {
             .iter()
             .map(|(&(index, write), a)| MsrRow {
                 index,
-                name: msr_label(index),
+                name: if index == OTHER {
+                    "(all other MSRs)".into()
+                } else {
+                    msr_label(index)
+                },
                 access: access(write),
                 count: a.count,
                 total_ns: a.ns,
@@ -268,7 +272,11 @@ impl HardwareReport {
             .iter()
             .map(|(&leaf, a)| CpuidRow {
                 leaf,
-                name: cpuid_leaf_name(leaf).map(str::to_string),
+                name: if leaf == OTHER {
+                    Some("(all other leaves)".into())
+                } else {
+                    cpuid_leaf_name(leaf).map(str::to_string)
+                },
                 count: a.count,
                 total_ns: a.ns,
             })
