@@ -620,7 +620,7 @@ fn every_thread_runs_under_a_seccomp_filter() {
     let (dir, kernel) = setup("api-seccomp");
     let disk = dir.join("disk.img");
     std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
-    let vmm = Vmm::spawn(&dir.join("a.sock"), &[]);
+    let vmm = Vmm::spawn(&dir.join("a.sock"), &["--trace-exits"]);
     vmm.ok(
         "PUT",
         "/drives/data",
@@ -667,6 +667,28 @@ fn every_thread_runs_under_a_seccomp_filter() {
     }
     for (name, mode) in &threads {
         assert_eq!(mode, "2", "thread {name} is not filtered: {threads:?}");
+    }
+    // --trace-exits: GET /stats has the hardware section, read by a
+    // filtered hw-trace thread where tracing is possible.
+    let (status, body) = vmm.call("GET", "/stats", "");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let hw = &v["hardware"];
+    match hw["status"].as_str() {
+        Some("traced") => {
+            assert!(names.contains(&"hw-trace"), "{threads:?}");
+            let serial = hw["io"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["port"] == 0x3f8);
+            assert!(
+                serial.is_some_and(|r| r["to_userspace"].as_u64() > Some(0)),
+                "the counter's console writes are traced: {hw}"
+            );
+        }
+        Some("unavailable") => eprintln!("skipped: tracing unavailable: {}", hw["note"]),
+        other => panic!("hardware.status {other:?}: {body}"),
     }
     drop(conn);
     vmm.kill();

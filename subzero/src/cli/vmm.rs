@@ -31,6 +31,10 @@ pub struct VmmArgs {
     /// Firecracker's --no-seccomp).
     #[arg(long)]
     pub no_seccomp: bool,
+    /// Read KVM's tracepoints, so that `GET /stats` has the hardware exit
+    /// reasons (as `run --stats` does).
+    #[arg(long)]
+    pub trace_exits: bool,
     /// Log level: Error, Warning, Info, Debug, Trace or Off.
     #[arg(long, value_name = "LEVEL", value_parser = parse_level)]
     pub level: Option<log::LevelFilter>,
@@ -76,6 +80,7 @@ pub fn run(args: VmmArgs) -> anyhow::Result<ExitCode> {
     super::confine(args.no_seccomp)?;
     let mut ctl = Controller::new(args.id.clone(), Box::new(|| Box::new(std::io::stdout())))
         .context("creating the VMM's eventfd")?;
+    ctl.trace_exits = args.trace_exits;
     ctl.on_start = Some(Box::new(|vm| {
         console::forward_stdin(vm.serial.clone());
         console::setup_terminal();

@@ -26,6 +26,7 @@ use crate::stats::clock::TickClock;
 use crate::stats::kvm::KvmStatsFds;
 use crate::stats::live;
 use crate::stats::report::{StatsReport, VirtioRow};
+use crate::vmm::hw_trace::HwTrace;
 
 /// The Firecracker API version whose paths and bodies Subzero serves.
 pub const FIRECRACKER_API_VERSION: &str = "1.7.0";
@@ -40,6 +41,7 @@ pub type StartHook = Box<dyn FnMut(&RunningVm) + Send>;
 struct Live {
     vm: RunningVm,
     kvm: Arc<KvmStatsFds>,
+    hw: Option<HwTrace>,
     clock: TickClock,
     started: Instant,
 }
@@ -61,6 +63,10 @@ impl Live {
             .iter()
             .map(VirtioRow::from)
             .collect();
+        report.hardware = self
+            .hw
+            .as_ref()
+            .map(|hw| hw.report(&self.vm.buses, &report.exits, None));
         report
     }
 }
@@ -78,6 +84,9 @@ pub struct Controller {
     /// Called with the VM once it is built, before it runs (the CLI uses
     /// it to forward stdin to the console).
     pub on_start: Option<StartHook>,
+    /// Read KVM's tracepoints, so that `GET /stats` has the hardware exit
+    /// reasons (`--trace-exits`).
+    pub trace_exits: bool,
 }
 
 const AFTER_START: &str = "The requested operation is not supported after starting the microVM.";
@@ -111,6 +120,7 @@ impl Controller {
             console,
             metrics: None,
             on_start: None,
+            trace_exits: false,
         })
     }
 
@@ -387,8 +397,9 @@ impl Controller {
         Ok(VmmData::Empty)
     }
 
-    fn run(&mut self, machine: Machine, paused: bool) -> VmmResult {
+    fn run(&mut self, mut machine: Machine, paused: bool) -> VmmResult {
         let kvm = Arc::new(KvmStatsFds::open(&machine.vm, &machine.vcpus));
+        let hw = self.trace_exits.then(|| HwTrace::start(&mut machine, true));
         let stats = machine.new_stats();
         let stop = self
             .stop_event
@@ -403,6 +414,7 @@ impl Controller {
         self.live = Some(Live {
             vm,
             kvm,
+            hw,
             clock: TickClock::start(),
             started: Instant::now(),
         });
