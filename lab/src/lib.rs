@@ -134,7 +134,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use binaries::{curl_files, firecracker_files, qemu_files, read_static};
+use binaries::{curl_files, firecracker_files, perf_files, qemu_files, read_static};
 pub use binaries::{lab_peer_binary, parse_ldd, subzero_binary};
 
 pub use parse::{Line, ScenarioRun};
@@ -708,6 +708,9 @@ pub fn run_lab(cfg: &Config) -> Result<LabRun, LabError> {
     }
     if needs(scripts::Asset::Curl) {
         assets.extend(curl_files()?);
+    }
+    if needs(scripts::Asset::Perf) {
+        assets.extend(perf_files()?);
     }
     if needs(scripts::Asset::Firecracker) {
         assets.extend(firecracker_files(cfg.firecracker.as_deref())?);
