@@ -124,6 +124,7 @@ pub mod kernel;
 pub mod l2_scripts;
 pub mod parse;
 pub mod payload;
+pub mod perf;
 pub mod qemu;
 pub mod scripts;
 
