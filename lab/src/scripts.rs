@@ -159,6 +159,14 @@ pub const SCENARIOS: &[Scenario] = &[
         ..BOOT
     },
     Scenario {
+        name: "hw-exits",
+        driver: crate::hw_scripts::HW_EXITS_DRIVER,
+        assets: &[Asset::Perf],
+        // Five boots of at most BOOT_TIMEOUT_SECS each, and perf's report.
+        min_timeout: 5 * crate::hw_scripts::BOOT_TIMEOUT_SECS + 30,
+        ..BOOT
+    },
+    Scenario {
         name: "block",
         extra: &["--disk", "path=/tmp/block.img", "--stats"],
         before: "cp /l2/block.img /tmp/block.img\n",
