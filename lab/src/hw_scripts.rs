@@ -21,12 +21,13 @@
 //!    boot's time from that start marker to the guest's `@@L2 INIT`, as the
 //!    lab measures every boot ([`boots`]). Boot 0 is the one under perf.
 //!
-//! Facts for the host (`@@L1 CHECK hw-exits ...`): `TRACEFS_KVM` (`yes`
-//! when tracefs shows `events/kvm/kvm_exit`), `RECORD_RC` and `REPORT_RC`
-//! (perf's exit statuses), or `UNAVAILABLE <why>` when L1 has no perf (the
-//! host has none: `apt-get install linux-perf`). `perf record`'s messages go
-//! to the driver's stderr, prefixed `perf record: `; the report (which perf
-//! prints on stderr) is in its section with any warnings perf gives.
+//! It prints `@@L1 STEP hw-exits ...` before each boot. Facts for the
+//! host (`@@L1 CHECK hw-exits ...`): `TRACEFS_KVM` (`yes` when tracefs
+//! shows `events/kvm/kvm_exit`), `RECORD_RC` and `REPORT_RC` (perf's exit
+//! statuses), or `UNAVAILABLE <why>` when L1 has no perf (the host has
+//! none: `apt-get install linux-perf`). `perf record`'s messages go to the
+//! driver's stderr, prefixed `perf record: `; the report (which perf prints
+//! on stderr) is in its section with any warnings perf gives.
 
 use std::time::Duration;
 
@@ -53,6 +54,7 @@ grep -q '^[^ ]* /sys/kernel/tracing tracefs ' /proc/mounts || mount -t tracefs n
 if [ -e /sys/kernel/tracing/events/kvm/kvm_exit/format ]; then sz_check TRACEFS_KVM yes; else sz_check TRACEFS_KVM no; fi
 
 if [ -x $PERF ]; then
+    sz_step "boot 0: perf kvm stat record -o $DATA -- subzero run ... --stats --stats-format json --stats-out $JSON"
     echo "@@L1 HW_BOOT 0 perf start"
     $PERF kvm stat record -o $DATA -- timeout -s KILL $BOOT_SECS /bin/subzero run --kernel "$SZ_KERNEL" \
         --initrd "$SZ_INITRD" --cmdline "$SZ_CMDLINE" --memory "${SZ_MEM_MIB}M" --vcpus "$SZ_VCPUS" \
@@ -64,6 +66,7 @@ if [ -x $PERF ]; then
     sed 's/^/perf record: /' /tmp/hw.record.err >&2
     $PERF --no-pager kvm -i $DATA stat report --event=vmexit --key=sample >/tmp/hw.report 2>&1
     sz_check REPORT_RC $?
+    sz_step "perf kvm stat report done"
     echo "@@L1 PERF_REPORT begin"
     cat /tmp/hw.report
     echo
@@ -80,6 +83,7 @@ n=0
 for mode in $BOOT_ORDER; do
     n=$((n + 1))
     if [ $mode = traced ]; then set -- --stats; else set -- --stats --no-trace; fi
+    sz_step "boot $n: subzero run ... $*"
     echo "@@L1 HW_BOOT $n $mode start"
     timeout -s KILL $BOOT_SECS /bin/subzero run --kernel "$SZ_KERNEL" --initrd "$SZ_INITRD" \
         --cmdline "$SZ_CMDLINE" --memory "${SZ_MEM_MIB}M" --vcpus "$SZ_VCPUS" "$@" </dev/null 2>/tmp/hw.boot.err
