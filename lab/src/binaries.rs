@@ -1,7 +1,7 @@
 //! The binaries the lab puts into L1: static builds of subzero and
 //! lab-peer, and host binaries with the libraries `ldd` lists: QEMU (for the
-//! microvm benchmark), curl (for the API scenario) and the peer Firecracker
-//! (for the API benchmark).
+//! microvm benchmark), curl (for the API scenario), perf (for the hardware
+//! exit reasons scenario) and the peer Firecracker (for the API benchmark).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -172,6 +172,25 @@ pub(crate) fn curl_files() -> Result<Vec<(String, Vec<u8>, u32)>, LabError> {
     }
     let files = with_libraries(Path::new(scripts::L1_CURL), scripts::L1_CURL, &missing)?;
     log_size("curl", &files);
+    Ok(files)
+}
+
+/// Debian's perf (package `linux-perf`) and its libraries, for the
+/// `hw-exits` scenario's `perf kvm stat`. Nothing when the host has no
+/// perf: the scenario's driver then finds no [`scripts::L1_PERF`] in L1 and
+/// reports why, and its test skips (or fails under CI).
+pub(crate) fn perf_files() -> Result<Vec<(String, Vec<u8>, u32)>, LabError> {
+    if !Path::new(scripts::L1_PERF).is_file() {
+        log(&format!(
+            "no {} on the host (apt-get install linux-perf): the hw-exits scenario will report \
+             perf as unavailable",
+            scripts::L1_PERF
+        ));
+        return Ok(Vec::new());
+    }
+    let missing = |what: &str| LabError::Unavailable(format!("{what} for the hw-exits scenario"));
+    let files = with_libraries(Path::new(scripts::L1_PERF), scripts::L1_PERF, &missing)?;
+    log_size("perf", &files);
     Ok(files)
 }
 

@@ -57,7 +57,7 @@ sz_try() {
 sz_sha() { sha256sum | cut -d' ' -f1; }
 
 case "$sz_scenario" in
-boot | stats | live | vmlinux-*)
+boot | stats | live | hw-exits | vmlinux-*)
     echo "@@L2 UNAME $(uname -r)"
     ;;
 smp)

@@ -13,8 +13,15 @@
 //! with a reason), `stdin` (a token fed through subzero's stdin is echoed
 //! back), `vmlinux-pvh` and `vmlinux-64` (the ELF vmlinux extracted from the
 //! bzImage with `lz4`, booted with its PVH note and with that note hidden),
-//! `stats`, `live`, the virtio devices, and Firecracker's API with a
-//! snapshot and restore:
+//! `stats`, `live`, `hw-exits`, the virtio devices, and Firecracker's API
+//! with a snapshot and restore:
+//! - `hw-exits`: the `boot` guest under `perf kvm stat record` (Debian's
+//!   perf, copied into L1 with its libraries) around `subzero run --stats
+//!   --stats-format json`; perf's report and subzero's `hardware` exit
+//!   reasons ([`perf`]) must agree within 2% for every reason with at least
+//!   100 exits. Then the same guest twice with `--stats` and twice with
+//!   `--stats --no-trace`, taking turns, and the time to the guest's init
+//!   marker of each, printed, never asserted. See [`hw_scripts`].
 //! - `block`: an ext4 `--disk` holding a known file; the guest prints its
 //!   sha256 and writes another file, which L1 reads back from the image
 //!   (loop mount) after subzero exits. Run with `--stats`: the virtio table
@@ -84,7 +91,9 @@
 //! the vmlinux scenarios), `mkfs.ext4` (e2fsprogs, for `block`, `block-ro`
 //! and `rootfs`), cargo to build the static subzero and `lab-peer`, and for
 //! `virtio-bench` also `ldd` and SeaBIOS's `bios-microvm.bin`; `curl` and
-//! `ldd` for `api`; `e2fsck` and `ldd` for `soak`.
+//! `ldd` for `api`; `e2fsck` and `ldd` for `soak`; `/usr/bin/perf`
+//! (Debian's `linux-perf`) and `ldd` for `hw-exits` (without perf that
+//! scenario's test skips, or fails under `CI=true`).
 //!
 //! Environment knobs:
 //! - `SUBZERO_LAB_CACHE`: download/unpack cache (default `<workspace>/.lab-cache`).
@@ -118,12 +127,14 @@ pub mod api_scripts;
 pub mod binaries;
 pub mod cpio;
 pub mod elf;
+pub mod hw_scripts;
 pub mod images;
 pub mod jail_scripts;
 pub mod kernel;
 pub mod l2_scripts;
 pub mod parse;
 pub mod payload;
+pub mod perf;
 pub mod qemu;
 pub mod scripts;
 
@@ -134,7 +145,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use binaries::{curl_files, firecracker_files, qemu_files, read_static};
+use binaries::{curl_files, firecracker_files, perf_files, qemu_files, read_static};
 pub use binaries::{lab_peer_binary, parse_ldd, subzero_binary};
 
 pub use parse::{Line, ScenarioRun};
@@ -709,6 +720,9 @@ pub fn run_lab(cfg: &Config) -> Result<LabRun, LabError> {
     if needs(scripts::Asset::Curl) {
         assets.extend(curl_files()?);
     }
+    if needs(scripts::Asset::Perf) {
+        assets.extend(perf_files()?);
+    }
     if needs(scripts::Asset::Firecracker) {
         assets.extend(firecracker_files(cfg.firecracker.as_deref())?);
     }
@@ -879,7 +893,9 @@ mod tests {
             .iter()
             .filter(|s| s.opt_in)
             .all(|s| s.name.contains("bench") || s.name == "soak"));
-        let api = SCENARIOS.iter().find(|s| s.name == "api").unwrap();
-        assert!(!api.opt_in, "api runs by default");
+        for name in ["api", "hw-exits"] {
+            let sc = SCENARIOS.iter().find(|s| s.name == name).unwrap();
+            assert!(!sc.opt_in, "{name} runs by default");
+        }
     }
 }

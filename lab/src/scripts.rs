@@ -79,6 +79,9 @@ pub enum Asset {
     /// The peer Firecracker binary ([`L1_FIRECRACKER`]) with its
     /// libraries, when the host has one (see `SUBZERO_LAB_FIRECRACKER`).
     Firecracker,
+    /// Debian's perf ([`L1_PERF`], package `linux-perf`) with the libraries
+    /// `ldd` lists, when the host has it.
+    Perf,
     /// The soak's `/l2/soak.env` and the host's e2fsck with its libraries
     /// ([`crate::jail_scripts`]).
     Soak,
@@ -153,6 +156,14 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "live",
         extra: &["--stats-socket", "/tmp/live.sock"],
+        ..BOOT
+    },
+    Scenario {
+        name: "hw-exits",
+        driver: crate::hw_scripts::HW_EXITS_DRIVER,
+        assets: &[Asset::Perf],
+        // Five boots of at most BOOT_TIMEOUT_SECS each, and perf's report.
+        min_timeout: 5 * crate::hw_scripts::BOOT_TIMEOUT_SECS + 30,
         ..BOOT
     },
     Scenario {
@@ -516,6 +527,8 @@ pub const L1_ROOTFS_IMAGE: &str = "/l2/rootfs.img";
 pub const LAB_PEER: &str = "/bin/lab-peer";
 /// curl inside L1 (the host's binary, at the same path).
 pub const L1_CURL: &str = "/usr/bin/curl";
+/// perf inside L1 (the host's binary, at the same path).
+pub const L1_PERF: &str = "/usr/bin/perf";
 /// The peer Firecracker inside L1.
 pub const L1_FIRECRACKER: &str = "/usr/bin/firecracker";
 

@@ -8,7 +8,8 @@
 use std::sync::OnceLock;
 
 use subzero_lab::{
-    api_facts, api_scripts, images, outcome, run_from_env, scripts, LabError, LabRun, ScenarioRun,
+    api_facts, api_scripts, hw_scripts, images, is_ci, outcome, perf, run_from_env, scripts,
+    LabError, LabRun, ScenarioRun,
 };
 
 static RUN: OnceLock<Result<LabRun, LabError>> = OnceLock::new();
@@ -314,6 +315,147 @@ fn subzero_stat_watches_a_booting_guest_live() {
         ctx()
     );
     eprintln!("lab: live view: {refreshes} refreshes; busiest io-out rate {busiest_io:.0}/s");
+}
+
+#[test]
+fn hw_exits_subzero_counts_what_perf_kvm_stat_counts() {
+    let Some(run) = lab() else { return };
+    let Some(sc) = run.scenario("hw-exits") else {
+        return;
+    };
+    let ctx = || run.context(sc);
+    // The boot times first: printed whatever happens below, never asserted.
+    let boots = hw_scripts::boots(sc);
+    let secs = |d: Option<std::time::Duration>| {
+        d.map_or_else(|| "-".to_string(), |d| format!("{:.2}s", d.as_secs_f64()))
+    };
+    let mut table = String::from(
+        "lab: hw-exits: the boot guest, subzero start -> L2 init marker (host clock; numbers only, \
+         never asserted):\n",
+    );
+    for b in &boots {
+        let how = match b.mode.as_str() {
+            "perf" => "perf kvm stat record -- subzero run --stats (json)",
+            "traced" => "subzero run --stats",
+            "no-trace" => "subzero run --stats --no-trace",
+            other => other,
+        };
+        table.push_str(&format!(
+            "  boot {} {:<52} init {:>7}  whole run {:>7}  exit {}\n",
+            b.n,
+            how,
+            secs(b.boot),
+            secs(b.wall),
+            b.rc.map_or_else(|| "-".to_string(), |rc| rc.to_string())
+        ));
+    }
+    for mode in ["traced", "no-trace"] {
+        let t: Vec<f64> = boots
+            .iter()
+            .filter(|b| b.mode == mode && b.rc == Some(0))
+            .filter_map(|b| b.boot.map(|d| d.as_secs_f64()))
+            .collect();
+        if !t.is_empty() {
+            table.push_str(&format!(
+                "  {mode}: mean {:.2}s over {} boots\n",
+                t.iter().sum::<f64>() / t.len() as f64,
+                t.len()
+            ));
+        } else {
+            table.push_str(&format!("  {mode}: no boot reached its init marker\n"));
+        }
+    }
+    for b in boots.iter().filter(|b| b.rc != Some(0)) {
+        let prefix = format!("boot {} ({}): ", b.n, b.mode);
+        if let Some(first) = sc.stderr.iter().find_map(|l| l.strip_prefix(&prefix)) {
+            table.push_str(&format!("  boot {} exited {:?}: {first}\n", b.n, b.rc));
+        }
+    }
+    eprint!("{table}");
+    assert_eq!(
+        sc.l1("TRACEFS_KVM"),
+        Some("yes"),
+        "L1's tracefs should have events/kvm/kvm_exit\n{}",
+        ctx()
+    );
+    if let Some(why) = sc.l1("UNAVAILABLE") {
+        if is_ci() {
+            panic!(
+                "hw-exits: perf is unavailable under CI=true: {why}\n{}",
+                ctx()
+            );
+        }
+        eprintln!("lab: hw-exits: SKIPPING the comparison with perf (set CI=true to make this a failure): {why}");
+        return;
+    }
+    assert_eq!(
+        sc.l1("RECORD_RC"),
+        Some("0"),
+        "perf kvm stat record -- subzero run (see the perf record: lines)\n{}",
+        ctx()
+    );
+    assert!(
+        boots
+            .first()
+            .is_some_and(|b| b.mode == "perf" && b.boot.is_some()),
+        "the guest under perf never reached its init marker\n{}",
+        ctx()
+    );
+    assert_eq!(
+        sc.l1("REPORT_RC"),
+        Some("0"),
+        "perf kvm stat report\n{}",
+        ctx()
+    );
+    let report_text = hw_scripts::section(sc, "PERF_REPORT")
+        .unwrap_or_else(|| panic!("no perf report between its markers\n{}", ctx()));
+    let report = perf::parse_report(&report_text)
+        .unwrap_or_else(|e| panic!("{e}\n--- perf's report ---\n{report_text}\n{}", ctx()));
+    eprintln!(
+        "lab: hw-exits: perf kvm stat report in L1, {} reasons, {} exits:\n{}",
+        report.rows.len(),
+        report.total_samples.unwrap_or(0),
+        report_text.trim_matches('\n')
+    );
+    let json = hw_scripts::section(sc, "STATS_JSON")
+        .unwrap_or_else(|| panic!("no stats JSON between its markers\n{}", ctx()));
+    let hw = match perf::stats_hardware(&json) {
+        Ok(Some(hw)) => hw,
+        Ok(None) => panic!(
+            "subzero's --stats-format json report has no \"hardware\" object: this subzero does not \
+             trace KVM's kvm_exit/kvm_entry tracepoints yet, so there is nothing to compare with \
+             perf's {} reasons above (perf's half of this scenario worked)\n--- subzero's JSON ---\n{json}",
+            report.rows.len()
+        ),
+        Err(e) => panic!("{e}\n--- subzero's JSON ---\n{json}\n{}", ctx()),
+    };
+    let rows = perf::compare(&report, &hw);
+    eprintln!(
+        "lab: hw-exits: perf kvm stat and subzero --stats for the same boot (hardware status {}, \
+         isa {}, {} exits, {} lost):\n{}",
+        hw.status,
+        hw.isa.as_deref().unwrap_or("-"),
+        hw.total_exits
+            .map_or_else(|| "-".to_string(), |n| n.to_string()),
+        hw.lost.map_or_else(|| "-".to_string(), |n| n.to_string()),
+        perf::side_by_side(&rows)
+    );
+    assert_eq!(
+        hw.status,
+        "traced",
+        "subzero's hardware exit tracing in L1 (root, tracefs mounted): {}\n{}",
+        hw.note.as_deref().unwrap_or("no note"),
+        ctx()
+    );
+    let off = perf::disagreements(&rows, perf::MIN_SAMPLES, perf::TOLERANCE);
+    assert!(
+        off.is_empty(),
+        "reasons with at least {} exits in perf's table whose subzero count is more than {}% \
+         from perf's: {off:#?}\n{}",
+        perf::MIN_SAMPLES,
+        perf::TOLERANCE * 100.0,
+        ctx()
+    );
 }
 
 /// `sc.l2(key)` starts with "ok" (a `sz_try` in the guest succeeded).
