@@ -639,6 +639,8 @@ pub fn l1_init(
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
+# As on a systemd host: --stats reads KVM's tracepoints through tracefs.
+mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
 echo "@@L1 INIT uptime=$(cut -d' ' -f1 /proc/uptime)"
 if grep -qw svm /proc/cpuinfo; then echo "@@L1 SVM yes"; else echo "@@L1 SVM no"; fi
 if grep -qw npt /proc/cpuinfo; then echo "@@L1 NPT yes"; else echo "@@L1 NPT no"; fi

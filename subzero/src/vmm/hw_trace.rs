@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 use super::Machine;
+use crate::arch::x86_64::layout::{APIC_START, IOAPIC_START};
 use crate::bus::Buses;
 use crate::stats::hardware::{HwVcpu, Regions};
 use crate::stats::hw_report::{HardwareReport, HwStatus};
@@ -21,8 +22,8 @@ pub struct HwTrace {
     note: Option<String>,
 }
 
-/// RAM and every MMIO device window of `machine`, for classifying nested
-/// page faults.
+/// RAM, every MMIO device window of `machine` and KVM's IOAPIC and LAPIC
+/// pages, for classifying nested page faults.
 pub fn regions(machine: &Machine) -> Regions {
     let mut ranges: Vec<(u64, u64, String)> = machine
         .memory
@@ -36,6 +37,9 @@ pub fn regions(machine: &Machine) -> Regions {
             .ranges()
             .map(|(name, base, len)| (base, len, name.to_string())),
     );
+    // KVM's in-kernel interrupt controllers, emulated on nested page faults.
+    ranges.push((IOAPIC_START, 0x1000, "ioapic (in KVM)".into()));
+    ranges.push((APIC_START, 0x1000, "lapic (in KVM)".into()));
     Regions::new(ranges)
 }
 
