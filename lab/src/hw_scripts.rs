@@ -36,7 +36,9 @@ use crate::parse::ScenarioRun;
 /// The modes of the timed boots, in order: `traced` is `--stats`,
 /// `no-trace` is `--stats --no-trace`. Alternating (ABBA) evens out drift
 /// in L1's speed.
-pub const BOOT_ORDER: &[&str] = &["traced", "no-trace", "no-trace", "traced"];
+pub const BOOT_ORDER: &[&str] = &[
+    "traced", "no-trace", "no-trace", "traced", "traced", "no-trace",
+];
 
 /// Seconds each of the driver's VMMs may run before it is killed.
 pub const BOOT_TIMEOUT_SECS: u64 = 90;
@@ -47,7 +49,7 @@ pub const HW_EXITS_DRIVER: &str = r#"PERF=/usr/bin/perf
 DATA=/tmp/hw.perf.data
 JSON=/tmp/hw.json
 BOOT_SECS=90
-BOOT_ORDER="traced no-trace no-trace traced"
+BOOT_ORDER="traced no-trace no-trace traced traced no-trace"
 rm -f $DATA $JSON /tmp/hw.*
 
 grep -q '^[^ ]* /sys/kernel/tracing tracefs ' /proc/mounts || mount -t tracefs none /sys/kernel/tracing

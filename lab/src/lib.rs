@@ -19,7 +19,7 @@
 //!   perf, copied into L1 with its libraries) around `subzero run --stats
 //!   --stats-format json`; perf's report and subzero's `hardware` exit
 //!   reasons ([`perf`]) must agree within 2% for every reason with at least
-//!   100 exits. Then the same guest twice with `--stats` and twice with
+//!   100 exits. Then the same guest three times with `--stats` and three times with
 //!   `--stats --no-trace`, taking turns, and the time to the guest's init
 //!   marker of each, printed, never asserted. See [`hw_scripts`].
 //! - `block`: an ext4 `--disk` holding a known file; the guest prints its

@@ -163,7 +163,7 @@ pub const SCENARIOS: &[Scenario] = &[
         driver: crate::hw_scripts::HW_EXITS_DRIVER,
         assets: &[Asset::Perf],
         // Five boots of at most BOOT_TIMEOUT_SECS each, and perf's report.
-        min_timeout: 5 * crate::hw_scripts::BOOT_TIMEOUT_SECS + 30,
+        min_timeout: 7 * crate::hw_scripts::BOOT_TIMEOUT_SECS + 30,
         ..BOOT
     },
     Scenario {

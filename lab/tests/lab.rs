@@ -350,15 +350,16 @@ fn hw_exits_subzero_counts_what_perf_kvm_stat_counts() {
         ));
     }
     for mode in ["traced", "no-trace"] {
-        let t: Vec<f64> = boots
+        let mut t: Vec<f64> = boots
             .iter()
             .filter(|b| b.mode == mode && b.rc == Some(0))
             .filter_map(|b| b.boot.map(|d| d.as_secs_f64()))
             .collect();
+        t.sort_by(f64::total_cmp);
         if !t.is_empty() {
             table.push_str(&format!(
-                "  {mode}: mean {:.2}s over {} boots\n",
-                t.iter().sum::<f64>() / t.len() as f64,
+                "  {mode}: median {:.2}s over {} boots (alternating order)\n",
+                t[t.len() / 2],
                 t.len()
             ));
         } else {
