@@ -433,3 +433,128 @@ fn run_stats_shows_hardware_exits_under_the_seccomp_filters() {
     assert_eq!(hw["status"], "off", "{hw}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Code that prints `text` on the serial port and powers off.
+fn print_and_power_off(text: &[u8]) -> Vec<u8> {
+    use subzero::arch::x86_64::layout::ports;
+    let mut code = vec![0x66, 0xba, 0xf8, 0x03]; // mov dx, 0x3f8
+    for c in text {
+        code.extend_from_slice(&[0xb0, *c, 0xee]); // mov al, c; out dx, al
+    }
+    let [lo, hi] = ports::ACPI_SLEEP_CONTROL.to_le_bytes();
+    let value = (ports::ACPI_S5_SLEEP_TYPE << 2) | 0x20;
+    code.extend_from_slice(&[0x66, 0xba, lo, hi, 0xb0, value, 0xee]);
+    code.extend_from_slice(&[0xf4, 0xeb, 0xfd]); // hlt; jmp hlt
+    code
+}
+
+/// An ELF64 vmlinux (no PVH note: entered at its 64-bit entry) of `code`
+/// at 1 MiB.
+fn tiny_vmlinux(code: &[u8]) -> Vec<u8> {
+    const AT: u64 = 0x10_0000;
+    let mut b = vec![0u8; 120];
+    b[..7].copy_from_slice(b"\x7fELF\x02\x01\x01");
+    b[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    b[18..20].copy_from_slice(&0x3eu16.to_le_bytes()); // EM_X86_64
+    b[20..24].copy_from_slice(&1u32.to_le_bytes());
+    b[24..32].copy_from_slice(&AT.to_le_bytes()); // e_entry
+    b[32..40].copy_from_slice(&64u64.to_le_bytes()); // e_phoff
+    b[52..54].copy_from_slice(&64u16.to_le_bytes()); // e_ehsize
+    b[54..56].copy_from_slice(&56u16.to_le_bytes()); // e_phentsize
+    b[56..58].copy_from_slice(&1u16.to_le_bytes()); // e_phnum
+    let p = &mut b[64..120];
+    p[0..4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    p[4..8].copy_from_slice(&5u32.to_le_bytes()); // R+X
+    p[8..16].copy_from_slice(&120u64.to_le_bytes()); // p_offset
+    p[16..24].copy_from_slice(&AT.to_le_bytes()); // p_vaddr
+    p[24..32].copy_from_slice(&AT.to_le_bytes()); // p_paddr
+    p[32..40].copy_from_slice(&(code.len() as u64).to_le_bytes()); // p_filesz
+    p[40..48].copy_from_slice(&(code.len() as u64).to_le_bytes()); // p_memsz
+    b.extend_from_slice(code);
+    b
+}
+
+/// A bzImage whose own 64-bit entry prints "guest-unpacked" and whose
+/// gzip payload is a vmlinux that prints "host-unpacked".
+fn two_faced_bzimage(path: &Path) {
+    use std::io::Write;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&tiny_vmlinux(&print_and_power_off(b"host-unpacked\n")))
+        .unwrap();
+    let payload = gz.finish().unwrap();
+    let mut pm = vec![0u8; 0x200];
+    pm.extend(print_and_power_off(b"guest-unpacked\n"));
+    pm.resize(0x400, 0);
+    pm.extend_from_slice(&payload);
+    common::fake_bzimage(path, &pm);
+    let mut img = std::fs::read(path).unwrap();
+    img[0x248..0x24c].copy_from_slice(&0x400u32.to_le_bytes()); // payload_offset
+    img[0x24c..0x250].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    std::fs::write(path, img).unwrap();
+}
+
+#[test]
+fn a_bzimage_is_unpacked_on_the_host_and_cached_unless_told_not_to() {
+    if !common::kvm_available() {
+        return;
+    }
+    let dir = common::scratch("hostunpack");
+    let kernel = dir.join("bzImage");
+    two_faced_bzimage(&kernel);
+    let cache = dir.join("cache");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--memory",
+            "64M",
+        ];
+        args.extend_from_slice(extra);
+        let out = Command::new(env!("CARGO_BIN_EXE_subzero"))
+            .args(&args)
+            .env("SUBZERO_CACHE_DIR", &cache)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{stderr}");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    assert_eq!(run(&[]), "host-unpacked\n");
+    let entries: Vec<_> = std::fs::read_dir(cache.join("vmlinux"))
+        .expect("the cache directory exists")
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert!(
+        entries[0].ends_with(".elf") && entries[0].len() == 64 + 4,
+        "{entries:?}"
+    );
+    // From the cache, the same kernel.
+    assert_eq!(run(&[]), "host-unpacked\n");
+    // Opted out: the bzImage's own code runs.
+    assert_eq!(run(&["--no-host-decompress"]), "guest-unpacked\n");
+    // A payload that cannot be unpacked boots the ordinary way, and says so.
+    let mut img = std::fs::read(&kernel).unwrap();
+    let start = 2 * 512 + 0x400;
+    img[start + 20..start + 40].fill(0x55);
+    std::fs::write(&kernel, img).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_subzero"))
+        .args([
+            "run",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--memory",
+            "64M",
+        ])
+        .env("SUBZERO_CACHE_DIR", &cache)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "guest-unpacked\n");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("not unpacked on the host") && stderr.contains("gzip payload"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

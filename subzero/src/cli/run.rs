@@ -113,6 +113,11 @@ pub struct RunArgs {
     /// the hardware exit reasons.
     #[arg(long)]
     no_trace: bool,
+    /// Boot a bzImage as given, letting it unpack itself in the guest,
+    /// instead of unpacking its payload on the host (and caching the
+    /// result in ~/.cache/subzero, or $SUBZERO_CACHE_DIR).
+    #[arg(long)]
+    no_host_decompress: bool,
 }
 
 fn parse_memory(s: &str) -> Result<u64, String> {
@@ -209,6 +214,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .vm_config()
         .map_err(|e| anyhow::anyhow!(e.for_cli()))?;
     cfg.devices.mmio_cmdline = args.virtio_cmdline;
+    cfg.host_unpack = !args.no_host_decompress;
     // Without id=, a disk's serial is its file name, cut to what virtio-blk
     // holds; the drive_id above only names it.
     for (disk, arg) in cfg.devices.disks.iter_mut().zip(&args.disk) {

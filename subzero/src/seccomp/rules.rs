@@ -181,6 +181,13 @@ const VMM: &[i64] = &[
     libc::SYS_flock,
     libc::SYS_unlink,
     libc::SYS_unlinkat,
+    // The unpacked-kernel cache: its directory, and entries renamed into
+    // place.
+    libc::SYS_mkdir,
+    libc::SYS_mkdirat,
+    libc::SYS_rename,
+    libc::SYS_renameat,
+    libc::SYS_renameat2,
     libc::SYS_readlink,
     libc::SYS_readlinkat,
     libc::SYS_getcwd,

@@ -200,6 +200,58 @@ pub fn setup_boot_vcpu(
     Ok(())
 }
 
+/// Loads the kernel: a bzImage unpacked on the host when it can be (see
+/// [`super::kernel_cache`]), else as given.
+fn load_kernel(
+    cfg: &VmConfig,
+    mem: &GuestMemoryMmap,
+    low_end: u64,
+) -> Result<boot::LoadedKernel, BuildError> {
+    let path = &cfg.kernel;
+    if !cfg.host_unpack || boot::probe_kernel(path)? != boot::KernelFormat::BzImage {
+        return Ok(boot::load_kernel(mem, path, low_end)?);
+    }
+    let image = crate::files::read_regular(path, boot::MAX_IMAGE).map_err(|source| {
+        boot::BootError::Read {
+            what: "kernel",
+            path: path.clone(),
+            source,
+        }
+    })?;
+    let why = match super::kernel_cache::unpacked(&image, cfg.kernel_cache.as_deref()) {
+        Ok(u) => match boot::load_elf_image(mem, &u.vmlinux, path, low_end) {
+            Ok(kernel) => {
+                log::info!(
+                    "kernel {}: {} payload {} on the host ({} MiB vmlinux)",
+                    path.display(),
+                    u.format.name(),
+                    if u.cached {
+                        "read from the cache"
+                    } else {
+                        "unpacked"
+                    },
+                    u.vmlinux.len() >> 20
+                );
+                return Ok(kernel);
+            }
+            Err(e) => e.to_string(),
+        },
+        Err(super::kernel_cache::Skip::NoPayload(why)) => {
+            log::info!(
+                "kernel {}: not unpacked on the host ({why})",
+                path.display()
+            );
+            return Ok(boot::load_kernel(mem, path, low_end)?);
+        }
+        Err(super::kernel_cache::Skip::Failed(why)) => why,
+    };
+    log::warn!(
+        "kernel {}: not unpacked on the host ({why}); it unpacks itself in the guest          (--no-host-decompress says so up front)",
+        path.display()
+    );
+    Ok(boot::load_kernel(mem, path, low_end)?)
+}
+
 /// Loads the kernel, initrd and command line, writes the firmware tables
 /// and boot information, and returns how to enter the kernel.
 fn load_guest(
@@ -209,7 +261,7 @@ fn load_guest(
     virtio: &VirtioDevices,
 ) -> Result<BootEntry, BuildError> {
     let low_end = low_ram_end(cfg.memory);
-    let kernel = boot::load_kernel(mem, &cfg.kernel, low_end)?;
+    let kernel = load_kernel(cfg, mem, low_end)?;
     let initrd = match &cfg.initrd {
         Some(path) => Some(boot::load_initrd(mem, path, &kernel, low_end)?),
         None => None,

@@ -30,6 +30,11 @@ pub struct VmConfig {
     pub vcpus: u64,
     /// Virtio devices.
     pub devices: DevicesConfig,
+    /// Unpack a bzImage's payload on the host and boot the vmlinux (the
+    /// default; `--no-host-decompress` turns it off).
+    pub host_unpack: bool,
+    /// Where unpacked kernels are kept (none: unpack at every boot).
+    pub kernel_cache: Option<PathBuf>,
 }
 
 /// The virtio devices of a VM.

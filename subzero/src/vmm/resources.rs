@@ -503,6 +503,8 @@ impl VmResources {
                 rng: self.entropy.is_some(),
                 mmio_cmdline: false,
             },
+            host_unpack: true,
+            kernel_cache: super::kernel_cache::default_dir(),
         })
     }
 }

@@ -153,7 +153,7 @@ pub enum BootError {
 
 /// Largest kernel or initrd read: more than any guest Subzero builds holds
 /// below 4 GiB.
-const MAX_IMAGE: u64 = 4 << 30;
+pub const MAX_IMAGE: u64 = 4 << 30;
 
 fn open(what: &'static str, path: &Path) -> Result<(File, u64), BootError> {
     crate::files::open_regular(path, MAX_IMAGE).map_err(|source| BootError::Read {
@@ -229,24 +229,7 @@ pub fn load_kernel(
     };
     let himem = Some(GuestAddress(HIMEM_START));
     if format == KernelFormat::Elf {
-        let loaded = Elf::load(mem, None, &mut file, himem).map_err(corrupt)?;
-        // A segment's memory size may reach past its file size (the bss):
-        // linux-loader writes only the file's part, so check the rest fits.
-        if loaded.kernel_end > low_ram_end {
-            return Err(too_big(loaded.kernel_end));
-        }
-        let (kind, entry) = match loaded.pvh_boot_cap {
-            PvhBootCapability::PvhEntryPresent(addr) => (KernelKind::ElfPvh, addr.0),
-            _ => (KernelKind::Elf64, loaded.kernel_load.0),
-        };
-        return Ok(LoadedKernel {
-            kind,
-            entry,
-            end: loaded.kernel_end,
-            header: None,
-            cmdline_max: CMDLINE_MAX_SIZE - 1,
-            initrd_addr_max: ELF_INITRD_ADDR_MAX,
-        });
+        return load_elf(mem, &mut file, path, low_ram_end);
     }
     check_bzimage_length(&file, len, path)?;
     let loaded = BzImage::load(mem, himem, &mut file, himem).map_err(corrupt)?;
@@ -285,6 +268,60 @@ pub fn load_kernel(
         header: Some(hdr),
         cmdline_max: (hdr.cmdline_size as usize).min(CMDLINE_MAX_SIZE - 1),
         initrd_addr_max: u64::from(hdr.initrd_addr_max),
+    })
+}
+
+/// Loads the ELF vmlinux `image`, unpacked from the bzImage at `path`.
+pub fn load_elf_image(
+    mem: &GuestMemoryMmap,
+    image: &[u8],
+    path: &Path,
+    low_ram_end: u64,
+) -> Result<LoadedKernel, BootError> {
+    if (image.len() as u64).saturating_add(HIMEM_START) > low_ram_end {
+        return Err(BootError::KernelTooBig {
+            path: path.to_path_buf(),
+            need_mib: (image.len() as u64 + HIMEM_START).div_ceil(MIB),
+            have_mib: low_ram_end / MIB,
+        });
+    }
+    load_elf(mem, &mut std::io::Cursor::new(image), path, low_ram_end)
+}
+
+fn load_elf<F>(
+    mem: &GuestMemoryMmap,
+    image: &mut F,
+    path: &Path,
+    low_ram_end: u64,
+) -> Result<LoadedKernel, BootError>
+where
+    F: Read + vm_memory::ReadVolatile + std::io::Seek,
+{
+    let himem = Some(GuestAddress(HIMEM_START));
+    let loaded = Elf::load(mem, None, image, himem).map_err(|source| BootError::Corrupt {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    // A segment's memory size may reach past its file size (the bss):
+    // linux-loader writes only the file's part, so check the rest fits.
+    if loaded.kernel_end > low_ram_end {
+        return Err(BootError::KernelTooBig {
+            path: path.to_path_buf(),
+            need_mib: loaded.kernel_end.div_ceil(MIB),
+            have_mib: low_ram_end / MIB,
+        });
+    }
+    let (kind, entry) = match loaded.pvh_boot_cap {
+        PvhBootCapability::PvhEntryPresent(addr) => (KernelKind::ElfPvh, addr.0),
+        _ => (KernelKind::Elf64, loaded.kernel_load.0),
+    };
+    Ok(LoadedKernel {
+        kind,
+        entry,
+        end: loaded.kernel_end,
+        header: None,
+        cmdline_max: CMDLINE_MAX_SIZE - 1,
+        initrd_addr_max: ELF_INITRD_ADDR_MAX,
     })
 }
 

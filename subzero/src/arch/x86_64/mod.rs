@@ -13,5 +13,6 @@ pub mod msr;
 pub mod paging;
 pub mod regs;
 pub mod reset_vector;
+pub mod unpack;
 pub mod vcpu_state;
 pub mod vm_state;
