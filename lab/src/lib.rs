@@ -125,6 +125,7 @@
 pub mod api_facts;
 pub mod api_scripts;
 pub mod binaries;
+pub mod boot_facts;
 pub mod boot_scripts;
 pub mod cpio;
 pub mod elf;
