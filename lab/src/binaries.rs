@@ -1,7 +1,8 @@
 //! The binaries the lab puts into L1: static builds of subzero and
 //! lab-peer, and host binaries with the libraries `ldd` lists: QEMU (for the
-//! microvm benchmark), curl (for the API scenario), perf (for the hardware
-//! exit reasons scenario) and the peer Firecracker (for the API benchmark).
+//! microvm benchmarks), curl (for the API scenario), perf (for the hardware
+//! exit reasons scenario and the boot benchmark) and the peer Firecracker
+//! (for the API and boot benchmarks).
 
 use std::fs;
 use std::path::{Path, PathBuf};
