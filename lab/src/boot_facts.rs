@@ -201,9 +201,10 @@ pub fn flag_unknown(error: &str) -> bool {
 pub struct Row {
     /// The VMM.
     pub vmm: String,
-    /// Total (start to init marker) of each timed round, in seconds, in
-    /// round order; none for a round whose boot failed or is missing.
-    pub rounds: Vec<Option<f64>>,
+    /// Each timed round, in round order: its boot's total (start to init
+    /// marker, seconds), `Some(None)` if that boot never reached init,
+    /// `None` if there was no boot.
+    pub rounds: Vec<Option<Option<f64>>>,
     /// Medians over the timed rounds' boots that reached init, in seconds.
     pub median_total: Option<f64>,
     /// See [`Row::median_total`].
@@ -240,8 +241,7 @@ pub fn summarize(boots: &[Boot], vmms: &[String]) -> Vec<Row> {
                         let phase = format!("round{r}");
                         all.iter()
                             .find(|b| b.phase == phase)
-                            .and_then(|b| b.total)
-                            .map(|t| t.as_secs_f64())
+                            .map(|b| b.total.map(|t| t.as_secs_f64()))
                     })
                     .collect(),
                 median_total: med(&|b| b.total.map(|t| t.as_secs_f64())),
@@ -284,11 +284,12 @@ pub fn table(rows: &[Row]) -> String {
     for r in rows {
         let _ = write!(s, "  {:<25}", r.vmm);
         for t in &r.rounds {
-            let _ = write!(
-                s,
-                " {:>8}",
-                t.map_or_else(|| "failed".into(), |t| format!("{t:.2}"))
-            );
+            let t = match t {
+                None => "-".into(),
+                Some(None) => "failed".into(),
+                Some(Some(t)) => format!("{t:.2}"),
+            };
+            let _ = write!(s, " {t:>8}");
         }
         let ratio = |base: Option<f64>| cell(r.median_total.zip(base).map(|(t, b)| t / b), 2);
         let _ = writeln!(
@@ -688,7 +689,7 @@ Total Samples:1000, Total events handled time:23000.00us.
         let b = boots(&sc);
         let rows = summarize(&b, &vmms(&sc, &b));
         let sz = &rows[0];
-        assert_eq!(sz.rounds, [Some(1.5), Some(1.0), None]);
+        assert_eq!(sz.rounds, [Some(Some(1.5)), Some(Some(1.0)), None]);
         assert_eq!(sz.median_total, Some(1.25));
         // (1.5 - 1.25, 1.0 - 0.25): 0.25 and 0.75.
         assert_eq!(sz.median_before_kernel, Some(0.5));
@@ -702,11 +703,12 @@ Total Samples:1000, Total events handled time:23000.00us.
         let fc = &rows[2];
         assert_eq!(fc.median_total, None);
         assert_eq!(fc.error, None);
+        assert_eq!(fc.rounds, [Some(None), None, None]);
         let t = table(&rows);
         let sz_line: Vec<&str> = t.lines().nth(1).unwrap().split_whitespace().collect();
         assert_eq!(
             sz_line,
-            ["subzero", "1.50", "1.00", "failed", "1.25", "0.50", "0.75", "3.0", "-", "-"]
+            ["subzero", "1.50", "1.00", "-", "1.25", "0.50", "0.75", "3.0", "-", "-"]
         );
         assert!(
             t.contains("subzero-guest-decompress: 1 of 1 boots failed: error: unexpected argument")

@@ -1232,22 +1232,34 @@ fn boot_bench_times_each_vmm_to_init_with_its_memory_and_the_kernels_own_timings
         "lab: boot-bench: every boot (seconds):\n{}",
         boot_facts::boot_list(&boots)
     );
+    if sc.exit_code != Some(0) {
+        eprintln!(
+            "lab: boot-bench: the driver did not finish ({}): the figures above are what it got \
+             to",
+            sc.exit_code
+                .map_or_else(|| "no end".to_string(), |rc| format!("exit {rc}"))
+        );
+    }
     let diag = |vmm: &str| {
         boots
             .iter()
             .find(|b| b.vmm == vmm && b.phase == "diag")
             .map(boot_facts::diag)
-            .unwrap_or_default()
     };
-    eprintln!(
-        "lab: boot-bench: one boot each with `{}`: dmesg timestamps and the 15 longest \
-         initcalls:\n{}",
-        boot_scripts::DIAG_CMDLINE,
-        boot_facts::diag_side_by_side(
-            ["subzero", "firecracker"],
-            [&diag("subzero"), &diag("firecracker")]
-        )
-    );
+    let (dz, df) = (diag("subzero"), diag("firecracker"));
+    if dz.is_some() || df.is_some() {
+        eprintln!(
+            "lab: boot-bench: one boot each with `{}`: dmesg timestamps and the 15 longest \
+             initcalls:\n{}",
+            boot_scripts::DIAG_CMDLINE,
+            boot_facts::diag_side_by_side(
+                ["subzero", "firecracker"],
+                [&dz.unwrap_or_default(), &df.unwrap_or_default()]
+            )
+        );
+    } else {
+        eprintln!("lab: boot-bench: no diagnostic (initcall_debug) boot ran");
+    }
     let mut reports = Vec::new();
     for vmm in ["subzero", "firecracker"] {
         let Some(text) = hw_scripts::section(sc, &format!("PERF_REPORT {vmm}")) else {
@@ -1268,6 +1280,8 @@ fn boot_bench_times_each_vmm_to_init_with_its_memory_and_the_kernels_own_timings
     }
     if let Some(why) = sc.l1("PERF_UNAVAILABLE") {
         eprintln!("lab: boot-bench: no perf kvm stat: {why}");
+    } else if reports.iter().all(Option::is_none) {
+        eprintln!("lab: boot-bench: no perf kvm stat report to compare");
     } else {
         eprintln!(
             "lab: boot-bench: exits by reason, one boot each under perf kvm stat:\n{}",
