@@ -89,8 +89,9 @@
 //! `boot-bench` (opt-in) boots the same guest (the bzImage, the L2
 //! initramfs, 3 vCPUs, 384 MiB, `console=ttyS0 quiet panic=-1 reboot=k`)
 //! under subzero, subzero `--no-host-decompress`, the peer Firecracker
-//! (`--no-api --config-file`, when the host has it) and QEMU's microvm in one
-//! L1: a warm-up boot of each, then 3 rounds in rotating order. For each
+//! (`--no-api --config-file`, when the host has it) and QEMU's microvm (with
+//! an i8042 for the guest's `reboot=k` reset) in one L1: a warm-up boot of
+//! each, then 3 rounds in rotating order. For each
 //! boot it prints the time from the VMM's start to the guest's init marker
 //! (host clock), the guest's `/proc/uptime` at init and the difference
 //! (before the kernel), and the VMM's Rss outside guest RAM (from
