@@ -1,7 +1,8 @@
 //! The binaries the lab puts into L1: static builds of subzero and
 //! lab-peer, and host binaries with the libraries `ldd` lists: QEMU (for the
-//! microvm benchmark), curl (for the API scenario), perf (for the hardware
-//! exit reasons scenario) and the peer Firecracker (for the API benchmark).
+//! microvm benchmarks), curl (for the API scenario), perf (for the hardware
+//! exit reasons scenario and the boot benchmark) and the peer Firecracker
+//! (for the API and boot benchmarks).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -135,11 +136,12 @@ fn log_size(what: &str, files: &[(String, Vec<u8>, u32)]) {
     ));
 }
 
-/// The host's QEMU for the virtio benchmark in L1: the binary and its
+/// The host's QEMU for the virtio and boot benchmarks in L1: the binary and its
 /// libraries ([`with_libraries`]), the microvm SeaBIOS and QEMU's
 /// `linuxboot_dma.bin`.
 pub(crate) fn qemu_files() -> Result<Vec<(String, Vec<u8>, u32)>, LabError> {
-    let missing = |what: &str| LabError::Unavailable(format!("{what} for the virtio benchmark"));
+    let missing =
+        |what: &str| LabError::Unavailable(format!("{what} for virtio-bench or boot-bench"));
     if !Path::new(scripts::L1_QEMU).is_file() {
         return Err(missing(
             "/usr/bin/qemu-system-x86_64 (apt-get install qemu-system-x86)",
@@ -208,15 +210,15 @@ pub(crate) fn e2fsck_files() -> Result<Vec<(String, Vec<u8>, u32)>, LabError> {
 
 /// The peer Firecracker (a dynamically linked binary, see
 /// `shared/peers/README.md`) and its libraries, at [`scripts::L1_FIRECRACKER`];
-/// nothing when `peer` is `None` (the benchmark then measures subzero only).
+/// nothing when `peer` is `None` (the benchmarks then leave it out).
 pub(crate) fn firecracker_files(
     peer: Option<&Path>,
 ) -> Result<Vec<(String, Vec<u8>, u32)>, LabError> {
     let Some(path) = peer else {
-        log("no peer Firecracker (SUBZERO_LAB_FIRECRACKER or ../shared/peers/firecracker): the API benchmark measures subzero only");
+        log("no peer Firecracker (SUBZERO_LAB_FIRECRACKER or ../shared/peers/firecracker): the benchmarks (api-bench, boot-bench) leave it out");
         return Ok(Vec::new());
     };
-    let missing = |what: &str| LabError::Unavailable(format!("{what} for the API benchmark"));
+    let missing = |what: &str| LabError::Unavailable(format!("{what} for the peer Firecracker"));
     let files = with_libraries(path, scripts::L1_FIRECRACKER, &missing)?;
     log_size(&format!("Firecracker ({})", path.display()), &files);
     Ok(files)

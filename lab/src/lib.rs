@@ -86,11 +86,29 @@
 //! copied into L1 with its libraries and measured the same way in the same
 //! run, the two VMMs taking turns; figures are medians of 3 to 5.
 //!
+//! `boot-bench` (opt-in) boots the same guest (the bzImage, the L2
+//! initramfs, 3 vCPUs, 384 MiB, `console=ttyS0 quiet panic=-1 reboot=k`)
+//! under subzero, subzero `--no-host-decompress`, the peer Firecracker
+//! (`--no-api --config-file`, when the host has it) and QEMU's microvm (with
+//! an i8042 for the guest's `reboot=k` reset) in one L1: a warm-up boot of
+//! each, then 3 rounds in rotating order. For each
+//! boot it prints the time from the VMM's start to the guest's init marker
+//! (host clock), the guest's `/proc/uptime` at init and the difference
+//! (before the kernel), and the VMM's Rss outside guest RAM (from
+//! `/proc/<pid>/smaps` while the guest holds at init); then the medians and
+//! each VMM's ratio to Firecracker and to QEMU. After the rounds, one boot
+//! each of subzero and Firecracker with `initcall_debug printk.time=1`
+//! (the 15 longest initcalls and the dmesg times of the early milestones,
+//! side by side) and one each under `perf kvm stat record` (exits by
+//! reason, side by side). Numbers only; the test asserts only that every
+//! VMM booted at least once (a subzero that rejects `--no-host-decompress`
+//! may fail that variant). See [`boot_scripts`] and [`boot_facts`].
+//!
 //! Host tools: `qemu-system-x86_64`, `/bin/busybox` (static), `gzip`,
 //! `apt-get`/`apt-cache`/`dpkg-deb` (until the kernel is cached), `lz4` (for
 //! the vmlinux scenarios), `mkfs.ext4` (e2fsprogs, for `block`, `block-ro`
 //! and `rootfs`), cargo to build the static subzero and `lab-peer`, and for
-//! `virtio-bench` also `ldd` and SeaBIOS's `bios-microvm.bin`; `curl` and
+//! `virtio-bench` and `boot-bench` also `ldd` and SeaBIOS's `bios-microvm.bin`; `curl` and
 //! `ldd` for `api`; `e2fsck` and `ldd` for `soak`; `/usr/bin/perf`
 //! (Debian's `linux-perf`) and `ldd` for `hw-exits` (without perf that
 //! scenario's test skips, or fails under `CI=true`).
@@ -100,10 +118,10 @@
 //! - `SUBZERO_LAB_BIN`: use this static subzero instead of building one.
 //! - `SUBZERO_LAB_SCENARIOS`: comma-separated scenarios to run (default:
 //!   every scenario except the opt-in `bench`, `virtio-bench`,
-//!   `api-bench` and `soak`: see [`scripts::SCENARIOS`]). `virtio-bench` also selects
+//!   `api-bench`, `boot-bench` and `soak`: see [`scripts::SCENARIOS`]). `virtio-bench` also selects
 //!   `virtio-bench-qemu`.
 //! - `SUBZERO_LAB_FIRECRACKER`: the peer Firecracker binary for `api-bench`
-//!   (default `<workspace>/../shared/peers/firecracker` when it exists; it
+//!   and `boot-bench` (default `<workspace>/../shared/peers/firecracker` when it exists; it
 //!   goes into L1's initramfs only, never into the repository).
 //! - `SUBZERO_LAB_SCENARIO_TIMEOUT`: seconds per scenario inside L1 (default
 //!   60; a scenario that needs more, such as `api`, has its own minimum).
@@ -125,6 +143,8 @@
 pub mod api_facts;
 pub mod api_scripts;
 pub mod binaries;
+pub mod boot_facts;
+pub mod boot_scripts;
 pub mod cpio;
 pub mod elf;
 pub mod hw_scripts;

@@ -77,7 +77,8 @@ pub enum Asset {
     /// The host's `/usr/bin/curl` with the libraries `ldd` lists.
     Curl,
     /// The peer Firecracker binary ([`L1_FIRECRACKER`]) with its
-    /// libraries, when the host has one (see `SUBZERO_LAB_FIRECRACKER`).
+    /// libraries, when the host has one (see `SUBZERO_LAB_FIRECRACKER`),
+    /// for `api-bench` and `boot-bench`.
     Firecracker,
     /// Debian's perf ([`L1_PERF`], package `linux-perf`) with the libraries
     /// `ldd` lists, when the host has it.
@@ -284,6 +285,19 @@ rm -f /tmp/rootfs.img
         assets: &[Asset::Firecracker],
         opt_in: true,
         min_timeout: 1200,
+        ..BOOT
+    },
+    Scenario {
+        name: "boot-bench",
+        vcpus: crate::boot_scripts::VCPUS,
+        memory_mib: crate::boot_scripts::MEMORY_MIB,
+        cmdline_extra: "reboot=k",
+        driver: crate::boot_scripts::BOOT_BENCH_DRIVER,
+        after: "sz_reap\nrm -f /tmp/bb.*\n",
+        assets: &[Asset::Qemu, Asset::Firecracker, Asset::Perf],
+        opt_in: true,
+        // Every boot at its timeout, and two perf reports.
+        min_timeout: crate::boot_scripts::TIMEOUT_SECS,
         ..BOOT
     },
     Scenario {

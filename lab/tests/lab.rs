@@ -8,8 +8,8 @@
 use std::sync::OnceLock;
 
 use subzero_lab::{
-    api_facts, api_scripts, hw_scripts, images, is_ci, outcome, perf, run_from_env, scripts,
-    LabError, LabRun, ScenarioRun,
+    api_facts, api_scripts, boot_facts, boot_scripts, hw_scripts, images, is_ci, outcome, perf,
+    run_from_env, scripts, LabError, LabRun, ScenarioRun,
 };
 
 static RUN: OnceLock<Result<LabRun, LabError>> = OnceLock::new();
@@ -1201,6 +1201,120 @@ fn api_benchmark_against_firecracker() {
         "the benchmark gave no subzero restore figure or failed\n{}",
         run.context(sc)
     );
+}
+
+#[test]
+fn boot_bench_times_each_vmm_to_init_with_its_memory_and_the_kernels_own_timings() {
+    let Some(run) = lab() else { return };
+    let Some(sc) = run.scenario("boot-bench") else {
+        return;
+    };
+    let ctx = || run.context(sc);
+    let boots = boot_facts::boots(sc);
+    let vmms = boot_facts::vmms(sc, &boots);
+    let rows = boot_facts::summarize(&boots, &vmms);
+    // Everything is printed first, whatever the assertions below say.
+    eprintln!(
+        "lab: boot-bench: the Debian bzImage and busybox initramfs, {} vCPUs, {} MiB, `{}`; \
+         start -> the guest's init marker (host clock), {} timed rounds after a warm-up, order \
+         rotating; before kernel = total - the guest's /proc/uptime at init; memory = Rss outside \
+         guest RAM while the guest holds at init. Numbers only, never asserted. Firecracker: {}; \
+         QEMU: {}\n{}",
+        boot_scripts::VCPUS,
+        boot_scripts::MEMORY_MIB,
+        sc.l1("CMDLINE").unwrap_or("-"),
+        boot_scripts::ROUNDS,
+        sc.l1("FIRECRACKER").unwrap_or("-"),
+        sc.l1("QEMU").unwrap_or("-"),
+        boot_facts::table(&rows)
+    );
+    eprintln!(
+        "lab: boot-bench: every boot (seconds):\n{}",
+        boot_facts::boot_list(&boots)
+    );
+    if sc.exit_code != Some(0) {
+        eprintln!(
+            "lab: boot-bench: the driver did not finish ({}): the figures above are what it got \
+             to",
+            sc.exit_code
+                .map_or_else(|| "no end".to_string(), |rc| format!("exit {rc}"))
+        );
+    }
+    let diag = |vmm: &str| {
+        boots
+            .iter()
+            .find(|b| b.vmm == vmm && b.phase == "diag")
+            .map(boot_facts::diag)
+    };
+    let (dz, df) = (diag("subzero"), diag("firecracker"));
+    if dz.is_some() || df.is_some() {
+        eprintln!(
+            "lab: boot-bench: one boot each with `{}`: dmesg timestamps and the 15 longest \
+             initcalls:\n{}",
+            boot_scripts::DIAG_CMDLINE,
+            boot_facts::diag_side_by_side(
+                ["subzero", "firecracker"],
+                [&dz.unwrap_or_default(), &df.unwrap_or_default()]
+            )
+        );
+    } else {
+        eprintln!("lab: boot-bench: no diagnostic (initcall_debug) boot ran");
+    }
+    let mut reports = Vec::new();
+    for vmm in ["subzero", "firecracker"] {
+        let Some(text) = hw_scripts::section(sc, &format!("PERF_REPORT {vmm}")) else {
+            reports.push(None);
+            continue;
+        };
+        eprintln!(
+            "lab: boot-bench: perf kvm stat report, one boot under {vmm}:\n{}",
+            text.trim_matches('\n')
+        );
+        match perf::parse_report(&text) {
+            Ok(r) => reports.push(Some(r)),
+            Err(e) => {
+                eprintln!("lab: boot-bench: {vmm}'s perf report: {e}");
+                reports.push(None);
+            }
+        }
+    }
+    if let Some(why) = sc.l1("PERF_UNAVAILABLE") {
+        eprintln!("lab: boot-bench: no perf kvm stat: {why}");
+    } else if reports.iter().all(Option::is_none) {
+        eprintln!("lab: boot-bench: no perf kvm stat report to compare");
+    } else {
+        eprintln!(
+            "lab: boot-bench: exits by reason, one boot each under perf kvm stat:\n{}",
+            boot_facts::perf_side_by_side(
+                ["subzero", "firecracker"],
+                [reports[0].as_ref(), reports[1].as_ref()]
+            )
+        );
+    }
+    // The only assertions: every VMM that ran reached its guest's init at
+    // least once (but a subzero that does not know --no-host-decompress).
+    assert!(!boots.is_empty(), "the driver booted nothing\n{}", ctx());
+    for r in &rows {
+        if r.boots == 0 {
+            eprintln!("lab: boot-bench: {} did not run", r.vmm);
+        } else if r.booted == 0 && boot_facts::may_fail(r) {
+            eprintln!(
+                "lab: boot-bench: {} failed, as expected of a subzero without {}: {}",
+                r.vmm,
+                boot_scripts::GUEST_DECOMPRESS_FLAG,
+                r.error.as_deref().unwrap_or("-")
+            );
+        } else {
+            assert!(
+                r.booted > 0,
+                "{} never reached the guest's init in {} boots: {}\n{}",
+                r.vmm,
+                r.boots,
+                r.error.as_deref().unwrap_or("(no stderr line)"),
+                ctx()
+            );
+        }
+    }
 }
 
 #[test]
