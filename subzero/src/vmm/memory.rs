@@ -1,5 +1,7 @@
 //! Guest RAM: allocation and registration with KVM.
 
+use std::sync::{Arc, Mutex, Weak};
+
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
@@ -27,21 +29,116 @@ pub enum MemoryError {
     },
 }
 
+/// Transparent huge pages are this big: guest RAM is aligned to it.
+const HUGE: usize = 2 << 20;
+
+/// A mapping made here, unmapped once no guest memory uses it.
+struct Owned {
+    addr: usize,
+    len: usize,
+    users: Weak<vm_memory::GuestRegionMmap>,
+}
+
+/// Guest RAM mappings still in use. vm-memory does not unmap a region
+/// built from a pointer, so each is unmapped here once its last user (every
+/// clone of the guest memory) has dropped it: on the next allocation.
+static MAPPINGS: Mutex<Vec<Owned>> = Mutex::new(Vec::new());
+
+fn reap(mappings: &mut Vec<Owned>) {
+    mappings.retain(|m| {
+        if m.users.strong_count() > 0 {
+            return true;
+        }
+        // SAFETY: the mapping was made by `huge_aligned` and nothing refers
+        // to it any more: its only region has been dropped.
+        unsafe { libc::munmap(m.addr as *mut libc::c_void, m.len) };
+        false
+    });
+}
+
+/// An anonymous private mapping of `len` bytes starting on a 2 MiB
+/// boundary, marked for transparent huge pages. With guest-physical and
+/// host-virtual addresses congruent modulo 2 MiB, KVM can map each 2 MiB
+/// of guest RAM with one nested page table entry: one fault where there
+/// would be 512.
+fn huge_aligned(len: usize) -> std::io::Result<*mut u8> {
+    let total = len
+        .checked_add(HUGE)
+        .ok_or_else(|| std::io::Error::other("size overflows"))?;
+    // SAFETY: a new anonymous mapping; no existing memory is affected.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            total,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    let start = p as usize;
+    let aligned = start.next_multiple_of(HUGE);
+    let (head, tail) = (aligned - start, total - (aligned - start) - len);
+    // SAFETY: both trims lie inside the mapping just made, outside
+    // [aligned, aligned + len), which is kept.
+    unsafe {
+        if head > 0 {
+            libc::munmap(p, head);
+        }
+        if tail > 0 {
+            libc::munmap((aligned + len) as *mut libc::c_void, tail);
+        }
+        // Advice only: without THP (or with it off) this fails harmlessly.
+        libc::madvise(aligned as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
+    }
+    Ok(aligned as *mut u8)
+}
+
 /// Allocates `size` bytes of guest RAM laid out around the MMIO gap.
 pub fn create(size: u64) -> Result<GuestMemoryMmap, MemoryError> {
     let alloc_err = |reason: String| MemoryError::Allocate {
         mib: size >> 20,
         reason,
     };
-    let ranges = ram_ranges(size)
-        .into_iter()
-        .map(|(start, len)| {
-            usize::try_from(len)
-                .map(|len| (GuestAddress(start), len))
-                .map_err(|_| alloc_err("size does not fit this host's address space".into()))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    GuestMemoryMmap::from_ranges(&ranges).map_err(|e| alloc_err(e.to_string()))
+    let mut mappings = MAPPINGS.lock().unwrap_or_else(|p| p.into_inner());
+    reap(&mut mappings);
+    let mut regions = Vec::new();
+    for (start, len) in ram_ranges(size) {
+        let len = usize::try_from(len)
+            .map_err(|_| alloc_err("size does not fit this host's address space".into()))?;
+        let addr = huge_aligned(len).map_err(|e| alloc_err(e.to_string()))?;
+        let owned = Owned {
+            addr: addr as usize,
+            len,
+            users: Weak::new(),
+        };
+        // SAFETY: `addr` is a live mapping of `len` bytes made above,
+        // which MAPPINGS unmaps only once this region is gone.
+        let mapping = unsafe {
+            vm_memory::mmap::MmapRegionBuilder::new(len)
+                .with_raw_mmap_pointer(addr)
+                .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+                .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE)
+        }
+        .build();
+        let region = mapping
+            .ok()
+            .and_then(|m| vm_memory::GuestRegionMmap::new(m, GuestAddress(start)))
+            .map(Arc::new);
+        let Some(region) = region else {
+            mappings.push(owned);
+            return Err(alloc_err(format!("region at {start:#x} is invalid")));
+        };
+        mappings.push(Owned {
+            users: Arc::downgrade(&region),
+            ..owned
+        });
+        regions.push(region);
+    }
+    GuestMemoryMmap::from_arc_regions(regions).map_err(|e| alloc_err(e.to_string()))
 }
 
 /// Registers every region of `mem` with the VM, one slot each.
@@ -101,4 +198,45 @@ pub fn from_file(
         offset += len;
     }
     GuestMemoryMmap::from_regions(out).map_err(|e| alloc_err(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::Bytes;
+
+    #[test]
+    fn guest_ram_starts_on_a_huge_page_and_is_unmapped_after_its_last_user() {
+        let mem = create(64 << 20).unwrap();
+        let region = mem.iter().next().unwrap();
+        let host = region
+            .get_host_address(vm_memory::MemoryRegionAddress(0))
+            .unwrap() as usize;
+        assert_eq!(host % HUGE, 0, "host address {host:#x}");
+        mem.write_obj(0x1234_5678u32, GuestAddress(0x10_0000))
+            .unwrap();
+        let clone = mem.clone();
+        drop(mem);
+        assert_eq!(
+            clone.read_obj::<u32>(GuestAddress(0x10_0000)).unwrap(),
+            0x1234_5678
+        );
+        let live = |addr: usize| {
+            MAPPINGS
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|m| m.addr == addr && m.users.strong_count() > 0)
+        };
+        assert!(live(host), "kept while a clone uses it");
+        drop(clone);
+        // The next allocation unmaps it.
+        let next = create(32 << 20).unwrap();
+        assert!(!MAPPINGS
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|m| m.addr == host && m.users.strong_count() == 0));
+        drop(next);
+    }
 }
