@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::Context;
+use subzero::devices::virtio::mmio::lock;
 use subzero::stats::clock::TickClock;
 use subzero::stats::live;
 use subzero::stats::report::{StatsReport, VirtioRow};
@@ -295,10 +296,6 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(outcome(&report))
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Fills in the report's hardware section from the tracer, if any.

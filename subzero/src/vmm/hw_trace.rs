@@ -8,6 +8,7 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use super::Machine;
 use crate::arch::x86_64::layout::{APIC_START, IOAPIC_START};
 use crate::bus::Buses;
+use crate::devices::virtio::mmio::lock;
 use crate::stats::hardware::{HwVcpu, Regions};
 use crate::stats::hw_report::{HardwareReport, HwStatus};
 use crate::stats::report::ReasonRow;
@@ -41,10 +42,6 @@ pub fn regions(machine: &Machine) -> Regions {
     ranges.push((IOAPIC_START, 0x1000, "ioapic (in KVM)".into()));
     ranges.push((APIC_START, 0x1000, "lapic (in KVM)".into()));
     Regions::new(ranges)
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl HwTrace {

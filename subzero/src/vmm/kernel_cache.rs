@@ -8,7 +8,7 @@
 //! so a reader never sees half of one. Anything that goes wrong with the
 //! cache costs only the cache: the kernel is unpacked in memory.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -65,13 +65,10 @@ pub fn unpacked(image: &[u8], dir: Option<&Path>) -> Result<Unpacked, Skip> {
     let payload = unpack::payload(image).map_err(|e| Skip::NoPayload(e.to_string()))?;
     let format = Compression::detect(payload);
     let key = hex(&Sha256::digest(image));
-    // The size the build appended: a cached entry must have it.
-    let size = payload[payload.len() - 4..]
-        .try_into()
-        .map(u32::from_le_bytes)
-        .unwrap_or(0) as usize;
+    // A cached entry must have the size the build appended.
+    let size = unpack::unpacked_size(payload);
     if let (Some(dir), Some(format)) = (dir, format) {
-        if let Some(vmlinux) = read_entry(dir, &key).filter(|v| v.len() == size) {
+        if let Some(vmlinux) = read_entry(dir, &key).filter(|v| v.len() as u64 == size) {
             return Ok(Unpacked {
                 vmlinux,
                 format,
@@ -107,12 +104,14 @@ fn read_entry(dir: &Path, key: &str) -> Option<Vec<u8>> {
         return None;
     }
     let path = dir.join(format!("{key}.elf"));
-    let (file, _) = crate::files::open_regular(&path, MAX_VMLINUX).ok()?;
+    let (file, len) = crate::files::open_regular(&path, MAX_VMLINUX).ok()?;
     if !private(&file.metadata().ok()?) {
         return None;
     }
-    let data = crate::files::read_regular(&path, MAX_VMLINUX).ok()?;
-    data.starts_with(b"\x7fELF").then_some(data)
+    // Read the file just checked, not the path again.
+    let mut data = Vec::with_capacity(len as usize);
+    file.take(MAX_VMLINUX + 1).read_to_end(&mut data).ok()?;
+    (data.len() as u64 <= MAX_VMLINUX && data.starts_with(b"\x7fELF")).then_some(data)
 }
 
 fn write_entry(dir: &Path, key: &str, vmlinux: &[u8]) -> std::io::Result<()> {

@@ -121,6 +121,16 @@ pub fn payload(image: &[u8]) -> Result<&[u8], UnpackError> {
         .ok_or_else(|| bad("the payload lies outside the file"))
 }
 
+/// The unpacked size the kernel build appends to every payload (gzip's
+/// own ISIZE is the same field).
+pub fn unpacked_size(payload: &[u8]) -> u64 {
+    payload
+        .len()
+        .checked_sub(4)
+        .and_then(|at| u32_at(payload, at))
+        .map_or(0, u64::from)
+}
+
 /// Unpacks a bzImage payload into its ELF vmlinux.
 pub fn unpack(payload: &[u8]) -> Result<Vec<u8>, UnpackError> {
     let format = Compression::detect(payload).ok_or_else(|| {
@@ -133,8 +143,7 @@ pub fn unpack(payload: &[u8]) -> Result<Vec<u8>, UnpackError> {
         format: format.name(),
         why,
     };
-    // The build appends the unpacked size (gzip's own ISIZE is the same).
-    let size = u64::from(u32_at(payload, payload.len() - 4).unwrap_or(0));
+    let size = unpacked_size(payload);
     if size == 0 || size > MAX_VMLINUX {
         return Err(corrupt(format!(
             "says it unpacks to {size} bytes; expected 1 to {MAX_VMLINUX}"
