@@ -9,6 +9,7 @@
 
 pub mod block;
 pub mod chain;
+pub mod iov;
 pub mod mmio;
 pub mod net;
 pub mod rng;

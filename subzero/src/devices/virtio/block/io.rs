@@ -2,118 +2,16 @@
 //!
 //! A request's data buffers become host iovecs pointing into guest RAM
 //! ([`iovecs`]), which `preadv`/`pwritev` (or io_uring's READV/WRITEV) use
-//! directly: nothing is copied through a buffer of the VMM's. The chain was
-//! checked against guest memory when it was popped, and every slice comes
-//! from vm-memory, so an iovec never points outside the guest.
+//! directly: nothing is copied through a buffer of the VMM's.
 
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 
-use vm_memory::{Address, GuestMemory, GuestMemoryMmap, Permissions};
+use vm_memory::{GuestMemoryMmap, Permissions};
 
 use crate::devices::virtio::chain::Buf;
-
-/// Most iovecs one `preadv`/`pwritev` takes (Linux's UIO_MAXIOV).
-pub const IOV_MAX: usize = 1024;
-
-/// Host iovecs into guest memory. They are plain addresses: whoever uses
-/// them must keep the guest memory mapped until the I/O is over.
-#[derive(Debug, Default)]
-pub struct IoVecs(pub Vec<libc::iovec>);
-
-// SAFETY: the iovecs are addresses inside guest memory, which is shared by
-// every thread of the VMM and stays mapped while a device holds them (the
-// device keeps a reference to the memory while I/O is in flight); sending
-// the addresses to another thread creates no aliasing the kernel does not
-// already allow.
-unsafe impl Send for IoVecs {}
-
-impl IoVecs {
-    /// Bytes the iovecs cover.
-    pub fn len(&self) -> u64 {
-        self.0.iter().map(|v| v.iov_len as u64).sum()
-    }
-
-    /// Whether they cover nothing.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Drops the first `n` bytes (after a short transfer).
-    pub fn advance(&mut self, mut n: u64) {
-        let mut skip = 0;
-        for v in &mut self.0 {
-            if n == 0 {
-                break;
-            }
-            let len = v.iov_len as u64;
-            if n >= len {
-                n -= len;
-                skip += 1;
-            } else {
-                // SAFETY: n < iov_len, so the new base stays inside the
-                // same guest buffer.
-                v.iov_base = unsafe { v.iov_base.cast::<u8>().add(n as usize) }.cast();
-                v.iov_len -= n as usize;
-                n = 0;
-            }
-        }
-        self.0.drain(..skip);
-    }
-}
-
-/// Iovecs for `len` bytes of `bufs`, starting `offset` bytes in, for I/O
-/// in direction `dir`. A buffer that spans two memory regions becomes two
-/// iovecs.
-pub fn iovecs(
-    mem: &GuestMemoryMmap,
-    bufs: &[Buf],
-    offset: u64,
-    len: u64,
-    dir: Dir,
-) -> Result<IoVecs, String> {
-    // A read from the image writes guest memory, and a write reads it.
-    let access = match dir {
-        Dir::Read => Permissions::Write,
-        Dir::Write => Permissions::Read,
-    };
-    let mut out = Vec::with_capacity(bufs.len());
-    let mut skip = offset;
-    let mut left = len;
-    for b in bufs {
-        if left == 0 {
-            break;
-        }
-        let blen = u64::from(b.len);
-        if skip >= blen {
-            skip -= blen;
-            continue;
-        }
-        let n = (blen - skip).min(left);
-        let addr = b
-            .addr
-            .checked_add(skip)
-            .ok_or_else(|| format!("buffer {:#x} wraps around", b.addr.0))?;
-        let bad = |e| format!("buffer at {:#x}: {e}", addr.0);
-        for slice in GuestMemory::get_slices(mem, addr, n as usize, access).map_err(bad)? {
-            let slice = slice.map_err(bad)?;
-            out.push(libc::iovec {
-                iov_base: slice.ptr_guard_mut().as_ptr().cast(),
-                iov_len: slice.len(),
-            });
-        }
-        left -= n;
-        skip = 0;
-    }
-    if left != 0 {
-        return Err(format!("the buffers hold {} of {len} bytes", len - left));
-    }
-    if out.len() > IOV_MAX {
-        return Err(format!("{} buffer pieces, more than {IOV_MAX}", out.len()));
-    }
-    Ok(IoVecs(out))
-}
+pub use crate::devices::virtio::iov::{IoVecs, IOV_MAX};
 
 /// Which way data moves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,6 +20,28 @@ pub enum Dir {
     Read,
     /// From guest memory into the image.
     Write,
+}
+
+impl Dir {
+    /// How the host touches guest memory: a read from the image fills
+    /// guest buffers, a write reads them.
+    pub fn access(self) -> Permissions {
+        match self {
+            Dir::Read => Permissions::Write,
+            Dir::Write => Permissions::Read,
+        }
+    }
+}
+
+/// Iovecs for `len` bytes of `bufs` from `offset`, for I/O in direction `dir`.
+pub fn iovecs(
+    mem: &GuestMemoryMmap,
+    bufs: &[Buf],
+    offset: u64,
+    len: u64,
+    dir: Dir,
+) -> Result<IoVecs, String> {
+    crate::devices::virtio::iov::iovecs(mem, bufs, offset, len, dir.access())
 }
 
 /// Moves all of `iovs` at byte `offset` of `file`, retrying short
@@ -243,31 +163,6 @@ fn write_zero_bytes(file: &File, offset: u64, len: u64) -> io::Result<()> {
 mod tests {
     use super::*;
     use vm_memory::{Bytes, GuestAddress};
-
-    #[test]
-    fn iovecs_split_at_region_boundaries_and_skip_the_offset() {
-        let mem = GuestMemoryMmap::from_ranges(&[
-            (GuestAddress(0), 0x1000),
-            (GuestAddress(0x1000), 0x1000),
-        ])
-        .unwrap();
-        let bufs = [
-            Buf {
-                addr: GuestAddress(0x0),
-                len: 16,
-            },
-            Buf {
-                addr: GuestAddress(0xff0),
-                len: 0x20,
-            },
-        ];
-        let v = iovecs(&mem, &bufs, 8, 8 + 0x20, Dir::Read).unwrap();
-        let lens: Vec<usize> = v.0.iter().map(|i| i.iov_len).collect();
-        assert_eq!(lens, [8, 0x10, 0x10]);
-        assert_eq!(v.len(), 0x28);
-        let short = iovecs(&mem, &bufs, 0, 0x40, Dir::Read).unwrap_err();
-        assert!(short.contains("hold 48 of 64"), "{short}");
-    }
 
     #[test]
     fn transfer_reads_and_writes_guest_memory_in_place() {
