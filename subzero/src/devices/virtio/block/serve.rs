@@ -26,14 +26,14 @@ impl Block {
                 if self.limiter.blocked() {
                     // The timer brings the device back; notifications stay
                     // off until then.
-                    self.submit()?;
+                    self.submit(ctx)?;
                     return ctx.notify(q);
                 }
                 if let Engine::Uring(ring) = &self.engine {
                     if !ring.has_room() {
                         // A completion brings the queue back.
                         self.starved |= 1 << q;
-                        self.submit()?;
+                        self.submit(ctx)?;
                         return ctx.notify(q);
                     }
                 }
@@ -61,7 +61,7 @@ impl Block {
                 BlockStats::add(&self.stats.requests, 1);
                 self.dispatch(q, ctx, &chain, request)?;
             }
-            self.submit()?;
+            self.submit(ctx)?;
             if !ctx.enable_notification(q)? {
                 break;
             }
@@ -168,13 +168,14 @@ impl Block {
         }
     }
 
-    /// Hands queued submissions to the kernel.
-    fn submit(&mut self) -> Result<(), DeviceError> {
+    /// Hands queued submissions to the kernel, and finishes those that
+    /// completed in the submission.
+    fn submit(&mut self, ctx: &mut QueueCtx) -> Result<(), DeviceError> {
         if let Engine::Uring(ring) = &mut self.engine {
-            ring.submit()
+            ring.submit_and_reap(&mut self.reaped)
                 .map_err(|e| DeviceError::Backend(format!("io_uring submit: {e}")))?;
         }
-        Ok(())
+        self.finish_reaped(ctx)
     }
 
     /// Waits for every request in flight and finishes them.
