@@ -193,6 +193,7 @@ fn resources(args: &RunArgs) -> anyhow::Result<VmResources> {
                 guest_mac: n.mac.clone(),
                 rx_rate_limiter: n.rx_rate_limiter.limits().then_some(n.rx_rate_limiter),
                 tx_rate_limiter: n.tx_rate_limiter.limits().then_some(n.tx_rate_limiter),
+                num_queue_pairs: n.queues,
             })
             .collect(),
         vsock: args.vsock.as_ref().map(|v| Vsock {

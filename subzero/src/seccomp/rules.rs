@@ -78,6 +78,9 @@ const TCSETS: u64 = libc::TCSETS;
 /// A TAP's receive offloads, set when the guest driver acks its features
 /// (on the vCPU thread that wrote the status register).
 const TUNSETOFFLOAD: u64 = libc::TUNSETOFFLOAD;
+/// A multi-queue TAP's queues, attached and detached as the driver puts
+/// queue pairs in use (on activation, reset and control commands).
+const TUNSETQUEUE: u64 = libc::TUNSETQUEUE;
 /// The main thread's non-KVM ioctls: terminals, TAPs, non-blocking and
 /// close-on-exec flags, a block device's size.
 const VMM_IOCTLS: &[u64] = &[
@@ -92,6 +95,7 @@ const VMM_IOCTLS: &[u64] = &[
     libc::TUNSETIFF,
     libc::TUNGETIFF,
     libc::TUNSETOFFLOAD,
+    libc::TUNSETQUEUE,
     libc::TUNSETVNETHDRSZ,
     libc::TUNGETVNETHDRSZ,
     // BLKGETSIZE64: _IOR(0x12, 114, size_t)
@@ -323,7 +327,7 @@ pub fn allowed(kind: ThreadKind) -> Result<Rules, BackendError> {
         }
         ThreadKind::Vcpu => {
             let mut ioctls = ioctl_rules(VCPU_IOCTLS.iter().map(|(_, nr)| *nr))?;
-            ioctls.extend(ioctl_rules([TUNSETOFFLOAD])?);
+            ioctls.extend(ioctl_rules([TUNSETOFFLOAD, TUNSETQUEUE])?);
             add_rules(&mut rules, libc::SYS_ioctl, ioctls);
             // A driver's status write activates or resets its device on the
             // vCPU thread: virtio-net starts or stops watching its TAP, and
@@ -362,7 +366,11 @@ pub fn allowed(kind: ThreadKind) -> Result<Rules, BackendError> {
         ThreadKind::Net => {
             add(&mut rules, EPOLL);
             add(&mut rules, &[libc::SYS_timerfd_settime]);
-            add_rules(&mut rules, libc::SYS_ioctl, ioctl_rules([TUNSETOFFLOAD])?);
+            add_rules(
+                &mut rules,
+                libc::SYS_ioctl,
+                ioctl_rules([TUNSETOFFLOAD, TUNSETQUEUE])?,
+            );
         }
         ThreadKind::Vsock => {
             add(&mut rules, EPOLL);

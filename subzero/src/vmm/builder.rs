@@ -115,7 +115,7 @@ fn open_devices(cfg: &DevicesConfig, vcpus: u64) -> Result<Vec<Box<dyn VirtioDev
     }
     for net in &cfg.nets {
         let mac = net.mac.as_deref().map(parse_mac).transpose()?;
-        let mut dev = Net::open(&net.tap, mac)?;
+        let mut dev = Net::open_pairs(&net.tap, mac, net.pairs_for(vcpus))?;
         dev.set_rate_limiters(&net.rx_rate_limiter, &net.tx_rate_limiter);
         out.push(Box::new(dev));
     }

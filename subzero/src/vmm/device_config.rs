@@ -7,6 +7,7 @@ use super::config::parse_bytes;
 use crate::devices::rate_limiter::{RateLimiterConfig, TokenBucketConfig};
 pub use crate::devices::virtio::block::EngineChoice;
 use crate::devices::virtio::block::MAX_QUEUES;
+use crate::devices::virtio::net::MAX_PAIRS;
 
 /// A problem with a device option.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -80,7 +81,7 @@ pub struct DiskConfig {
     pub queues: Option<u16>,
 }
 
-/// `--net tap=NAME[,mac=XX:XX:XX:XX:XX:XX][,bw=BYTES/s][,pps=N]`.
+/// `--net tap=NAME[,mac=XX:XX:XX:XX:XX:XX][,bw=BYTES/s][,pps=N][,queues=N]`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NetConfig {
     /// Host TAP device name.
@@ -91,6 +92,9 @@ pub struct NetConfig {
     pub rx_rate_limiter: RateLimiterConfig,
     /// Bytes and frames per second from the guest.
     pub tx_rate_limiter: RateLimiterConfig,
+    /// Queue pairs (one per vCPU by default, where the TAP can be opened
+    /// multi-queue).
+    pub queues: Option<u16>,
 }
 
 /// `--vsock cid=N,uds=PATH`.
@@ -278,8 +282,21 @@ impl NetConfig {
         let mut tap = None;
         let mut mac = None;
         let mut limit = RateLimiterConfig::default();
-        for (k, v) in pairs("net", spec, NET_EXAMPLE, "tap, mac, bw, pps")? {
+        let mut queues = None;
+        for (k, v) in pairs("net", spec, NET_EXAMPLE, "tap, mac, bw, pps, queues")? {
             match k.as_str() {
+                "queues" => match v.parse::<u16>() {
+                    Ok(n) if (1..=MAX_PAIRS as u16).contains(&n) => queues = Some(n),
+                    _ => {
+                        return Err(DeviceConfigError::BadValue {
+                            flag: "net",
+                            spec: spec.into(),
+                            key: "queues",
+                            value: v,
+                            problem: "must be a number of queue pairs from 1 to 8",
+                        })
+                    }
+                },
                 "bw" => limit.bandwidth = bandwidth("net", spec, &v)?,
                 "pps" => limit.ops = per_second("net", spec, "pps", &v)?,
                 "tap" if !v.is_empty() && v.len() < 16 => tap = Some(v),
@@ -308,7 +325,19 @@ impl NetConfig {
             mac,
             rx_rate_limiter: limit,
             tx_rate_limiter: limit,
+            queues,
         })
+    }
+
+    /// The queue pairs for a VM of `vcpus` vCPUs: as given, or one per
+    /// vCPU up to the most a device serves.
+    pub fn pairs_for(&self, vcpus: u64) -> usize {
+        match self.queues {
+            Some(n) => usize::from(n),
+            None => usize::try_from(vcpus)
+                .unwrap_or(MAX_PAIRS)
+                .clamp(1, MAX_PAIRS),
+        }
     }
 }
 
@@ -399,6 +428,16 @@ mod tests {
                 .to_string();
             assert!(e.contains("from 1 to 16"), "{e}");
         }
+    }
+
+    #[test]
+    fn parses_net_queue_pairs() {
+        let n = NetConfig::parse("tap=t0,queues=4").unwrap();
+        assert_eq!((n.queues, n.pairs_for(2)), (Some(4), 4));
+        let n = NetConfig::parse("tap=t0").unwrap();
+        assert_eq!((n.pairs_for(2), n.pairs_for(100)), (2, 8));
+        let e = NetConfig::parse("tap=t0,queues=9").unwrap_err().to_string();
+        assert!(e.contains("from 1 to 8"), "{e}");
     }
 
     #[test]

@@ -14,6 +14,7 @@ use super::config::{
 use super::device_config::{DiskConfig, EngineChoice, NetConfig, VsockConfig};
 pub use crate::devices::rate_limiter::{RateLimiterConfig, TokenBucketConfig};
 use crate::devices::virtio::block::MAX_QUEUES;
+use crate::devices::virtio::net::MAX_PAIRS;
 
 /// Firecracker's default guest RAM, in MiB, when machine-config is not set.
 pub const DEFAULT_MEM_MIB: u64 = 128;
@@ -250,6 +251,10 @@ pub struct NetworkInterface {
     /// Bytes and frames per second from the guest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tx_rate_limiter: Option<RateLimiterConfig>,
+    /// Subzero's own: queue pairs (default one per vCPU, at most 8, where
+    /// the TAP can be opened multi-queue).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_queue_pairs: Option<u16>,
 }
 
 /// `PATCH /network-interfaces/{iface_id}`.
@@ -477,11 +482,18 @@ impl VmResources {
         }
         let mut nets = Vec::with_capacity(self.network_interfaces.len());
         for n in &self.network_interfaces {
+            if matches!(n.num_queue_pairs, Some(k) if !(1..=MAX_PAIRS as u16).contains(&k)) {
+                return Err(ResourceError::new(
+                    Setting::Net(n.iface_id.clone(), "num_queue_pairs"),
+                    "give a number of queue pairs from 1 to 8, or leave it out for one per vCPU",
+                ));
+            }
             nets.push(NetConfig {
                 tap: n.host_dev_name.clone(),
                 mac: n.guest_mac.clone(),
                 rx_rate_limiter: n.rx_rate_limiter.unwrap_or_default(),
                 tx_rate_limiter: n.tx_rate_limiter.unwrap_or_default(),
+                queues: n.num_queue_pairs,
             });
         }
         let vsock = match &self.vsock {

@@ -43,9 +43,12 @@
 //! receive queue is not set up) frames are read and dropped, so the TAP
 //! neither wakes the device thread in a loop nor delivers stale frames later.
 
+mod ctrl;
 #[cfg(test)]
 mod inplace_tests;
 mod mac;
+#[cfg(test)]
+mod mq_tests;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]
@@ -65,9 +68,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use virtio_bindings::bindings::virtio_net::{
-    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_GUEST_TSO4,
-    VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_HOST_ECN, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6,
-    VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_CTRL_VQ, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_ECN,
+    VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_HOST_ECN,
+    VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MQ,
+    VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
 };
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
@@ -86,19 +90,43 @@ pub const MAX_FRAME: usize = 65550;
 pub const MAX_PACKET: usize = VNET_HDR_LEN + MAX_FRAME;
 /// Length of an Ethernet header: the shortest frame worth sending.
 const ETH_HLEN: usize = 14;
-/// Receive queue index.
+/// Receive queue index (of the first pair).
 pub const RX_QUEUE: usize = 0;
-/// Transmit queue index.
+/// Transmit queue index (of the first pair).
 pub const TX_QUEUE: usize = 1;
-/// Size of both queues.
+/// Most queue pairs a device serves (`VIRTIO_NET_F_MQ`).
+pub const MAX_PAIRS: usize = 8;
+
+/// Receive queue of pair `p`.
+pub(crate) const fn rx_queue(p: usize) -> usize {
+    2 * p
+}
+
+/// Transmit queue of pair `p`.
+pub(crate) const fn tx_queue(p: usize) -> usize {
+    2 * p + 1
+}
+
+/// The host-side source token of pair `p`'s TAP queue: the first pair's is
+/// 0, before the limiters' timers; the others follow them.
+const fn pair_token(p: usize) -> usize {
+    if p == 0 {
+        RX_TOKEN
+    } else {
+        TX_TIMER + p
+    }
+}
+/// Size of the receive and transmit queues.
 const QUEUE_SIZE: u16 = 256;
+/// Size of the control queue.
+const CTRL_QUEUE_SIZE: u16 = 64;
 /// Frames read from the backend per call before the device thread gets to
 /// serve other devices (the TAP stays watched, so it comes back).
 const RX_BUDGET: usize = 256;
 /// Largest receive chain accepted; only the first [`MAX_PACKET`] bytes are
 /// ever written.
 const RX_CHAIN_MAX: u64 = u32::MAX as u64;
-/// Token of the device's host-side source that holds the TAP.
+/// Token of the device's host-side source that holds the (first) TAP queue.
 const RX_TOKEN: usize = 0;
 /// Token of the receive rate limiter's timer.
 const RX_TIMER: usize = 1;
@@ -146,6 +174,10 @@ pub fn tun_offloads(acked: u64) -> u32 {
 /// Sets the backend's receive offloads (`TUN_F_*` flags): `TUNSETOFFLOAD`
 /// on a TAP ([`tap::set_offload`]); tests record the calls.
 pub type SetOffload = Box<dyn FnMut(BorrowedFd, u32) -> io::Result<()> + Send>;
+
+/// Attaches (true) or detaches a queue of a multi-queue backend:
+/// `TUNSETQUEUE` on a TAP ([`tap::set_queue`]).
+pub type SetQueue = Box<dyn FnMut(BorrowedFd, bool) -> io::Result<()> + Send>;
 
 /// Why a network device could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -237,6 +269,9 @@ pub struct NetCounters {
     pub rx_throttled: AtomicU64,
     /// Times the transmit rate limiter held a frame back.
     pub tx_throttled: AtomicU64,
+    /// Control commands refused (malformed, unknown, a pair count out of
+    /// range).
+    pub ctrl_invalid: AtomicU64,
 }
 
 /// Adds one to `c`; logs the first occurrence as a warning and later ones
@@ -260,14 +295,14 @@ enum Backend {
     Gone,
 }
 
-/// The virtio network device.
-pub struct Net {
+/// One receive and transmit queue pair, and the TAP queue behind it.
+struct Pair {
     backend: File,
-    /// The device's event source: holds the backend while it is armed.
+    /// The pair's event source: holds the backend while it is armed.
     epoll: Epoll,
     armed: bool,
-    mac: [u8; 6],
-    tap_name: String,
+    /// The TAP queue is attached (a newly opened one is).
+    attached: bool,
     /// One frame from the backend, header first. One byte longer than
     /// [`MAX_PACKET`] to notice a longer frame.
     rx_buf: Box<[u8]>,
@@ -281,6 +316,35 @@ pub struct Net {
     /// `MRG_RXBUF`, the ones gathered for a frame larger than the chains
     /// available so far. The driver sees them as outstanding.
     rx_chains: VecDeque<DescChain>,
+}
+
+impl Pair {
+    fn new(fd: OwnedFd) -> io::Result<Pair> {
+        set_nonblocking(fd.as_raw_fd())?;
+        Ok(Pair {
+            backend: File::from(fd),
+            epoll: Epoll::new()?,
+            armed: false,
+            attached: true,
+            rx_buf: vec![0u8; MAX_PACKET + 1].into_boxed_slice(),
+            rx_pending: None,
+            rx_in_place: false,
+            rx_chains: VecDeque::new(),
+        })
+    }
+}
+
+/// The virtio network device.
+pub struct Net {
+    /// Queue pairs, one per TAP queue; the first `active` are in use.
+    pairs: Vec<Pair>,
+    active: usize,
+    /// Queue sizes: the pairs' queues, then the control queue if there
+    /// are several pairs.
+    sizes: Vec<u16>,
+    set_queue: Option<SetQueue>,
+    mac: [u8; 6],
+    tap_name: String,
     /// Features the driver accepted (0 until activation and after a reset).
     acked: u64,
     /// The receive offloads (`TUN_F_*`) the TAP was told it may use.
@@ -298,9 +362,8 @@ impl fmt::Debug for Net {
         f.debug_struct("Net")
             .field("tap", &self.tap_name)
             .field("mac", &format_mac(&self.mac))
-            .field("armed", &self.armed)
-            .field("rx_pending", &self.rx_pending)
-            .field("rx_chains", &self.rx_chains.len())
+            .field("pairs", &self.pairs.len())
+            .field("active", &self.active)
             .field("acked", &format_args!("{:#x}", self.acked))
             .field("rx_offloads", &self.rx_offloads)
             .finish()
@@ -326,10 +389,34 @@ impl Net {
     /// Opens (creating it if absent) the TAP device `tap`; MAC defaults to
     /// a random locally administered unicast address.
     pub fn open(tap: &str, mac: Option<[u8; 6]>) -> Result<Net, NetError> {
-        let t = Tap::open(tap)?;
-        let name = t.name().to_string();
+        Net::open_pairs(tap, mac, 1)
+    }
+
+    /// Like [`Net::open`], with up to `pairs` queue pairs: a multi-queue
+    /// TAP, one TAP queue per pair. A TAP that exists as a single-queue
+    /// device gets one pair, with a log line saying so.
+    pub fn open_pairs(tap: &str, mac: Option<[u8; 6]>, pairs: usize) -> Result<Net, NetError> {
+        let pairs = pairs.clamp(1, MAX_PAIRS);
+        let queues = if pairs > 1 {
+            match Tap::open_queues(tap, pairs) {
+                Ok(q) => q,
+                Err(NetError::NotTap(_)) => {
+                    log::info!(
+                        "virtio-net {tap}: not a multi-queue TAP; using one queue pair \
+                         (create it with `ip tuntap add {tap} mode tap multi_queue` for {pairs})"
+                    );
+                    vec![Tap::open(tap)?]
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            vec![Tap::open(tap)?]
+        };
+        let name = queues[0].name().to_string();
         let set_offload: SetOffload = Box::new(tap::set_offload);
-        Net::with_backend(OwnedFd::from(t), &name, mac, set_offload)
+        let set_queue: SetQueue = Box::new(tap::set_queue);
+        let fds = queues.into_iter().map(OwnedFd::from).collect();
+        Net::with_backends(fds, &name, mac, set_offload, Some(set_queue))
     }
 
     /// A device on `fd`, which must carry one frame per read and write,
@@ -341,6 +428,18 @@ impl Net {
         name: &str,
         mac: Option<[u8; 6]>,
         set_offload: SetOffload,
+    ) -> Result<Net, NetError> {
+        Net::with_backends(vec![fd], name, mac, set_offload, None)
+    }
+
+    /// A device with one queue pair per backend in `fds` (the queues of a
+    /// multi-queue TAP; `set_queue` attaches and detaches them).
+    pub(crate) fn with_backends(
+        fds: Vec<OwnedFd>,
+        name: &str,
+        mac: Option<[u8; 6]>,
+        set_offload: SetOffload,
+        set_queue: Option<SetQueue>,
     ) -> Result<Net, NetError> {
         let io_err = |what: &'static str, source: io::Error| NetError::Io {
             name: name.to_string(),
@@ -357,22 +456,27 @@ impl Net {
             }
             None => random_mac().map_err(|e| io_err("cannot draw a random MAC address", e))?,
         };
-        set_nonblocking(fd.as_raw_fd()).map_err(|e| io_err("cannot make it non-blocking", e))?;
-        let epoll = Epoll::new().map_err(|e| io_err("cannot create an epoll instance", e))?;
+        let pairs = fds
+            .into_iter()
+            .map(Pair::new)
+            .collect::<io::Result<Vec<Pair>>>()
+            .map_err(|e| io_err("cannot set up a queue (non-blocking, epoll)", e))?;
         let limiter = || {
             RateLimiter::new(&RateLimiterConfig::default())
                 .map_err(|e| io_err("cannot create a timerfd for a rate limiter", e))
         };
+        let n = pairs.len();
+        let mut sizes = vec![QUEUE_SIZE; 2 * n];
+        if n > 1 {
+            sizes.push(CTRL_QUEUE_SIZE);
+        }
         let mut net = Net {
-            backend: File::from(fd),
-            epoll,
-            armed: false,
+            pairs,
+            active: 1,
+            sizes,
+            set_queue,
             mac,
             tap_name: name.to_string(),
-            rx_buf: vec![0u8; MAX_PACKET + 1].into_boxed_slice(),
-            rx_pending: None,
-            rx_in_place: false,
-            rx_chains: VecDeque::new(),
             acked: 0,
             rx_offloads: 0,
             set_offload,
@@ -380,9 +484,46 @@ impl Net {
             rx_limiter: limiter()?,
             tx_limiter: limiter()?,
         };
-        net.arm()
+        // Until the driver asks for more pairs, frames come on the first.
+        net.use_pairs(1);
+        net.arm(0)
             .map_err(|e| io_err("cannot watch it with epoll", e))?;
         Ok(net)
+    }
+
+    /// Queue pairs the device has.
+    pub fn pairs(&self) -> usize {
+        self.pairs.len()
+    }
+
+    /// Puts the first `k` pairs in use: their TAP queues attached and
+    /// watched, the others detached (the kernel then sends them nothing)
+    /// and their held frames and chains dropped.
+    fn use_pairs(&mut self, k: usize) {
+        for p in 0..self.pairs.len() {
+            let on = p < k;
+            if let Some(set) = &mut self.set_queue {
+                let pair = &mut self.pairs[p];
+                if pair.attached != on {
+                    match set(pair.backend.as_fd(), on) {
+                        Ok(()) => pair.attached = on,
+                        Err(e) => log::warn!(
+                            "virtio-net {}: cannot {} TAP queue {p}: {e}",
+                            self.tap_name,
+                            if on { "attach" } else { "detach" }
+                        ),
+                    }
+                }
+            }
+            if !on {
+                self.disarm(p);
+                let pair = &mut self.pairs[p];
+                pair.rx_pending = None;
+                pair.rx_in_place = false;
+                pair.rx_chains.clear();
+            }
+        }
+        self.active = k;
     }
 
     /// Limits bytes and frames per second to the guest (`rx`) and from it
@@ -408,31 +549,34 @@ impl Net {
         self.counters.clone()
     }
 
-    /// Watches the backend again.
-    fn arm(&mut self) -> io::Result<()> {
-        if !self.armed {
-            let ev = EpollEvent::new(EventSet::IN, RX_TOKEN as u64);
-            self.epoll
-                .ctl(ControlOperation::Add, self.backend.as_raw_fd(), ev)?;
-            self.armed = true;
+    /// Watches pair `p`'s backend again (if the pair is in use).
+    fn arm(&mut self, p: usize) -> io::Result<()> {
+        let active = self.active;
+        let pair = &mut self.pairs[p];
+        if !pair.armed && p < active {
+            let ev = EpollEvent::new(EventSet::IN, pair_token(p) as u64);
+            pair.epoll
+                .ctl(ControlOperation::Add, pair.backend.as_raw_fd(), ev)?;
+            pair.armed = true;
         }
         Ok(())
     }
 
     /// [`Net::arm`] from a place that cannot fail: an error (which would
     /// take a kernel out of memory) is logged.
-    fn rearm(&mut self) {
-        if let Err(e) = self.arm() {
+    fn rearm(&mut self, p: usize) {
+        if let Err(e) = self.arm(p) {
             log::error!("virtio-net {}: cannot watch the TAP: {e}", self.tap_name);
         }
     }
 
-    /// Stops watching the backend, so its readiness no longer wakes the
-    /// device thread.
-    fn disarm(&mut self) {
-        if self.armed {
-            let fd = self.backend.as_raw_fd();
-            if let Err(e) = self
+    /// Stops watching pair `p`'s backend, so its readiness no longer wakes
+    /// the device thread.
+    fn disarm(&mut self, p: usize) {
+        let pair = &mut self.pairs[p];
+        if pair.armed {
+            let fd = pair.backend.as_raw_fd();
+            if let Err(e) = pair
                 .epoll
                 .ctl(ControlOperation::Delete, fd, EpollEvent::default())
             {
@@ -441,7 +585,7 @@ impl Net {
                     self.tap_name
                 );
             }
-            self.armed = false;
+            pair.armed = false;
         }
     }
 
@@ -450,7 +594,8 @@ impl Net {
     /// still sends are then dropped, not passed to a driver that may not
     /// expect them.
     fn offload(&mut self, flags: u32) {
-        match (self.set_offload)(self.backend.as_fd(), flags) {
+        // The offloads belong to the TAP device, not to one of its queues.
+        match (self.set_offload)(self.pairs[0].backend.as_fd(), flags) {
             Ok(()) => self.rx_offloads = flags,
             Err(e) => {
                 self.rx_offloads = 0;
@@ -462,12 +607,21 @@ impl Net {
         }
     }
 
-    /// Bytes of the configuration space: MAC, then status.
-    fn config(&self) -> [u8; 8] {
-        let mut c = [0u8; 8];
+    /// Bytes of the configuration space: MAC, status, then, with several
+    /// pairs (`VIRTIO_NET_F_MQ`), max_virtqueue_pairs.
+    fn config(&self) -> [u8; 10] {
+        let mut c = [0u8; 10];
         c[..6].copy_from_slice(&self.mac);
         c[6..8].copy_from_slice(&(VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
+        if self.pairs.len() > 1 {
+            c[8..10].copy_from_slice(&(self.pairs.len() as u16).to_le_bytes());
+        }
         c
+    }
+
+    /// The control queue's index, if the device has one.
+    fn ctrl_queue(&self) -> Option<usize> {
+        (self.pairs.len() > 1).then(|| 2 * self.pairs.len())
     }
 }
 
@@ -481,11 +635,16 @@ impl VirtioDevice for Net {
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
-        &[QUEUE_SIZE, QUEUE_SIZE]
+        &self.sizes
     }
 
     fn features(&self) -> u64 {
-        bit(VIRTIO_NET_F_MAC) | bit(VIRTIO_NET_F_STATUS) | OFFLOAD_FEATURES
+        let mq = if self.pairs.len() > 1 {
+            bit(VIRTIO_NET_F_CTRL_VQ) | bit(VIRTIO_NET_F_MQ)
+        } else {
+            0
+        };
+        bit(VIRTIO_NET_F_MAC) | bit(VIRTIO_NET_F_STATUS) | OFFLOAD_FEATURES | mq
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -502,44 +661,59 @@ impl VirtioDevice for Net {
 
     fn activate(&mut self, acked_features: u64) -> Result<(), DeviceError> {
         self.acked = acked_features;
-        self.rx_chains.clear();
+        self.use_pairs(1);
+        self.pairs[0].rx_chains.clear();
         self.offload(tun_offloads(acked_features));
-        self.arm()
+        self.arm(0)
             .map_err(|e| DeviceError::Backend(format!("cannot watch the TAP: {e}")))
     }
 
     fn reset(&mut self) {
-        if self.rx_pending.take().is_some() {
-            self.counters.rx_not_ready.fetch_add(1, Ordering::Relaxed);
+        let held = self.pairs.iter().filter(|p| p.rx_pending.is_some()).count();
+        self.counters
+            .rx_not_ready
+            .fetch_add(held as u64, Ordering::Relaxed);
+        for pair in &mut self.pairs {
+            pair.rx_pending = None;
+            pair.rx_in_place = false;
+            pair.rx_chains.clear();
         }
-        self.rx_in_place = false;
-        self.rx_chains.clear();
+        self.use_pairs(1);
         self.acked = 0;
         self.offload(0);
-        self.rearm();
+        self.rearm(0);
     }
 
     fn process_queue(&mut self, q: usize, ctx: &mut QueueCtx) -> Result<(), DeviceError> {
-        match q {
-            RX_QUEUE => {
-                // New receive buffers: read the TAP again.
-                self.rearm();
-                self.rx(ctx)
-            }
-            TX_QUEUE => self.tx(ctx),
-            _ => Ok(()),
+        if Some(q) == self.ctrl_queue() {
+            return self.ctrl(q, ctx);
+        }
+        let p = q / 2;
+        if p >= self.active {
+            // A pair the driver has not put in use: nothing to do yet.
+            return Ok(());
+        }
+        if q == rx_queue(p) {
+            // New receive buffers: read the TAP again.
+            self.rearm(p);
+            self.rx(p, ctx)
+        } else {
+            self.tx(p, ctx)
         }
     }
 
     fn event_fds(&self) -> Vec<RawFd> {
-        vec![
-            self.epoll.as_raw_fd(),
+        let mut fds = vec![
+            self.pairs[0].epoll.as_raw_fd(),
             self.rx_limiter.timer_fd(),
             self.tx_limiter.timer_fd(),
-        ]
+        ];
+        fds.extend(self.pairs[1..].iter().map(|p| p.epoll.as_raw_fd()));
+        fds
     }
 
     fn set_rate_limiter(&mut self, queue: usize, cfg: &RateLimiterConfig) -> Result<(), String> {
+        // One limiter per direction serves every pair.
         match queue {
             RX_QUEUE => self.rx_limiter.update(cfg),
             TX_QUEUE => self.tx_limiter.update(cfg),
@@ -548,30 +722,66 @@ impl VirtioDevice for Net {
         Ok(())
     }
 
-    fn process_event(&mut self, token: usize, ctx: &mut QueueCtx) -> Result<(), DeviceError> {
-        match token {
-            RX_TOKEN if ctx.active => self.rx(ctx),
-            RX_TOKEN => {
-                self.drop_rx();
+    fn save_state(&self) -> serde_json::Value {
+        // The pairs the driver put in use: it will not ask again.
+        if self.pairs.len() > 1 {
+            serde_json::json!({ "pairs_in_use": self.active })
+        } else {
+            serde_json::Value::Null
+        }
+    }
+
+    fn restore_state(&mut self, state: &serde_json::Value) -> Result<(), DeviceError> {
+        let Some(k) = state.get("pairs_in_use") else {
+            return Ok(());
+        };
+        match k.as_u64().and_then(|k| usize::try_from(k).ok()) {
+            Some(k) if (1..=self.pairs.len()).contains(&k) => {
+                self.use_pairs(k);
+                (0..k).for_each(|p| self.rearm(p));
                 Ok(())
             }
+            _ => Err(DeviceError::Backend(format!(
+                "the snapshot has {k} queue pairs in use; this device has {}",
+                self.pairs.len()
+            ))),
+        }
+    }
+
+    fn process_event(&mut self, token: usize, ctx: &mut QueueCtx) -> Result<(), DeviceError> {
+        match token {
             RX_TIMER => {
-                // The held frame may go now: watch the TAP again and deliver.
+                // The held frames may go now: watch the TAP again and deliver.
                 self.rx_limiter.timer_fired();
-                self.rearm();
-                if ctx.active {
-                    self.rx(ctx)?;
+                for p in 0..self.active {
+                    self.rearm(p);
+                    if ctx.active {
+                        self.rx(p, ctx)?;
+                    }
                 }
                 Ok(())
             }
             TX_TIMER => {
                 self.tx_limiter.timer_fired();
-                if ctx.ready(TX_QUEUE) {
-                    self.tx(ctx)?;
+                for p in 0..self.active {
+                    if ctx.ready(tx_queue(p)) {
+                        self.tx(p, ctx)?;
+                    }
                 }
                 Ok(())
             }
-            _ => Ok(()),
+            t => {
+                let p = if t == RX_TOKEN { 0 } else { t - TX_TIMER };
+                if p >= self.pairs.len() {
+                    return Ok(());
+                }
+                if ctx.active && p < self.active {
+                    self.rx(p, ctx)
+                } else {
+                    self.drop_rx(p);
+                    Ok(())
+                }
+            }
         }
     }
 }

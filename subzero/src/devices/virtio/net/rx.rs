@@ -37,8 +37,8 @@ use virtio_queue::QueueT;
 use vm_memory::{GuestMemoryMmap, Permissions};
 
 use super::{
-    bit, count, iov, Backend, DescChain, DeviceError, Net, QueueCtx, ETH_HLEN, MAX_PACKET,
-    RX_BUDGET, RX_CHAIN_MAX, RX_QUEUE, VNET_HDR_LEN,
+    bit, count, iov, rx_queue, Backend, DescChain, DeviceError, Net, QueueCtx, ETH_HLEN,
+    MAX_PACKET, RX_BUDGET, RX_CHAIN_MAX, VNET_HDR_LEN,
 };
 
 /// Checks the header the kernel put before a received frame against the
@@ -87,9 +87,10 @@ impl Net {
     }
 
     /// Reads one frame from the backend into `rx_buf`.
-    pub(super) fn read_backend(&mut self) -> Backend {
+    pub(super) fn read_backend(&mut self, p: usize) -> Backend {
         loop {
-            match (&self.backend).read(&mut self.rx_buf) {
+            let pair = &mut self.pairs[p];
+            match (&pair.backend).read(&mut pair.rx_buf) {
                 // A TAP never reads as empty: the peer of a test socket closed.
                 Ok(0) => {
                     log::warn!("virtio-net {}: the backend closed", self.tap_name);
@@ -111,17 +112,17 @@ impl Net {
 
     /// Checks a frame of `n` bytes just read, and rewrites its header for
     /// the guest (in the first receive chain, for a frame read in place).
-    fn accept_rx(&mut self, mem: &GuestMemoryMmap, n: usize) -> Result<(), &'static str> {
+    fn accept_rx(&mut self, p: usize, mem: &GuestMemoryMmap, n: usize) -> Result<(), &'static str> {
         if n < VNET_HDR_LEN + ETH_HLEN {
             return Err("frame shorter than an Ethernet header");
         }
         if n > MAX_PACKET {
             return Err("frame longer than the device supports");
         }
-        if !self.rx_in_place {
-            return rx_header(self.rx_offloads, &mut self.rx_buf[..VNET_HDR_LEN]);
+        if !self.pairs[p].rx_in_place {
+            return rx_header(self.rx_offloads, &mut self.pairs[p].rx_buf[..VNET_HDR_LEN]);
         }
-        let first = self.rx_chains.front().ok_or("no receive chain")?;
+        let first = self.pairs[p].rx_chains.front().ok_or("no receive chain")?;
         let mut hdr = [0u8; VNET_HDR_LEN];
         read_writable(mem, first, &mut hdr).map_err(|_| "receive chain not readable back")?;
         rx_header(self.rx_offloads, &mut hdr)?;
@@ -138,6 +139,7 @@ impl Net {
     /// sees is the same as through [`Net::read_backend`].
     pub(super) fn read_in_place(
         &mut self,
+        p: usize,
         ctx: &mut QueueCtx,
     ) -> Result<Option<Backend>, DeviceError> {
         const WANT: u64 = MAX_PACKET as u64 + 1;
@@ -145,24 +147,28 @@ impl Net {
         let mut taken = 0usize;
         let give_back = |net: &mut Net, ctx: &mut QueueCtx, taken: usize, extra: usize| {
             for _ in 0..taken {
-                net.rx_chains.pop_back();
+                net.pairs[p].rx_chains.pop_back();
             }
             for _ in 0..taken + extra {
-                ctx.undo_pop(RX_QUEUE);
+                ctx.undo_pop(rx_queue(p));
             }
         };
         loop {
-            let cap: u64 = self.rx_chains.iter().map(|c| c.writable_len()).sum();
+            let cap: u64 = self.pairs[p]
+                .rx_chains
+                .iter()
+                .map(|c| c.writable_len())
+                .sum();
             if cap >= WANT {
                 break;
             }
-            if !merge && !self.rx_chains.is_empty() {
+            if !merge && !self.pairs[p].rx_chains.is_empty() {
                 give_back(self, ctx, taken, 0);
                 return Ok(None);
             }
-            match ctx.pop(RX_QUEUE, RX_CHAIN_MAX) {
+            match ctx.pop(rx_queue(p), RX_CHAIN_MAX) {
                 Ok(Some(c)) if refused_rx_chain(&c, merge).is_none() => {
-                    self.rx_chains.push_back(c);
+                    self.pairs[p].rx_chains.push_back(c);
                     taken += 1;
                 }
                 Ok(Some(_)) => {
@@ -183,7 +189,7 @@ impl Net {
                 }
             }
         }
-        let result = self.readv_chains(ctx.mem, WANT);
+        let result = self.readv_chains(p, ctx.mem, WANT);
         if !matches!(result, Some(Backend::Frame(_))) {
             give_back(self, ctx, taken, 0);
         }
@@ -192,10 +198,10 @@ impl Net {
 
     /// One `readv` of up to `want` bytes from the backend into the
     /// chains in `rx_chains`; `None` if they do not make an iovec array.
-    fn readv_chains(&mut self, mem: &GuestMemoryMmap, want: u64) -> Option<Backend> {
+    fn readv_chains(&mut self, p: usize, mem: &GuestMemoryMmap, want: u64) -> Option<Backend> {
         let mut iovs = Vec::new();
         let mut left = want;
-        for c in &self.rx_chains {
+        for c in &self.pairs[p].rx_chains {
             if left == 0 {
                 break;
             }
@@ -216,7 +222,7 @@ impl Net {
             // the call; readv writes only through them.
             let n = unsafe {
                 libc::readv(
-                    self.backend.as_raw_fd(),
+                    self.pairs[p].backend.as_raw_fd(),
                     iovs.as_ptr(),
                     iovs.len() as libc::c_int,
                 )
@@ -227,7 +233,7 @@ impl Net {
                     return Some(Backend::Gone);
                 }
                 Ok(n) => {
-                    self.rx_in_place = true;
+                    self.pairs[p].rx_in_place = true;
                     return Some(Backend::Frame(n));
                 }
                 Err(_) => io::Error::last_os_error(),
@@ -247,32 +253,32 @@ impl Net {
     }
 
     /// Reads and drops frames while the driver cannot take them.
-    pub(super) fn drop_rx(&mut self) {
-        if self.rx_pending.take().is_some() {
+    pub(super) fn drop_rx(&mut self, p: usize) {
+        if self.pairs[p].rx_pending.take().is_some() {
             self.counters.rx_not_ready.fetch_add(1, Ordering::Relaxed);
         }
-        self.rx_in_place = false;
+        self.pairs[p].rx_in_place = false;
         for _ in 0..RX_BUDGET {
-            match self.read_backend() {
+            match self.read_backend(p) {
                 Backend::Frame(_) => {
                     self.counters.rx_not_ready.fetch_add(1, Ordering::Relaxed);
                 }
                 Backend::Empty => return,
-                Backend::Gone => return self.disarm(),
+                Backend::Gone => return self.disarm(p),
             }
         }
     }
 
     /// Moves frames from the backend to the receive queue while there are
     /// frames and buffers.
-    pub(super) fn rx(&mut self, ctx: &mut QueueCtx) -> Result<(), DeviceError> {
-        if !ctx.ready(RX_QUEUE) {
-            self.drop_rx();
+    pub(super) fn rx(&mut self, p: usize, ctx: &mut QueueCtx) -> Result<(), DeviceError> {
+        if !ctx.ready(rx_queue(p)) {
+            self.drop_rx(p);
             return Ok(());
         }
         let mut reads = 0;
         loop {
-            let n = match self.rx_pending {
+            let n = match self.pairs[p].rx_pending {
                 Some(n) => n,
                 None => {
                     if reads == RX_BUDGET {
@@ -280,51 +286,51 @@ impl Net {
                         break;
                     }
                     reads += 1;
-                    let got = match self.read_in_place(ctx)? {
+                    let got = match self.read_in_place(p, ctx)? {
                         Some(got) => got,
-                        None => self.read_backend(),
+                        None => self.read_backend(p),
                     };
                     match got {
                         Backend::Frame(n) => {
-                            if let Err(why) = self.accept_rx(ctx.mem, n) {
-                                self.rx_in_place = false;
+                            if let Err(why) = self.accept_rx(p, ctx.mem, n) {
+                                self.pairs[p].rx_in_place = false;
                                 count(
                                     &self.counters.rx_invalid,
                                     format_args!("{}: {n}-byte {why}", self.tap_name),
                                 );
                                 continue;
                             }
-                            self.rx_pending = Some(n);
+                            self.pairs[p].rx_pending = Some(n);
                             n
                         }
                         Backend::Empty => break,
                         Backend::Gone => {
-                            self.disarm();
+                            self.disarm(p);
                             break;
                         }
                     }
                 }
             };
-            match self.gather(ctx, n)? {
+            match self.gather(p, ctx, n)? {
                 Gather::Ready if !self.rx_limiter.consume((n - VNET_HDR_LEN) as u64, 1) => {
                     // Over the limit: keep the frame and its chains, stop
                     // watching the TAP until the limiter's timer fires.
-                    self.disarm();
+                    self.disarm(p);
                     self.counters.rx_throttled.fetch_add(1, Ordering::Relaxed);
                     ctx.throttled.fetch_add(1, Ordering::Relaxed);
                     break;
                 }
-                Gather::Ready => self.deliver(ctx, n)?,
+                Gather::Ready => self.deliver(p, ctx, n)?,
                 Gather::Wait => {
                     // No buffer: keep the frame, stop watching the TAP
                     // until the driver kicks the receive queue.
-                    self.disarm();
+                    self.disarm(p);
                     self.counters.rx_parked.fetch_add(1, Ordering::Relaxed);
                     break;
                 }
                 Gather::TooBig => {
-                    self.rx_pending = None;
-                    self.rx_in_place = false;
+                    self.pairs[p].rx_pending = None;
+                    self.pairs[p].rx_in_place = false;
                     count(
                         &self.counters.rx_too_big,
                         format_args!(
@@ -335,38 +341,46 @@ impl Net {
                 }
             }
         }
-        ctx.notify(RX_QUEUE)
+        ctx.notify(rx_queue(p))
     }
 
     /// Takes receive chains until `rx_chains` can hold a frame of `n`
     /// bytes. Refused chains are returned at once.
-    fn gather(&mut self, ctx: &mut QueueCtx, n: usize) -> Result<Gather, DeviceError> {
+    fn gather(&mut self, p: usize, ctx: &mut QueueCtx, n: usize) -> Result<Gather, DeviceError> {
         let merge = self.mergeable();
         let size = ctx
             .queues
-            .get(RX_QUEUE)
+            .get(rx_queue(p))
             .map_or(0, |q| usize::from(q.size()));
         loop {
-            if !merge && !self.rx_chains.is_empty() {
+            if !merge && !self.pairs[p].rx_chains.is_empty() {
                 return Ok(Gather::Ready);
             }
             if merge {
-                let cap: u64 = self.rx_chains.iter().map(|c| c.writable_len()).sum();
+                let cap: u64 = self.pairs[p]
+                    .rx_chains
+                    .iter()
+                    .map(|c| c.writable_len())
+                    .sum();
                 if cap >= n as u64 {
                     return Ok(Gather::Ready);
                 }
                 // The driver cannot have more descriptors outstanding than
                 // the queue size (buffers of indirect tables count too, so
                 // this may give up early, never wait forever).
-                let descs: usize = self.rx_chains.iter().map(|c| c.writable.len()).sum();
+                let descs: usize = self.pairs[p]
+                    .rx_chains
+                    .iter()
+                    .map(|c| c.writable.len())
+                    .sum();
                 if descs >= size {
                     return Ok(Gather::TooBig);
                 }
             }
-            let chain = match ctx.pop(RX_QUEUE, RX_CHAIN_MAX) {
+            let chain = match ctx.pop(rx_queue(p), RX_CHAIN_MAX) {
                 Ok(Some(c)) => c,
                 Ok(None) => {
-                    if !ctx.enable_notification(RX_QUEUE)? {
+                    if !ctx.enable_notification(rx_queue(p))? {
                         return Ok(Gather::Wait);
                     }
                     continue;
@@ -384,22 +398,22 @@ impl Net {
                     &self.counters.rx_bad_chains,
                     format_args!("receive chain {why}"),
                 );
-                ctx.add_used(RX_QUEUE, chain.head, 0)?;
+                ctx.add_used(rx_queue(p), chain.head, 0)?;
                 continue;
             }
-            self.rx_chains.push_back(chain);
+            self.pairs[p].rx_chains.push_back(chain);
         }
     }
 
     /// Writes the pending frame of `n` bytes into the chains [`Net::gather`]
     /// collected and puts them on the used ring.
-    fn deliver(&mut self, ctx: &mut QueueCtx, n: usize) -> Result<(), DeviceError> {
-        self.rx_pending = None;
-        if std::mem::take(&mut self.rx_in_place) {
-            return self.deliver_in_place(ctx, n);
+    fn deliver(&mut self, p: usize, ctx: &mut QueueCtx, n: usize) -> Result<(), DeviceError> {
+        self.pairs[p].rx_pending = None;
+        if std::mem::take(&mut self.pairs[p].rx_in_place) {
+            return self.deliver_in_place(p, ctx, n);
         }
         if !self.mergeable() {
-            let Some(chain) = self.rx_chains.pop_front() else {
+            let Some(chain) = self.pairs[p].rx_chains.pop_front() else {
                 return Ok(());
             };
             let cap = chain.writable_len();
@@ -411,10 +425,10 @@ impl Net {
                         n - VNET_HDR_LEN
                     ),
                 );
-                return ctx.add_used(RX_QUEUE, chain.head, 0);
+                return ctx.add_used(rx_queue(p), chain.head, 0);
             }
-            self.rx_buf[10..12].copy_from_slice(&1u16.to_le_bytes());
-            let len = match chain.write_at(ctx.mem, 0, &self.rx_buf[..n]) {
+            self.pairs[p].rx_buf[10..12].copy_from_slice(&1u16.to_le_bytes());
+            let len = match chain.write_at(ctx.mem, 0, &self.pairs[p].rx_buf[..n]) {
                 Ok(()) => {
                     self.count_rx(n);
                     n as u32
@@ -427,12 +441,12 @@ impl Net {
                     0
                 }
             };
-            return ctx.add_used(RX_QUEUE, chain.head, len);
+            return ctx.add_used(rx_queue(p), chain.head, len);
         }
         // How many chains, and how much goes in each.
         let mut fill = Vec::new();
         let mut left = n as u64;
-        for c in &self.rx_chains {
+        for c in &self.pairs[p].rx_chains {
             if left == 0 {
                 break;
             }
@@ -443,12 +457,12 @@ impl Net {
         debug_assert_eq!(left, 0, "gather() collected enough");
         // At most a queue's worth of chains: fits in u16.
         let buffers = fill.len() as u16;
-        self.rx_buf[10..12].copy_from_slice(&buffers.to_le_bytes());
+        self.pairs[p].rx_buf[10..12].copy_from_slice(&buffers.to_le_bytes());
         let mut off = 0;
         let mut ok = true;
-        let chains: Vec<_> = self.rx_chains.drain(..fill.len()).collect();
+        let chains: Vec<_> = self.pairs[p].rx_chains.drain(..fill.len()).collect();
         for (c, &k) in chains.iter().zip(&fill) {
-            if let Err(e) = c.write_at(ctx.mem, 0, &self.rx_buf[off..off + k]) {
+            if let Err(e) = c.write_at(ctx.mem, 0, &self.pairs[p].rx_buf[off..off + k]) {
                 count(
                     &self.counters.rx_bad_chains,
                     format_args!("receive chain not writable: {e}"),
@@ -464,17 +478,22 @@ impl Net {
         // On a failure the driver gets every chain back empty, which it
         // takes as a dropped frame.
         for (c, &k) in chains.iter().zip(&fill) {
-            ctx.add_used(RX_QUEUE, c.head, if ok { k as u32 } else { 0 })?;
+            ctx.add_used(rx_queue(p), c.head, if ok { k as u32 } else { 0 })?;
         }
         Ok(())
     }
 
     /// Puts the chains holding a frame of `n` bytes read in place on the
     /// used ring, with `num_buffers` set in its header.
-    fn deliver_in_place(&mut self, ctx: &mut QueueCtx, n: usize) -> Result<(), DeviceError> {
+    fn deliver_in_place(
+        &mut self,
+        p: usize,
+        ctx: &mut QueueCtx,
+        n: usize,
+    ) -> Result<(), DeviceError> {
         let mut fill = Vec::new();
         let mut left = n as u64;
-        for c in &self.rx_chains {
+        for c in &self.pairs[p].rx_chains {
             if left == 0 {
                 break;
             }
@@ -482,7 +501,7 @@ impl Net {
             fill.push(k as u32);
             left -= k;
         }
-        let chains: Vec<_> = self.rx_chains.drain(..fill.len()).collect();
+        let chains: Vec<_> = self.pairs[p].rx_chains.drain(..fill.len()).collect();
         let buffers = (fill.len() as u16).to_le_bytes();
         let ok = match chains.first() {
             Some(first) => first.write_at(ctx.mem, 10, &buffers).is_ok(),
@@ -498,7 +517,7 @@ impl Net {
             );
         }
         for (c, k) in chains.iter().zip(fill) {
-            ctx.add_used(RX_QUEUE, c.head, if ok { k } else { 0 })?;
+            ctx.add_used(rx_queue(p), c.head, if ok { k } else { 0 })?;
         }
         Ok(())
     }

@@ -1,6 +1,7 @@
 //! A host TAP device opened through `/dev/net/tun`.
 //!
-//! The TAP is single-queue, carries Ethernet frames without the packet
+//! The TAP is single-queue (or multi-queue, one file descriptor per queue:
+//! [`Tap::open_queues`]), carries Ethernet frames without the packet
 //! information prefix (`IFF_NO_PI`), and prefixes every frame with a
 //! 12-byte virtio-net header (`IFF_VNET_HDR`, `TUNSETVNETHDRSZ` 12: the
 //! virtio 1.x header with `num_buffers`). It starts without offloads (the
@@ -44,6 +45,29 @@ pub fn set_offload(fd: BorrowedFd, flags: libc::c_uint) -> io::Result<()> {
     Ok(())
 }
 
+/// Attaches (`on`) or detaches the queue of a multi-queue TAP that `fd`
+/// holds: a detached queue gets no frames, and frames written to it are
+/// refused.
+pub fn set_queue(fd: BorrowedFd, on: bool) -> io::Result<()> {
+    let flag = if on {
+        libc::IFF_ATTACH_QUEUE
+    } else {
+        libc::IFF_DETACH_QUEUE
+    };
+    let mut ifr = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        flags: flag as libc::c_short,
+        _pad: [0; 22],
+    };
+    // SAFETY: TUNSETQUEUE reads a `struct ifreq` (only its flags); `ifr`
+    // has its size and layout and lives across the call.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETQUEUE, &mut ifr as *mut IfReq) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// An open TAP device.
 #[derive(Debug)]
 pub struct Tap {
@@ -68,6 +92,25 @@ impl Tap {
     /// TAP created here disappears when closed). The file descriptor is
     /// non-blocking and close-on-exec.
     pub fn open(name: &str) -> Result<Tap, NetError> {
+        Tap::open_flags(name, 0)
+    }
+
+    /// Opens `n` queues of the multi-queue TAP device `name`, creating it
+    /// if it does not exist. A TAP that exists as a single-queue device is
+    /// [`NetError::NotTap`].
+    pub fn open_queues(name: &str, n: usize) -> Result<Vec<Tap>, NetError> {
+        let first = Tap::open_flags(name, libc::IFF_MULTI_QUEUE)?;
+        // Every queue attaches to the device the first one named.
+        let actual = first.name.clone();
+        let mut queues = vec![first];
+        for _ in 1..n {
+            queues.push(Tap::open_flags(&actual, libc::IFF_MULTI_QUEUE)?);
+        }
+        Ok(queues)
+    }
+
+    /// [`Tap::open`] with `extra` TUNSETIFF flags.
+    fn open_flags(name: &str, extra: libc::c_int) -> Result<Tap, NetError> {
         check_name(name)?;
         let io_err = |what: &'static str, source: io::Error| NetError::Io {
             name: name.to_string(),
@@ -89,7 +132,7 @@ impl Tap {
 
         let mut ifr = IfReq {
             name: [0; libc::IFNAMSIZ],
-            flags: (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short,
+            flags: (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR | extra) as libc::c_short,
             _pad: [0; 22],
         };
         ifr.name[..name.len()].copy_from_slice(name.as_bytes());
@@ -226,5 +269,39 @@ mod tests {
         let file = std::fs::File::from(OwnedFd::from(tap));
         let e = std::io::Read::read(&mut &file, &mut buf).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+    }
+
+    #[test]
+    fn opens_the_queues_of_a_real_multi_queue_tap_and_detaches_them() {
+        let name = format!("sbzq{}", std::process::id() % 10_000_000);
+        let queues = match Tap::open_queues(&name, 3) {
+            Ok(q) => q,
+            Err(e @ (NetError::NoTunDevice | NetError::Permission(_))) => {
+                eprintln!("skipped: cannot open a TAP device here: {e}");
+                return;
+            }
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(queues.len(), 3);
+        assert!(queues.iter().all(|q| q.name() == name));
+        let fd = queues[2].fd.as_fd();
+        set_queue(fd, false).unwrap();
+        set_queue(fd, true).unwrap();
+        let again = set_queue(fd, true).unwrap_err();
+        assert_eq!(again.raw_os_error(), Some(libc::EINVAL), "already attached");
+        // The same name as a single-queue TAP is another kind of device.
+        match Tap::open(&name) {
+            Err(NetError::NotTap(n)) => assert_eq!(n, name),
+            other => panic!("expected NotTap, got {other:?}"),
+        }
+        drop(queues);
+        // And a single-queue TAP cannot be opened as a multi-queue one: the
+        // device falls back to one pair.
+        let single = Tap::open(&name).unwrap();
+        assert!(matches!(
+            Tap::open_queues(&name, 2),
+            Err(NetError::NotTap(_)) | Err(NetError::Busy(_))
+        ));
+        drop(single);
     }
 }

@@ -23,8 +23,8 @@ use virtio_bindings::bindings::virtio_net::{
 use vm_memory::{GuestMemoryMmap, Permissions};
 
 use super::{
-    bit, count, iov, DescChain, DeviceError, Net, QueueCtx, ETH_HLEN, MAX_FRAME, MAX_PACKET,
-    TX_QUEUE, VNET_HDR_LEN,
+    bit, count, iov, tx_queue, DescChain, DeviceError, Net, QueueCtx, ETH_HLEN, MAX_FRAME,
+    MAX_PACKET, VNET_HDR_LEN,
 };
 
 /// Why the transmit header `flags`, `gso_type` cannot go out with the
@@ -57,15 +57,15 @@ pub(super) fn tx_header_refused(acked: u64, flags: u8, gso_type: u8) -> Option<&
 
 impl Net {
     /// Sends every available transmit chain.
-    pub(super) fn tx(&mut self, ctx: &mut QueueCtx) -> Result<(), DeviceError> {
+    pub(super) fn tx(&mut self, p: usize, ctx: &mut QueueCtx) -> Result<(), DeviceError> {
         loop {
-            ctx.disable_notification(TX_QUEUE)?;
+            ctx.disable_notification(tx_queue(p))?;
             loop {
                 if self.tx_limiter.blocked() {
                     // The limiter's timer brings the device back.
-                    return ctx.notify(TX_QUEUE);
+                    return ctx.notify(tx_queue(p));
                 }
-                let chain = match ctx.pop(TX_QUEUE, MAX_PACKET as u64) {
+                let chain = match ctx.pop(tx_queue(p), MAX_PACKET as u64) {
                     Ok(Some(c)) => c,
                     Ok(None) => break,
                     Err(e) => {
@@ -81,21 +81,21 @@ impl Net {
                     // Back on the ring, sent when the buckets refill.
                     self.counters.tx_throttled.fetch_add(1, Ordering::Relaxed);
                     ctx.throttled.fetch_add(1, Ordering::Relaxed);
-                    ctx.undo_pop(TX_QUEUE);
+                    ctx.undo_pop(tx_queue(p));
                     continue;
                 }
-                self.tx_chain(ctx.mem, &chain);
-                ctx.add_used(TX_QUEUE, chain.head, 0)?;
+                self.tx_chain(p, ctx.mem, &chain);
+                ctx.add_used(tx_queue(p), chain.head, 0)?;
             }
-            if !ctx.enable_notification(TX_QUEUE)? {
+            if !ctx.enable_notification(tx_queue(p))? {
                 break;
             }
         }
-        ctx.notify(TX_QUEUE)
+        ctx.notify(tx_queue(p))
     }
 
     /// Sends the frame in `chain` to the backend, or counts why not.
-    fn tx_chain(&mut self, mem: &GuestMemoryMmap, chain: &DescChain) {
+    fn tx_chain(&mut self, p: usize, mem: &GuestMemoryMmap, chain: &DescChain) {
         let invalid = |why: fmt::Arguments| count(&self.counters.tx_invalid, why);
         if !chain.writable.is_empty() {
             return invalid(format_args!("transmit chain with device-writable buffers"));
@@ -130,7 +130,7 @@ impl Net {
             // whole call; writev only reads through them.
             let n = unsafe {
                 libc::writev(
-                    self.backend.as_raw_fd(),
+                    self.pairs[p].backend.as_raw_fd(),
                     iovs.0.as_ptr(),
                     iovs.0.len() as libc::c_int,
                 )
