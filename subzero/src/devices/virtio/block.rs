@@ -222,13 +222,17 @@ impl Block {
             });
         }
         let (file, size) = open::open_image(path, opts.readonly)?;
-        let engine = match (opts.engine, Uring::new()) {
-            (EngineChoice::Sync, _) => Engine::Sync,
-            (_, Ok(ring)) => Engine::Uring(Box::new(ring)),
-            (EngineChoice::Uring, Err(source)) => {
+        let ring = match opts.engine {
+            EngineChoice::Sync => None,
+            _ => Some(Uring::new()),
+        };
+        let engine = match (opts.engine, ring) {
+            (_, None) => Engine::Sync,
+            (_, Some(Ok(ring))) => Engine::Uring(Box::new(ring)),
+            (EngineChoice::Uring | EngineChoice::Sync, Some(Err(source))) => {
                 return Err(BlockError::UringUnavailable { path: p(), source })
             }
-            (EngineChoice::Auto, Err(e)) => {
+            (EngineChoice::Auto, Some(Err(e))) => {
                 log::info!(
                     "disk image {}: io_uring is not available ({e}); serving it with the synchronous engine",
                     path.display()

@@ -203,6 +203,13 @@ impl Block {
                 ctx.notify(q)?;
             }
         }
+        // A queue that stopped for want of room waits for a completion
+        // event; these completions may have been reaped without one.
+        if self.starved != 0 && queues != 0 {
+            if let Engine::Uring(ring) = &self.engine {
+                ring.wake();
+            }
+        }
         Ok(())
     }
 
