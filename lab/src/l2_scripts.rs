@@ -127,6 +127,20 @@ net)
     echo "@@L2 DOWNLOAD_SHA256 $(sz_sha < /tmp/net.bin)"
     sz_try UPLOAD lab-peer connect tcp:169.254.0.1:8001 --retry 10 </tmp/net.bin
     ;;
+net-mq)
+    # As net, on two queue pairs: the driver asks for one per vCPU.
+    sz_load virtio_mmio virtio_net
+    sz_wait /sys/class/net/eth0
+    echo "@@L2 NET_FEATURES $(cat /sys/class/net/eth0/device/features)"
+    echo "@@L2 NET_QUEUES $(ls /sys/class/net/eth0/queues | tr '\n' ' ')"
+    ip addr add 169.254.0.2/16 dev eth0
+    ip link set eth0 up
+    ping -c 3 -W 5 169.254.0.1 >/tmp/ping 2>&1
+    echo "@@L2 PING $(grep 'packets transmitted' /tmp/ping)"
+    lab-peer connect tcp:169.254.0.1:8000 --retry 20 </dev/null >/tmp/net.bin
+    echo "@@L2 DOWNLOAD_SHA256 $(sz_sha < /tmp/net.bin)"
+    sz_try UPLOAD lab-peer connect tcp:169.254.0.1:8001 --retry 10 </tmp/net.bin
+    ;;
 vsock)
     sz_load virtio_mmio vmw_vsock_virtio_transport
     sz_wait /dev/vsock

@@ -215,6 +215,14 @@ rm -f /tmp/rootfs.img
         ..BOOT
     },
     Scenario {
+        name: "net-mq",
+        vcpus: 2,
+        extra: &["--net", "tap=szmq0,mac=52:54:00:12:34:57,queues=2"],
+        before: NET_MQ_BEFORE,
+        after: NET_MQ_AFTER,
+        ..BOOT
+    },
+    Scenario {
         name: "vsock",
         extra: &["--vsock", "cid=3,uds=/tmp/vsock.sock"],
         before: VSOCK_BEFORE,
@@ -342,6 +350,29 @@ sz_check SERVER_G2H "$(cat /tmp/bench.g2h.err)"
 sz_check SERVER_H2G "$(cat /tmp/bench.h2g.err)"
 rm -f /tmp/bench.img
 tunctl -d sztap0 >/dev/null
+"#;
+
+/// The net-mq scenario's L1 side: no TAP yet, so subzero creates `szmq0`
+/// as a multi-queue TAP with one queue per pair; a background job gives it
+/// 169.254.0.1/16 once it appears and then starts the net scenario's two
+/// servers on it.
+const NET_MQ_BEFORE: &str = r#"(
+    n=0
+    while [ ! -e /sys/class/net/szmq0 ] && [ $n -lt 1200 ]; do sleep 0.1; n=$((n + 1)); done
+    ip addr add 169.254.0.1/16 dev szmq0
+    ip link set szmq0 up
+    lab-peer gen $SZ_NET_FILE | lab-peer listen tcp:169.254.0.1:8000 --timeout $SZ_TIMEOUT >/dev/null 2>/tmp/net.down.err &
+    sz_track $!
+    lab-peer listen tcp:169.254.0.1:8001 --timeout $SZ_TIMEOUT </dev/null >/tmp/net.up.bin 2>/tmp/net.up.err &
+    sz_track $!
+) &
+sz_track $!
+"#;
+const NET_MQ_AFTER: &str = r#"sz_reap
+sz_check UPLOAD_SHA256 "$(sha256sum < /tmp/net.up.bin | cut -d' ' -f1)"
+sz_check SERVER_DOWN "$(cat /tmp/net.down.err)"
+sz_check SERVER_UP "$(cat /tmp/net.up.err)"
+rm -f /tmp/net.up.bin
 "#;
 
 /// The net scenario's L1 side: a persistent TAP with 169.254.0.1/16 (busybox

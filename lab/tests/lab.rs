@@ -732,6 +732,58 @@ fn net_guest_pings_and_moves_16_mib_over_tcp() {
 }
 
 #[test]
+fn net_with_two_queue_pairs_on_a_multi_queue_tap() {
+    let Some(run) = lab() else { return };
+    let Some(sc) = run.scenario("net-mq") else {
+        return;
+    };
+    let ctx = || run.context(sc);
+    let features = sc.l2("NET_FEATURES").unwrap_or("");
+    for (bit, name) in [(17, "CTRL_VQ"), (22, "MQ"), (15, "MRG_RXBUF")] {
+        assert_eq!(
+            features.as_bytes().get(bit),
+            Some(&b'1'),
+            "virtio-net feature {name} (bit {bit}) not negotiated: {features:?}\n{}",
+            ctx()
+        );
+    }
+    // The driver puts both pairs in use through the control queue; had
+    // the device refused, the guest would show one queue each way.
+    let queues: Vec<&str> = sc
+        .l2("NET_QUEUES")
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        queues,
+        ["rx-0", "rx-1", "tx-0", "tx-1"],
+        "the guest's eth0 queues\n{}",
+        ctx()
+    );
+    assert!(
+        sc.l2("PING")
+            .is_some_and(|p| p.contains("3 packets transmitted, 3 packets received")),
+        "guest ping of L1 (169.254.0.1)\n{}",
+        ctx()
+    );
+    let want = scripts::NET_FILE.sha256();
+    assert_eq!(
+        sc.l2("DOWNLOAD_SHA256"),
+        Some(want.as_str()),
+        "sha256 of the 16 MiB the guest fetched from L1\n{}",
+        ctx()
+    );
+    assert!(l2_ok(sc, "UPLOAD"), "guest upload to L1\n{}", ctx());
+    assert_eq!(
+        sc.l1("UPLOAD_SHA256"),
+        Some(want.as_str()),
+        "sha256 of what L1 received back from the guest\n{}",
+        ctx()
+    );
+    assert_eq!(sc.exit_code, Some(0), "subzero exit code\n{}", ctx());
+}
+
+#[test]
 fn vsock_streams_reach_the_guest_and_the_host() {
     let Some(run) = lab() else { return };
     let Some(sc) = run.scenario("vsock") else {
