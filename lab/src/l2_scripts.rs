@@ -260,7 +260,7 @@ virtio-bench*)
     ping -c 1 -W 5 169.254.0.1 >/dev/null
     echo "@@L2 BENCH seq-write $(lab-peer seq write /dev/vda $SZ_BENCH_BYTES 2>&1)"
     echo "@@L2 BENCH seq-read $(lab-peer seq read /dev/vda $SZ_BENCH_BYTES 2>&1)"
-    echo "@@L2 BENCH rand-read $(lab-peer randread /dev/vda 5 2>&1)"
+    echo "@@L2 BENCH rand-read $(lab-peer rand read /dev/vda 5 2>&1)"
     echo "@@L2 BENCH tcp-g2h $(lab-peer connect tcp:169.254.0.1:9000 --retry 10 --bytes $SZ_BENCH_BYTES </dev/zero 2>&1 >/dev/null)"
     echo "@@L2 BENCH tcp-h2g $(lab-peer connect tcp:169.254.0.1:9001 --retry 10 </dev/null 2>&1 >/dev/null)"
     ;;
