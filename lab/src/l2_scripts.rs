@@ -267,7 +267,7 @@ virtio-bench)
             echo "@@L2 BENCH rand-$rw-qd$qd $(lab-peer rand $rw /dev/vda 3 --qd $qd 2>&1)"
         done
     done
-    echo "@@L2 BENCH tcp-g2h $(lab-peer connect tcp:169.254.0.1:9000 --retry 10 --bytes $SZ_BENCH_BYTES </dev/zero 2>&1 >/dev/null)"
+    echo "@@L2 BENCH tcp-g2h $(lab-peer connect tcp:169.254.0.1:9000 --retry 10 --bytes $SZ_BENCH_TCP_BYTES </dev/zero 2>&1 >/dev/null)"
     echo "@@L2 BENCH tcp-h2g $(lab-peer connect tcp:169.254.0.1:9001 --retry 10 </dev/null 2>&1 >/dev/null)"
     echo "@@L2 REBOOT"
     reboot -f

@@ -26,7 +26,7 @@
 //!
 //! Before every boot L1 also starts the TCP peers on the TAP's
 //! 169.254.0.1: a sink on port 9000 and a source of
-//! [`crate::scripts::BENCH_BYTES`] zeros on port 9001 (`lab-peer listen`,
+//! [`crate::scripts::BENCH_TCP_BYTES`] zeros on port 9001 (`lab-peer listen`,
 //! one connection each); they are stopped after the boot.
 //!
 //! Protocol: one warm-up boot of each VMM, then [`ROUNDS`] timed rounds in
@@ -128,7 +128,7 @@ fn rounds_env(rounds: u32) -> String {
 
 /// The driver. Variables from [`crate::api_scripts::driver_file`]:
 /// `SZ_KERNEL`, `SZ_INITRD`, `SZ_CMDLINE`, `SZ_MEM_MIB`, `SZ_VCPUS`,
-/// `SZ_BENCH_BYTES`.
+/// `SZ_BENCH_BYTES`, `SZ_BENCH_TCP_BYTES`.
 pub const VIRTIO_BENCH_DRIVER: &str = r#"FC=/usr/bin/firecracker
 QEMU=/usr/bin/qemu-system-x86_64
 BIOS=/usr/share/seabios/bios-microvm.bin
@@ -164,7 +164,7 @@ sz_fresh() {
     dd if=/dev/zero of=$IMG bs=1M count=0 seek=64 2>/dev/null
     lab-peer listen tcp:169.254.0.1:9000 --timeout $BOOT_SECS </dev/null >/dev/null 2>$B.g2h.err &
     g2h=$!
-    lab-peer listen tcp:169.254.0.1:9001 --timeout $BOOT_SECS --bytes $SZ_BENCH_BYTES </dev/zero >/dev/null 2>$B.h2g.err &
+    lab-peer listen tcp:169.254.0.1:9001 --timeout $BOOT_SECS --bytes $SZ_BENCH_TCP_BYTES </dev/zero >/dev/null 2>$B.h2g.err &
     h2g=$!
     sz_track $g2h
     sz_track $h2g
@@ -321,7 +321,7 @@ mod tests {
         assert!(driver < run && tap < run && run < after);
         assert!(s[..run].contains(&format!("SZ_TIMEOUT={TIMEOUT_SECS}\n")));
         assert!(s.contains("\nSZ_MEM_MIB=256\nSZ_VCPUS=2\n"));
-        assert!(s.contains("SZ_BENCH_BYTES=64M\n"));
+        assert!(s.contains("SZ_BENCH_BYTES=64M\nSZ_BENCH_TCP_BYTES=32M\n"));
     }
 
     #[test]

@@ -817,13 +817,15 @@ fn virtio_bench_measures_disk_and_tcp_under_each_vmm_in_one_l1() {
     // Everything is printed first, whatever the assertions below say.
     eprintln!(
         "lab: virtio-bench: the Debian bzImage and busybox initramfs, {} vCPUs, {} MiB, `{}`; \
-         a raw {} image, the TAP and L1's TCP peers, the same for every VMM; medians over {} \
+         a raw {} image, the TAP and L1's TCP peers ({} each way), the same for every VMM; \
+         medians over {} \
          timed rounds after a warm-up, order rotating; ratios of medians (above 1: subzero \
          did more). Numbers only, never asserted. Firecracker: {}; QEMU: {}\n{}",
         vbench_scripts::VCPUS,
         vbench_scripts::MEMORY_MIB,
         sc.l1("CMDLINE").unwrap_or("-"),
         scripts::BENCH_BYTES,
+        scripts::BENCH_TCP_BYTES,
         sc.l1("ROUNDS").unwrap_or("-"),
         sc.l1("FIRECRACKER").unwrap_or("-"),
         sc.l1("QEMU").unwrap_or("-"),
