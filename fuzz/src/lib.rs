@@ -311,10 +311,12 @@ impl Driver {
         usize::from(inp.u8()) % self.queues().max(1)
     }
 
-    /// Runs the device thread's kick handler of queue `q`.
+    /// Runs the device thread's kick handler of queue `q`, then lets the
+    /// device finish what it has in flight (a disk's io_uring requests).
     fn serve(&mut self, q: usize) {
         if q < self.queues() {
             self.worker.handle_kick(q);
+            self.worker.quiesce();
         }
     }
 

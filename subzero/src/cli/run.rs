@@ -14,7 +14,7 @@ use subzero::stats::live;
 use subzero::stats::report::{StatsReport, VirtioRow};
 use subzero::stats::symbols::Symbols;
 use subzero::vmm::config::{parse_size, DEFAULT_CMDLINE};
-use subzero::vmm::device_config::{DiskConfig, NetConfig, VsockConfig};
+use subzero::vmm::device_config::{DiskConfig, EngineChoice, NetConfig, VsockConfig};
 use subzero::vmm::exit::StopReason;
 use subzero::vmm::hw_trace::HwTrace;
 use subzero::vmm::resources::{
@@ -174,7 +174,12 @@ fn resources(args: &RunArgs) -> anyhow::Result<VmResources> {
                 partuuid: None,
                 cache_type: None,
                 rate_limiter: d.rate_limiter.limits().then_some(d.rate_limiter),
-                io_engine: None,
+                io_engine: match d.engine {
+                    EngineChoice::Auto => None,
+                    EngineChoice::Sync => Some("Sync".into()),
+                    EngineChoice::Uring => Some("Async".into()),
+                },
+                num_queues: d.queues,
                 socket: None,
             })
             .collect(),

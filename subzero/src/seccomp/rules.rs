@@ -179,6 +179,9 @@ const VMM: &[i64] = &[
     libc::SYS_ftruncate,
     libc::SYS_fallocate,
     libc::SYS_flock,
+    // A disk's io_uring engine is set up where the disk is opened.
+    libc::SYS_io_uring_setup,
+    libc::SYS_io_uring_register,
     libc::SYS_unlink,
     libc::SYS_unlinkat,
     // The unpacked-kernel cache: its directory, and entries renamed into
@@ -324,8 +327,16 @@ pub fn allowed(kind: ThreadKind) -> Result<Rules, BackendError> {
             add_rules(&mut rules, libc::SYS_ioctl, ioctls);
             // A driver's status write activates or resets its device on the
             // vCPU thread: virtio-net starts or stops watching its TAP, and
-            // virtio-vsock closes its connections.
-            add(&mut rules, &[libc::SYS_epoll_ctl, libc::SYS_shutdown]);
+            // virtio-vsock closes its connections, and virtio-blk waits
+            // for its io_uring requests in flight.
+            add(
+                &mut rules,
+                &[
+                    libc::SYS_epoll_ctl,
+                    libc::SYS_shutdown,
+                    libc::SYS_io_uring_enter,
+                ],
+            );
         }
         ThreadKind::Block => {
             add(&mut rules, EPOLL);
@@ -343,6 +354,8 @@ pub fn allowed(kind: ThreadKind) -> Result<Rules, BackendError> {
                     libc::SYS_lseek,
                     libc::SYS_fallocate,
                     libc::SYS_timerfd_settime,
+                    // The io_uring engine: submissions and waits.
+                    libc::SYS_io_uring_enter,
                 ],
             );
         }

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use super::config::parse_bytes;
 use crate::devices::rate_limiter::{RateLimiterConfig, TokenBucketConfig};
+pub use crate::devices::virtio::block::EngineChoice;
+use crate::devices::virtio::block::MAX_QUEUES;
 
 /// A problem with a device option.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -61,7 +63,7 @@ pub enum DeviceConfigError {
     },
 }
 
-/// `--disk path=FILE[,readonly=on][,id=NAME][,bw=BYTES/s][,iops=N]`.
+/// `--disk path=FILE[,readonly=on][,id=NAME][,bw=BYTES/s][,iops=N][,engine=auto|sync|uring][,queues=N]`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DiskConfig {
     /// Raw image file.
@@ -72,6 +74,10 @@ pub struct DiskConfig {
     pub id: Option<String>,
     /// Bytes and requests per second (unlimited by default).
     pub rate_limiter: RateLimiterConfig,
+    /// The I/O engine (io_uring where the host allows it, by default).
+    pub engine: EngineChoice,
+    /// Request queues (one per vCPU, by default).
+    pub queues: Option<u16>,
 }
 
 /// `--net tap=NAME[,mac=XX:XX:XX:XX:XX:XX][,bw=BYTES/s][,pps=N]`.
@@ -189,13 +195,43 @@ impl DiskConfig {
         let mut readonly = false;
         let mut id = None;
         let mut rate_limiter = RateLimiterConfig::default();
-        let known = "path, readonly, id, bw, iops";
+        let mut engine = EngineChoice::default();
+        let mut queues = None;
+        let known = "path, readonly, id, bw, iops, engine, queues";
         for (k, v) in pairs("disk", spec, DISK_EXAMPLE, known)? {
             match k.as_str() {
                 "bw" => rate_limiter.bandwidth = bandwidth("disk", spec, &v)?,
                 "iops" => rate_limiter.ops = per_second("disk", spec, "iops", &v)?,
                 "path" if !v.is_empty() => path = Some(PathBuf::from(v)),
                 "readonly" => readonly = on_off("disk", spec, "readonly", &v)?,
+                "engine" => {
+                    engine = match v.as_str() {
+                        "auto" => EngineChoice::Auto,
+                        "sync" => EngineChoice::Sync,
+                        "uring" | "io_uring" => EngineChoice::Uring,
+                        _ => {
+                            return Err(DeviceConfigError::BadValue {
+                                flag: "disk",
+                                spec: spec.into(),
+                                key: "engine",
+                                value: v,
+                                problem: "is not an engine: use auto (io_uring where the host allows it), sync or uring",
+                            })
+                        }
+                    }
+                }
+                "queues" => match v.parse::<u16>() {
+                    Ok(n) if (1..=MAX_QUEUES).contains(&n) => queues = Some(n),
+                    _ => {
+                        return Err(DeviceConfigError::BadValue {
+                            flag: "disk",
+                            spec: spec.into(),
+                            key: "queues",
+                            value: v,
+                            problem: "must be a number of request queues from 1 to 16",
+                        })
+                    }
+                },
                 "id" if v.len() <= 20 && v.is_ascii() => id = Some(v),
                 "id" => {
                     return Err(DeviceConfigError::BadValue {
@@ -220,6 +256,18 @@ impl DiskConfig {
             readonly,
             id,
             rate_limiter,
+            engine,
+            queues,
+        })
+    }
+
+    /// The queue count for a VM of `vcpus` vCPUs: as given, or one per
+    /// vCPU up to the most a disk serves.
+    pub fn queues_for(&self, vcpus: u64) -> u16 {
+        self.queues.unwrap_or_else(|| {
+            u16::try_from(vcpus)
+                .unwrap_or(MAX_QUEUES)
+                .clamp(1, MAX_QUEUES)
         })
     }
 }
@@ -313,6 +361,8 @@ mod tests {
                 readonly: true,
                 id: Some("root".into()),
                 rate_limiter: RateLimiterConfig::default(),
+                engine: EngineChoice::Auto,
+                queues: None,
             }
         );
         assert!(!DiskConfig::parse("path=a.img").unwrap().readonly);
@@ -329,6 +379,26 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("not on or off"), "{e}");
+    }
+
+    #[test]
+    fn parses_engines_and_queue_counts() {
+        let d = DiskConfig::parse("path=a.img,engine=sync,queues=4").unwrap();
+        assert_eq!((d.engine, d.queues), (EngineChoice::Sync, Some(4)));
+        assert_eq!(d.queues_for(2), 4, "an explicit count wins");
+        let d = DiskConfig::parse("path=a.img,engine=uring").unwrap();
+        assert_eq!((d.engine, d.queues_for(3)), (EngineChoice::Uring, 3));
+        assert_eq!(d.queues_for(64), 16, "one per vCPU, at most 16");
+        let e = DiskConfig::parse("path=a,engine=aio")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("engine") && e.contains("auto"), "{e}");
+        for bad in ["0", "17", "many"] {
+            let e = DiskConfig::parse(&format!("path=a,queues={bad}"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("from 1 to 16"), "{e}");
+        }
     }
 
     #[test]

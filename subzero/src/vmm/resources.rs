@@ -11,8 +11,9 @@ use serde::{Deserialize, Serialize};
 use super::config::{
     check_memory, host_ram, ConfigError, DevicesConfig, VmConfig, DEFAULT_CMDLINE,
 };
-use super::device_config::{DiskConfig, NetConfig, VsockConfig};
+use super::device_config::{DiskConfig, EngineChoice, NetConfig, VsockConfig};
 pub use crate::devices::rate_limiter::{RateLimiterConfig, TokenBucketConfig};
+use crate::devices::virtio::block::MAX_QUEUES;
 
 /// Firecracker's default guest RAM, in MiB, when machine-config is not set.
 pub const DEFAULT_MEM_MIB: u64 = 128;
@@ -206,9 +207,13 @@ pub struct Drive {
     /// unlimited).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limiter: Option<RateLimiterConfig>,
-    /// "Sync" (the engine Subzero has) or "Async".
+    /// "Sync" (preadv/pwritev on the device thread) or "Async"
+    /// (io_uring). Left out: io_uring where the host allows it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub io_engine: Option<String>,
+    /// Subzero's own: request queues (default one per vCPU, at most 16).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_queues: Option<u16>,
     /// vhost-user socket (not offered).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub socket: Unsupported,
@@ -439,10 +444,20 @@ impl VmResources {
             let s = |f| Setting::Drive(d.drive_id.clone(), f);
             refuse_set(&d.partuuid, s("partuuid"), "a partition UUID")?;
             refuse_set(&d.socket, s("socket"), "a vhost-user socket")?;
-            if !matches!(d.io_engine.as_deref(), None | Some("Sync")) {
+            let engine =
+                match d.io_engine.as_deref() {
+                    None => EngineChoice::Auto,
+                    Some("Sync") => EngineChoice::Sync,
+                    Some("Async") => EngineChoice::Uring,
+                    Some(_) => return Err(ResourceError::new(
+                        s("io_engine"),
+                        "use \"Sync\" or \"Async\" (io_uring), or leave it out to let Subzero pick",
+                    )),
+                };
+            if matches!(d.num_queues, Some(n) if !(1..=MAX_QUEUES).contains(&n)) {
                 return Err(ResourceError::new(
-                    s("io_engine"),
-                    "Subzero's block engine is \"Sync\"; leave it out or use \"Sync\"",
+                    s("num_queues"),
+                    "give a number of request queues from 1 to 16, or leave it out for one per vCPU",
                 ));
             }
             if !matches!(d.cache_type.as_deref(), None | Some("Unsafe" | "Writeback")) {
@@ -456,6 +471,8 @@ impl VmResources {
                 readonly: d.is_read_only,
                 id: Some(d.drive_id.clone()),
                 rate_limiter: d.rate_limiter.unwrap_or_default(),
+                engine,
+                queues: d.num_queues,
             });
         }
         let mut nets = Vec::with_capacity(self.network_interfaces.len());

@@ -1,41 +1,60 @@
 //! virtio-blk: a raw disk image file (or block device) as a guest disk.
 //!
-//! One request queue, served on the device thread. Each chain is parsed by
-//! [`request::parse_request`] and then served with positional I/O through a
-//! fixed bounce buffer, so a guest can make the VMM neither allocate nor
-//! touch the file beyond the disk it was given. A bad request fails with a
-//! status byte and the device goes on.
+//! One or more request queues (`VIRTIO_BLK_F_MQ`), served on the device
+//! thread. Each chain is parsed by [`request::parse_request`]; its data
+//! buffers become iovecs into guest memory ([`io::iovecs`]), so reads and
+//! writes go straight between the image and the guest with no copy. Two
+//! engines serve them:
+//! - [`Engine::Uring`]: io_uring, with up to [`uring::MAX_IN_FLIGHT`]
+//!   requests in flight; completions arrive on an eventfd the device thread
+//!   watches ([`uring`]);
+//! - [`Engine::Sync`]: `preadv`/`pwritev` on the device thread, one request
+//!   at a time, where io_uring is missing or refused.
+//!
+//! Discard and write-zeroes are `fallocate` calls ([`io::discard`],
+//! [`io::write_zeroes`]); under io_uring they wait for the requests in
+//! flight first, so they are ordered after them. A guest can make the VMM
+//! neither allocate nor touch the file beyond the disk it was given, and a
+//! bad request fails with a status byte while the device goes on.
 
+pub mod io;
+pub mod open;
 pub mod request;
+mod serve;
+pub mod uring;
 
+#[cfg(test)]
+mod feature_tests;
+#[cfg(test)]
+mod inflight_tests;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]
 mod tests;
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, Seek, SeekFrom};
-use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::fs::File;
+use std::io::{Seek, SeekFrom};
+use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use virtio_bindings::bindings::virtio_blk::{
-    VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
-    VIRTIO_BLK_F_SIZE_MAX,
+    VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_MQ,
+    VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_F_WRITE_ZEROES,
 };
-use virtio_queue::desc::split::Descriptor;
-use vm_memory::{Address, Bytes, GuestMemoryMmap};
 
-use super::{types, DescChain, DeviceError, QueueCtx, VirtioDevice};
+use super::{types, DeviceError, QueueCtx, VirtioDevice};
 use crate::devices::rate_limiter::{RateLimiter, RateLimiterConfig};
+pub use open::BlockError;
 pub use request::{parse_request, Request, RequestError};
-use request::{HEADER_LEN, ID_BYTES, MAX_DATA, SECTOR_SIZE, S_IOERR, S_OK};
+use request::{ID_BYTES, MAX_DATA, MAX_RANGE_SECTORS, SECTOR_SIZE};
+use uring::{Pending, Uring};
 
-/// Queue size.
+/// Size of each queue.
 const QUEUE_SIZE: u16 = 256;
+/// Most request queues a disk serves.
+pub const MAX_QUEUES: u16 = 16;
 /// Longest chain accepted: the largest transfer plus room for the header,
 /// the status byte and a GET_ID buffer. Longer chains are refused unread.
 pub const MAX_CHAIN: u64 = MAX_DATA + 4096;
@@ -44,84 +63,78 @@ pub const MAX_CHAIN: u64 = MAX_DATA + 4096;
 /// follows the config never makes a chain the device must refuse.
 pub const SIZE_MAX: u32 = 64 << 10;
 const _: () = assert!(SIZE_MAX as u64 * (QUEUE_SIZE as u64 - 2) <= MAX_DATA);
-/// Size of the bounce buffer between guest memory and the file.
-const BOUNCE: usize = 128 << 10;
-/// Length of the configuration space served (up to and including blk_size).
-const CONFIG_LEN: usize = 24;
+/// Length of the configuration space served (through write_zeroes_may_unmap).
+const CONFIG_LEN: usize = 60;
+/// Discard granularity announced, in sectors (4 KiB, a file system block).
+const DISCARD_ALIGN_SECTORS: u32 = 8;
+/// Event source tokens ([`VirtioDevice::event_fds`]).
+const TOKEN_LIMITER: usize = 0;
+const TOKEN_COMPLETIONS: usize = 1;
 
-/// Why a disk image cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum BlockError {
-    /// The file does not exist.
-    #[error("disk image {}: no such file; check the path", .path.display())]
-    NotFound {
-        /// The image path.
-        path: PathBuf,
-    },
-    /// The path names a directory.
-    #[error("disk image {}: is a directory; give the path of a raw disk image file", .path.display())]
-    IsDirectory {
-        /// The image path.
-        path: PathBuf,
-    },
-    /// The path names something other than a file or a block device.
-    #[error("disk image {}: not a regular file or a block device", .path.display())]
-    NotADisk {
-        /// The image path.
-        path: PathBuf,
-    },
-    /// The image may be read but not written.
-    #[error("disk image {}: cannot be opened for writing ({reason}); attach it with readonly=on, or make it writable", .path.display())]
-    WriteDenied {
-        /// The image path.
-        path: PathBuf,
-        /// Why writing is not possible.
-        reason: &'static str,
-    },
-    /// The image may not be read at all.
-    #[error("disk image {}: permission denied; check the file's owner and permissions", .path.display())]
-    PermissionDenied {
-        /// The image path.
-        path: PathBuf,
-    },
-    /// The image holds no data.
-    #[error("disk image {}: the file is empty; give it a size first, e.g. `truncate -s 1G {}`", .path.display(), .path.display())]
-    Empty {
-        /// The image path.
-        path: PathBuf,
-    },
-    /// The image is smaller than one sector.
-    #[error("disk image {}: {size} bytes is smaller than one 512-byte sector", .path.display())]
-    TooSmall {
-        /// The image path.
-        path: PathBuf,
-        /// Its size in bytes.
-        size: u64,
-    },
-    /// Another process holds a conflicting lock.
-    #[error("disk image {}: locked by another user (another VM, or the same image given twice); two writers corrupt an image. Stop the other user, or attach the image with readonly=on everywhere", .path.display())]
-    Locked {
-        /// The image path.
-        path: PathBuf,
-    },
-    /// The serial given is too long.
-    #[error("disk image {}: id {id:?} is {} bytes; virtio-blk allows at most 20", .path.display(), .id.len())]
-    IdTooLong {
-        /// The image path.
-        path: PathBuf,
-        /// The id given.
-        id: String,
-    },
-    /// Any other failure of the host.
-    #[error("disk image {}: {op}: {source}", .path.display())]
-    Io {
-        /// The image path.
-        path: PathBuf,
-        /// What was being done.
-        op: &'static str,
-        /// The error.
-        source: io::Error,
-    },
+/// Which engine a disk asks for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum EngineChoice {
+    /// io_uring where the host allows it, else synchronous.
+    #[default]
+    Auto,
+    /// Synchronous `preadv`/`pwritev` on the device thread.
+    Sync,
+    /// io_uring, or fail.
+    Uring,
+}
+
+impl EngineChoice {
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            EngineChoice::Auto => "auto",
+            EngineChoice::Sync => "sync",
+            EngineChoice::Uring => "uring",
+        }
+    }
+}
+
+/// How a disk is served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockOptions {
+    /// Refuse guest writes (and offer VIRTIO_BLK_F_RO).
+    pub readonly: bool,
+    /// Serial returned by VIRTIO_BLK_T_GET_ID (max 20 bytes, default: the
+    /// file name, truncated).
+    pub id: Option<String>,
+    /// The I/O engine.
+    pub engine: EngineChoice,
+    /// Request queues, 1 to [`MAX_QUEUES`].
+    pub queues: u16,
+}
+
+impl Default for BlockOptions {
+    fn default() -> Self {
+        BlockOptions {
+            readonly: false,
+            id: None,
+            engine: EngineChoice::Auto,
+            queues: 1,
+        }
+    }
+}
+
+/// The engine in use.
+pub enum Engine {
+    /// One request at a time on the device thread.
+    Sync,
+    /// io_uring with requests in flight.
+    Uring(Box<Uring>),
+}
+
+impl Engine {
+    /// Its name in logs and statistics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Engine::Sync => "sync",
+            Engine::Uring(_) => "io_uring",
+        }
+    }
 }
 
 /// What the device has done, shared with whoever wants to watch it.
@@ -135,12 +148,18 @@ pub struct BlockStats {
     pub bytes_written: AtomicU64,
     /// Flush requests.
     pub flushes: AtomicU64,
+    /// Discard requests.
+    pub discards: AtomicU64,
+    /// Write-zeroes requests.
+    pub write_zeroes: AtomicU64,
     /// Requests answered IOERR or UNSUPP.
     pub errors: AtomicU64,
     /// Chains returned unserved (malformed, or no status byte).
     pub bad_chains: AtomicU64,
     /// Times the rate limiter made the queue wait.
     pub throttled: AtomicU64,
+    /// Most requests in flight at once (io_uring engine).
+    pub in_flight_peak: AtomicU64,
 }
 
 impl BlockStats {
@@ -156,89 +175,95 @@ pub struct Block {
     readonly: bool,
     capacity: u64,
     id: [u8; ID_BYTES],
-    bounce: Vec<u8>,
+    sizes: Vec<u16>,
+    engine: Engine,
+    /// Completions reaped outside the device thread's handlers (on swap),
+    /// finished at the next event.
+    reaped: Vec<(Pending, i32)>,
+    /// Bit `q`: queue `q` stopped because no more requests fit in flight.
+    starved: u64,
     stats: Arc<BlockStats>,
     limiter: RateLimiter,
 }
 
 impl Block {
-    /// Opens a raw disk image. `id` is the serial returned by
-    /// VIRTIO_BLK_T_GET_ID (max 20 bytes, default: file name truncated).
+    /// Opens a raw disk image with the default options (one queue, the
+    /// engine chosen automatically).
     pub fn open(path: &Path, readonly: bool, id: Option<String>) -> Result<Block, BlockError> {
+        let opts = BlockOptions {
+            readonly,
+            id,
+            ..BlockOptions::default()
+        };
+        Block::open_with(path, &opts)
+    }
+
+    /// Opens a raw disk image to be served as `opts` say.
+    pub fn open_with(path: &Path, opts: &BlockOptions) -> Result<Block, BlockError> {
         let p = || path.to_path_buf();
-        let id = match id {
-            Some(id) if id.len() > ID_BYTES => return Err(BlockError::IdTooLong { path: p(), id }),
-            Some(id) => id.into_bytes(),
+        let id = match &opts.id {
+            Some(id) if id.len() > ID_BYTES => {
+                return Err(BlockError::IdTooLong {
+                    path: p(),
+                    id: id.clone(),
+                })
+            }
+            Some(id) => id.clone().into_bytes(),
             None => path
                 .file_name()
                 .map(|n| n.as_encoded_bytes().to_vec())
                 .unwrap_or_default(),
         };
-        // Look before opening: opening a FIFO would block until a writer comes.
-        let mut flags = 0;
-        if let Ok(meta) = std::fs::metadata(path) {
-            check_kind(path, meta.file_type())?;
-            // A host block device is ours alone while the VM runs: O_EXCL
-            // fails if it is mounted or another process holds it so.
-            if std::os::unix::fs::FileTypeExt::is_block_device(&meta.file_type()) {
-                flags |= libc::O_EXCL;
-            }
-        }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(!readonly)
-            .custom_flags(flags)
-            .open(path)
-            .map_err(|e| open_error(path, readonly, e))?;
-        let io_err = |op| {
-            move |source| BlockError::Io {
+        if !(1..=MAX_QUEUES).contains(&opts.queues) {
+            return Err(BlockError::Queues {
                 path: p(),
-                op,
+                queues: opts.queues,
+                max: MAX_QUEUES,
+            });
+        }
+        let (file, size) = open::open_image(path, opts.readonly)?;
+        let engine = match (opts.engine, Uring::new()) {
+            (EngineChoice::Sync, _) => Engine::Sync,
+            (_, Ok(ring)) => Engine::Uring(Box::new(ring)),
+            (EngineChoice::Uring, Err(source)) => {
+                return Err(BlockError::UringUnavailable { path: p(), source })
+            }
+            (EngineChoice::Auto, Err(e)) => {
+                log::info!(
+                    "disk image {}: io_uring is not available ({e}); serving it with the synchronous engine",
+                    path.display()
+                );
+                Engine::Sync
+            }
+        };
+        let limiter =
+            RateLimiter::new(&RateLimiterConfig::default()).map_err(|source| BlockError::Io {
+                path: p(),
+                op: "cannot create a timerfd for its rate limiter",
                 source,
-            }
-        };
-        let meta = file.metadata().map_err(io_err("cannot stat"))?;
-        let kind = meta.file_type();
-        check_kind(path, kind)?;
-        lock(&file, readonly).map_err(|e| {
-            if e.kind() == io::ErrorKind::WouldBlock {
-                BlockError::Locked { path: p() }
-            } else {
-                io_err("cannot lock")(e)
-            }
-        })?;
-        let size = if kind.is_file() {
-            meta.len()
-        } else {
-            (&file)
-                .seek(SeekFrom::End(0))
-                .map_err(io_err("cannot get the size"))?
-        };
-        if size == 0 {
-            return Err(BlockError::Empty { path: p() });
-        }
-        if size < SECTOR_SIZE {
-            return Err(BlockError::TooSmall { path: p(), size });
-        }
-        if size % SECTOR_SIZE != 0 {
-            log::warn!(
-                "disk image {}: {size} bytes is not a multiple of 512; the last {} bytes are not visible to the guest",
-                path.display(),
-                size % SECTOR_SIZE
-            );
-        }
-        let limiter = RateLimiter::new(&RateLimiterConfig::default())
-            .map_err(io_err("cannot create a timerfd for its rate limiter"))?;
+            })?;
         let mut serial = [0u8; ID_BYTES];
         let n = id.len().min(ID_BYTES);
         serial[..n].copy_from_slice(&id[..n]);
+        log::info!(
+            "virtio-blk: {}: {} sectors, {} engine, {} queue{}{}",
+            path.display(),
+            size / SECTOR_SIZE,
+            engine.name(),
+            opts.queues,
+            if opts.queues == 1 { "" } else { "s" },
+            if opts.readonly { ", read-only" } else { "" }
+        );
         Ok(Block {
             file,
             path: p(),
-            readonly,
+            readonly: opts.readonly,
             capacity: size / SECTOR_SIZE,
             id: serial,
-            bounce: vec![0; BOUNCE],
+            sizes: vec![QUEUE_SIZE; usize::from(opts.queues)],
+            engine,
+            reaped: Vec::new(),
+            starved: 0,
             stats: Arc::default(),
             limiter,
         })
@@ -265,10 +290,18 @@ impl Block {
             self.capacity = size / SECTOR_SIZE;
             return Ok(());
         }
-        let new = Block::open(path, self.readonly, None)?;
-        self.file = new.file;
-        self.path = new.path;
-        self.capacity = new.capacity;
+        let (file, size) = open::open_image(path, self.readonly)?;
+        // Requests in flight still use the old file: let them finish first.
+        // Their chains go back at the device thread's next event.
+        if let Engine::Uring(ring) = &mut self.engine {
+            ring.wait_all(&mut self.reaped);
+            if !self.reaped.is_empty() {
+                ring.wake();
+            }
+        }
+        self.file = file;
+        self.path = path.to_path_buf();
+        self.capacity = size / SECTOR_SIZE;
         log::info!(
             "virtio-blk: now serving {} ({} sectors)",
             self.path.display(),
@@ -287,19 +320,34 @@ impl Block {
         self.readonly
     }
 
+    /// The engine serving the disk.
+    pub fn engine(&self) -> &'static str {
+        self.engine.name()
+    }
+
     /// The device's counters (they stay valid after the device is handed over).
     pub fn stats(&self) -> Arc<BlockStats> {
         self.stats.clone()
     }
 
-    /// The configuration space (`struct virtio_blk_config` up to blk_size).
+    /// The configuration space (`struct virtio_blk_config` through
+    /// write_zeroes_may_unmap).
     fn config(&self) -> [u8; CONFIG_LEN] {
         let mut c = [0u8; CONFIG_LEN];
-        c[0..8].copy_from_slice(&self.capacity.to_le_bytes());
-        c[8..12].copy_from_slice(&SIZE_MAX.to_le_bytes());
-        c[12..16].copy_from_slice(&u32::from(QUEUE_SIZE - 2).to_le_bytes());
+        let mut put = |at: usize, bytes: &[u8]| c[at..at + bytes.len()].copy_from_slice(bytes);
+        put(0, &self.capacity.to_le_bytes());
+        put(8, &SIZE_MAX.to_le_bytes());
+        put(12, &u32::from(QUEUE_SIZE - 2).to_le_bytes());
         // geometry (16..20) stays 0: VIRTIO_BLK_F_GEOMETRY is not offered.
-        c[20..24].copy_from_slice(&(SECTOR_SIZE as u32).to_le_bytes());
+        put(20, &(SECTOR_SIZE as u32).to_le_bytes());
+        // topology (24..32) and writeback (32) stay 0: not offered.
+        put(34, &(self.sizes.len() as u16).to_le_bytes());
+        put(36, &MAX_RANGE_SECTORS.to_le_bytes());
+        put(40, &1u32.to_le_bytes());
+        put(44, &DISCARD_ALIGN_SECTORS.to_le_bytes());
+        put(48, &MAX_RANGE_SECTORS.to_le_bytes());
+        put(52, &1u32.to_le_bytes());
+        put(56, &[1]);
         c
     }
 
@@ -308,218 +356,15 @@ impl Block {
         self.limiter.update(cfg);
     }
 
-    /// Serves one chain, parsed into `request`; returns the number of bytes
-    /// written into it.
-    fn serve(
-        &mut self,
-        mem: &GuestMemoryMmap,
-        chain: &DescChain,
-        request: Result<Request, RequestError>,
-    ) -> u32 {
-        BlockStats::add(&self.stats.requests, 1);
-        let (status, written) = match request {
-            Ok(req) => self.execute(mem, chain, req),
-            Err(e) => {
-                log::debug!("{}: request refused: {e}", self.path.display());
-                match e.status() {
-                    Some(s) => (s, 0),
-                    None => {
-                        BlockStats::add(&self.stats.bad_chains, 1);
-                        return 0;
-                    }
-                }
+    /// Serves every ready queue once (after the limiter's timer, or once
+    /// requests in flight made room).
+    fn serve_all(&mut self, ctx: &mut QueueCtx) -> Result<(), DeviceError> {
+        for q in 0..self.sizes.len() {
+            if ctx.ready(q) {
+                self.process_queue(q, ctx)?;
             }
-        };
-        if status != S_OK {
-            BlockStats::add(&self.stats.errors, 1);
-        }
-        // parse_request made sure there is at least one writable byte.
-        let at = chain.writable_len().saturating_sub(1);
-        let total = match chain.write_at(mem, at, &[status]) {
-            Ok(()) => written + 1,
-            Err(e) => {
-                log::debug!("{}: cannot write the status: {e}", self.path.display());
-                written
-            }
-        };
-        u32::try_from(total).unwrap_or(u32::MAX)
-    }
-
-    /// Runs a parsed request: (status, data bytes written into the guest).
-    fn execute(&mut self, mem: &GuestMemoryMmap, chain: &DescChain, req: Request) -> (u8, u64) {
-        let mut done = 0u64;
-        let result = match req {
-            Request::In { sector, len } => {
-                let r = self.read(mem, chain, sector, len, &mut done);
-                BlockStats::add(&self.stats.bytes_read, done);
-                r
-            }
-            Request::Out { sector, len } => {
-                let mut copied = 0;
-                let r = self.write(mem, chain, sector, len, &mut copied);
-                BlockStats::add(&self.stats.bytes_written, copied);
-                r
-            }
-            Request::Flush => {
-                BlockStats::add(&self.stats.flushes, 1);
-                // Nothing to make durable on a disk the guest cannot write.
-                if self.readonly {
-                    Ok(())
-                } else {
-                    self.file.sync_data().map_err(|e| format!("fdatasync: {e}"))
-                }
-            }
-            Request::GetId => {
-                let room = chain.writable_len().saturating_sub(1);
-                let n = (ID_BYTES as u64).min(room) as usize;
-                chain
-                    .write_at(mem, 0, &self.id[..n])
-                    .map(|()| done = n as u64)
-                    .map_err(|e| format!("writing the id: {e}"))
-            }
-        };
-        match result {
-            Ok(()) => (S_OK, done),
-            Err(e) => {
-                log::warn!("{}: {req:?} failed: {e}", self.path.display());
-                (request::S_IOERR, done)
-            }
-        }
-    }
-
-    /// Copies `len` bytes from `sector` into the chain's writable buffers;
-    /// `done` counts the bytes that reached the guest.
-    fn read(
-        &mut self,
-        mem: &GuestMemoryMmap,
-        chain: &DescChain,
-        sector: u64,
-        len: u64,
-        done: &mut u64,
-    ) -> Result<(), String> {
-        let base = disk_offset(sector)?;
-        while *done < len {
-            let n = (len - *done).min(BOUNCE as u64) as usize;
-            let buf = &mut self.bounce[..n];
-            self.file
-                .read_exact_at(buf, base + *done)
-                .map_err(|e| format!("read at byte {}: {e}", base + *done))?;
-            chain
-                .write_at(mem, *done, buf)
-                .map_err(|e| format!("copy to the guest: {e}"))?;
-            *done += n as u64;
         }
         Ok(())
-    }
-
-    /// Copies `len` readable bytes after the header to `sector`; `done`
-    /// counts the bytes that reached the file.
-    fn write(
-        &mut self,
-        mem: &GuestMemoryMmap,
-        chain: &DescChain,
-        sector: u64,
-        len: u64,
-        done: &mut u64,
-    ) -> Result<(), String> {
-        let base = disk_offset(sector)?;
-        while *done < len {
-            let n = (len - *done).min(BOUNCE as u64) as usize;
-            let buf = &mut self.bounce[..n];
-            chain
-                .read_at(mem, HEADER_LEN + *done, buf)
-                .map_err(|e| format!("copy from the guest: {e}"))?;
-            self.file
-                .write_all_at(buf, base + *done)
-                .map_err(|e| format!("write at byte {}: {e}", base + *done))?;
-            *done += n as u64;
-        }
-        Ok(())
-    }
-}
-
-/// Byte offset of `sector`. parse_request bounds the sector by the disk
-/// size, so this fails only if that check is broken.
-fn disk_offset(sector: u64) -> Result<u64, String> {
-    sector
-        .checked_mul(SECTOR_SIZE)
-        .ok_or_else(|| format!("sector {sector} is out of range"))
-}
-
-/// Accepts regular files and block devices.
-fn check_kind(path: &Path, kind: std::fs::FileType) -> Result<(), BlockError> {
-    if kind.is_dir() {
-        Err(BlockError::IsDirectory {
-            path: path.to_path_buf(),
-        })
-    } else if kind.is_file() || kind.is_block_device() {
-        Ok(())
-    } else {
-        Err(BlockError::NotADisk {
-            path: path.to_path_buf(),
-        })
-    }
-}
-
-/// Takes an advisory lock on the whole image without waiting: shared for
-/// a read-only disk, exclusive otherwise.
-fn lock(file: &File, readonly: bool) -> io::Result<()> {
-    let op = if readonly {
-        libc::LOCK_SH
-    } else {
-        libc::LOCK_EX
-    };
-    // SAFETY: flock only takes a descriptor, which `file` keeps open for
-    // the duration of the call; it reads or writes no memory of ours.
-    let r = unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-/// Turns a failed open(2) into a message saying what to do.
-fn open_error(path: &Path, readonly: bool, e: io::Error) -> BlockError {
-    let path_buf = path.to_path_buf();
-    match e.kind() {
-        io::ErrorKind::NotFound => BlockError::NotFound { path: path_buf },
-        io::ErrorKind::IsADirectory => BlockError::IsDirectory { path: path_buf },
-        io::ErrorKind::ReadOnlyFilesystem if !readonly => BlockError::WriteDenied {
-            path: path_buf,
-            reason: "it is on a read-only file system",
-        },
-        io::ErrorKind::PermissionDenied => {
-            if !readonly && File::open(path).is_ok() {
-                BlockError::WriteDenied {
-                    path: path_buf,
-                    reason: "you may read it but not write it",
-                }
-            } else {
-                BlockError::PermissionDenied { path: path_buf }
-            }
-        }
-        _ => BlockError::Io {
-            path: path_buf,
-            op: "cannot open",
-            source: e,
-        },
-    }
-}
-
-/// For a chain the device refused: writes IOERR into the last byte of its
-/// last device-writable buffer (where the driver reads the status), so the
-/// driver never mistakes a stale status byte for success. Returns the used
-/// length: 1 if the status was written.
-fn fail_status(mem: &GuestMemoryMmap, descs: &[Descriptor]) -> u32 {
-    let status = descs
-        .iter()
-        .rev()
-        .find(|d| d.is_write_only() && d.len() > 0)
-        .and_then(|d| d.addr().checked_add(u64::from(d.len()) - 1));
-    match status {
-        Some(at) if mem.write_obj(S_IOERR, at).is_ok() => 1,
-        _ => 0,
     }
 }
 
@@ -531,7 +376,7 @@ impl VirtioDevice for Block {
         types::BLOCK
     }
     fn queue_max_sizes(&self) -> &[u16] {
-        &[QUEUE_SIZE]
+        &self.sizes
     }
     fn features(&self) -> u64 {
         let mut f = (1 << VIRTIO_BLK_F_FLUSH)
@@ -540,6 +385,11 @@ impl VirtioDevice for Block {
             | (1 << VIRTIO_BLK_F_BLK_SIZE);
         if self.readonly {
             f |= 1 << VIRTIO_BLK_F_RO;
+        } else {
+            f |= (1 << VIRTIO_BLK_F_DISCARD) | (1 << VIRTIO_BLK_F_WRITE_ZEROES);
+        }
+        if self.sizes.len() > 1 {
+            f |= 1 << VIRTIO_BLK_F_MQ;
         }
         f
     }
@@ -562,56 +412,55 @@ impl VirtioDevice for Block {
         Ok(())
     }
 
-    fn event_fds(&self) -> Vec<RawFd> {
-        vec![self.limiter.timer_fd()]
+    fn reset(&mut self) {
+        // The queues are gone: requests in flight finish, unanswered.
+        if let Engine::Uring(ring) = &mut self.engine {
+            ring.wait_all(&mut self.reaped);
+        }
+        self.reaped.clear();
+        self.starved = 0;
     }
 
-    /// The rate limiter's timer: the queue may go on.
-    fn process_event(&mut self, _token: usize, ctx: &mut QueueCtx) -> Result<(), DeviceError> {
-        self.limiter.timer_fired();
-        if ctx.ready(0) {
-            self.process_queue(0, ctx)?;
+    fn quiesce(&mut self, ctx: &mut QueueCtx) -> Result<(), DeviceError> {
+        if let Engine::Uring(ring) = &mut self.engine {
+            ring.wait_all(&mut self.reaped);
         }
-        Ok(())
+        self.finish_reaped(ctx)
+    }
+
+    fn event_fds(&self) -> Vec<RawFd> {
+        let mut fds = vec![self.limiter.timer_fd()];
+        if let Engine::Uring(ring) = &self.engine {
+            fds.push(ring.eventfd());
+        }
+        fds
+    }
+
+    fn process_event(&mut self, token: usize, ctx: &mut QueueCtx) -> Result<(), DeviceError> {
+        match token {
+            TOKEN_LIMITER => {
+                self.limiter.timer_fired();
+                if ctx.active {
+                    self.serve_all(ctx)?;
+                }
+                Ok(())
+            }
+            TOKEN_COMPLETIONS => {
+                if let Engine::Uring(ring) = &mut self.engine {
+                    ring.reap(&mut self.reaped);
+                }
+                self.finish_reaped(ctx)?;
+                if ctx.active && self.starved != 0 {
+                    self.starved = 0;
+                    self.serve_all(ctx)?;
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
     }
 
     fn process_queue(&mut self, q: usize, ctx: &mut QueueCtx) -> Result<(), DeviceError> {
-        loop {
-            ctx.disable_notification(q)?;
-            loop {
-                if self.limiter.blocked() {
-                    // The timer brings the device back; notifications stay
-                    // off until then.
-                    return ctx.notify(q);
-                }
-                let chain = match ctx.pop_or_fail(q, MAX_CHAIN, fail_status) {
-                    Ok(Some(c)) => c,
-                    Ok(None) => break,
-                    Err(e) => {
-                        log::debug!("{}: chain refused: {e}", self.path.display());
-                        BlockStats::add(&self.stats.bad_chains, 1);
-                        continue;
-                    }
-                };
-                let request = parse_request(ctx.mem, &chain, self.capacity, self.readonly);
-                let bytes = match &request {
-                    Ok(Request::In { len, .. } | Request::Out { len, .. }) => *len,
-                    _ => 0,
-                };
-                if !self.limiter.consume(bytes, 1) {
-                    // Back on the ring, served when the buckets refill.
-                    BlockStats::add(&self.stats.throttled, 1);
-                    ctx.throttled.fetch_add(1, Ordering::Relaxed);
-                    ctx.undo_pop(q);
-                    continue;
-                }
-                let written = self.serve(ctx.mem, &chain, request);
-                ctx.add_used(q, chain.head, written)?;
-            }
-            if !ctx.enable_notification(q)? {
-                break;
-            }
-        }
-        ctx.notify(q)
+        self.serve_queue(q, ctx)
     }
 }

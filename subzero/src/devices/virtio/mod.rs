@@ -9,6 +9,7 @@
 
 pub mod block;
 pub mod chain;
+pub mod iov;
 pub mod mmio;
 pub mod net;
 pub mod rng;
@@ -303,6 +304,12 @@ pub trait VirtioDevice: Send {
     }
     /// Called when the driver resets the device: drop in-flight state.
     fn reset(&mut self) {}
+    /// Finishes every request the device has in flight and puts it on its
+    /// used ring, before the VM pauses or a snapshot is taken, so that
+    /// nothing touches guest memory while the device thread is parked.
+    fn quiesce(&mut self, _ctx: &mut QueueCtx) -> Result<(), DeviceError> {
+        Ok(())
+    }
     /// Puts the device on a new backing file (a disk image) while the VM
     /// runs. The transport then tells the driver its configuration changed.
     fn swap_backing(&mut self, _path: &std::path::Path) -> Result<(), String> {

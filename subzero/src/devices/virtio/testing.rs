@@ -209,15 +209,18 @@ impl TestDriver {
         head
     }
 
-    /// Kicks queue `q` and runs the device thread's handler for it.
+    /// Kicks queue `q` and runs the device thread's handler for it, then
+    /// lets the device finish what it has in flight.
     pub fn kick(&mut self, q: usize) {
         self.kicks[q].write(1).unwrap();
         self.worker.handle_kick(q);
+        self.worker.quiesce();
     }
 
     /// Runs the handler of host-side source `token`.
     pub fn source(&mut self, token: usize) {
         self.worker.handle_source(token);
+        self.worker.quiesce();
     }
 
     /// Used-ring entries of queue `q`: (head, length written), in order.

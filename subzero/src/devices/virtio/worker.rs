@@ -83,6 +83,15 @@ impl DeviceWorker {
         }
     }
 
+    /// Finishes the device's requests in flight (before parking; also
+    /// called directly by tests).
+    pub fn quiesce(&mut self) {
+        let mut t = self.transport.device();
+        if let Err(e) = t.with_ctx(|dev, ctx| dev.quiesce(ctx)) {
+            t.fail(&e);
+        }
+    }
+
     /// Serves host-side source `token` (also called directly by tests).
     pub fn handle_source(&mut self, token: usize) {
         let mut t = self.transport.device();
@@ -135,6 +144,11 @@ struct Gate {
 impl Gate {
     fn lock(&self) -> MutexGuard<'_, (bool, bool)> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether a pause is asked for.
+    fn pausing(&self) -> bool {
+        self.lock().0
     }
 
     /// Parks the calling device thread while a pause is asked for.
@@ -191,7 +205,8 @@ impl WorkerThread {
             EventManager::new().map_err(|e| std::io::Error::other(format!("{e:?}")))?;
         let wake = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
         em.add_subscriber(Arc::new(Mutex::new(Waker(wake.clone()))));
-        em.add_subscriber(Arc::new(Mutex::new(worker)));
+        let worker = Arc::new(Mutex::new(worker));
+        em.add_subscriber(worker.clone());
         let stop = Arc::new(AtomicBool::new(false));
         let gate = Arc::new(Gate::default());
         gate.lock().0 = paused;
@@ -201,6 +216,11 @@ impl WorkerThread {
             .spawn(move || {
                 crate::seccomp::enter_or_exit(kind);
                 while !flag.load(Ordering::Acquire) {
+                    if parking.pausing() {
+                        // Nothing in flight may land in guest memory while
+                        // the VM is paused or saved.
+                        worker.lock().unwrap_or_else(|p| p.into_inner()).quiesce();
+                    }
                     parking.wait_while_paused(&flag);
                     if flag.load(Ordering::Acquire) {
                         break;

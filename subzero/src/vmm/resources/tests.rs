@@ -80,8 +80,16 @@ fn what_subzero_does_not_offer_is_refused_not_ignored() {
     );
     r.drives[0].partuuid = Some(serde_json::Value::Null);
     r.drives[0].io_engine = Some("Async".into());
+    let cfg = r.vm_config().unwrap();
+    assert_eq!(cfg.devices.disks[0].engine, EngineChoice::Uring);
+    r.drives[0].io_engine = Some("Posix".into());
     let e = r.vm_config().unwrap_err().to_string();
     assert!(e.starts_with("drives[d].io_engine:"), "{e}");
+    r.drives[0].io_engine = None;
+    r.drives[0].num_queues = Some(0);
+    let e = r.vm_config().unwrap_err().to_string();
+    assert!(e.starts_with("drives[d].num_queues:"), "{e}");
+    r.drives[0].num_queues = None;
     r.drives[0].io_engine = None;
     r.machine_config.smt = true;
     assert!(r
@@ -108,6 +116,7 @@ fn root_drives_come_first_and_a_put_replaces_by_id() {
         cache_type: None,
         rate_limiter: None,
         io_engine: None,
+        num_queues: None,
         socket: None,
     };
     let mut r = VmResources::default();

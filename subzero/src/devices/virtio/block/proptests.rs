@@ -7,10 +7,14 @@ use proptest::prelude::*;
 use virtio_queue::desc::split::Descriptor;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::request::{S_IOERR, S_OK, S_UNSUPP, T_FLUSH, T_GET_ID, T_IN, T_OUT};
-use super::tests::{header, pattern, TempImage, BUF, HDR, STATUS};
+use super::request::{
+    FLAG_UNMAP, MAX_RANGE_SECTORS, S_IOERR, S_OK, S_UNSUPP, T_DISCARD, T_FLUSH, T_GET_ID, T_IN,
+    T_OUT, T_WRITE_ZEROES,
+};
+use super::tests::{header, open_engine, pattern, TempImage, BUF, HDR, STATUS};
 use super::*;
 use crate::devices::virtio::testing::{TestDriver, D, DATA};
+use crate::devices::virtio::DescChain;
 
 /// Sectors of the images the queue-level tests use.
 const CAP: u64 = 8;
@@ -27,8 +31,30 @@ fn kind() -> impl Strategy<Value = u32> {
         3 => Just(T_OUT),
         1 => Just(T_FLUSH),
         1 => Just(T_GET_ID),
+        1 => Just(T_DISCARD),
+        1 => Just(T_WRITE_ZEROES),
         1 => any::<u32>(),
     ]
+}
+
+/// A discard / write-zeroes segment: sector, sectors, flags.
+fn segment() -> impl Strategy<Value = (u64, u32, u32)> {
+    let num = prop_oneof![
+        4 => 0u32..(CAP as u32 + 2),
+        1 => MAX_RANGE_SECTORS..=MAX_RANGE_SECTORS + 1,
+        1 => any::<u32>(),
+    ];
+    let flags = prop_oneof![3 => Just(0u32), 2 => Just(FLAG_UNMAP), 1 => any::<u32>()];
+    (sector(), num, flags)
+}
+
+/// The 16 bytes of a segment.
+fn segment_bytes((sector, num, flags): (u64, u32, u32)) -> [u8; 16] {
+    let mut s = [0u8; 16];
+    s[0..8].copy_from_slice(&sector.to_le_bytes());
+    s[8..12].copy_from_slice(&num.to_le_bytes());
+    s[12..16].copy_from_slice(&flags.to_le_bytes());
+    s
 }
 
 fn sector() -> impl Strategy<Value = u64> {
@@ -206,6 +232,13 @@ proptest! {
                 prop_assert!(in_disk(s, len));
             }
             Ok(Request::Flush) => prop_assert_eq!(kind, T_FLUSH),
+            Ok(Request::Discard { sector: s, sectors } | Request::WriteZeroes { sector: s, sectors, .. }) => {
+                prop_assert!(!readonly);
+                prop_assert!(kind == T_DISCARD || kind == T_WRITE_ZEROES);
+                prop_assert_eq!(r, 32);
+                prop_assert!(sectors <= u64::from(MAX_RANGE_SECTORS));
+                prop_assert!(s.checked_add(sectors).is_some_and(|end| end <= capacity));
+            }
             Ok(Request::GetId) => prop_assert_eq!(kind, T_GET_ID),
             Err(RequestError::NoStatus) => prop_assert_eq!(w, 0),
             Err(e) => {
@@ -226,10 +259,11 @@ proptest! {
         seed in any::<u64>(),
         headers in prop::collection::vec((kind(), sector()), 8),
         readonly in any::<bool>(),
+        uring in any::<bool>(),
     ) {
         let img = TempImage::new("prop-table", &pattern(CAP as usize * 512 + TAIL));
         let before = img.contents();
-        let blk = Block::open(&img.path, readonly, None).unwrap();
+        let blk = open_engine(&img.path, readonly, uring);
         let mut d = TestDriver::new(Box::new(blk));
         d.mem.write_slice(&noise(seed, 0x2_0000), GuestAddress(DATA)).unwrap();
         for (k, &(kind, sector)) in headers.iter().enumerate() {
@@ -287,16 +321,20 @@ proptest! {
     fn requests_match_a_model_of_the_disk(
         reqs in prop::collection::vec(model_request(), 1..6),
         readonly in any::<bool>(),
+        uring in any::<bool>(),
     ) {
         let img = TempImage::new("prop-model", &pattern(CAP as usize * 512 + TAIL));
         let mut model = img.contents();
-        let blk = Block::open(&img.path, readonly, None).unwrap();
+        let blk = open_engine(&img.path, readonly, uring);
         let id = img.path.file_name().unwrap().as_encoded_bytes()[..20].to_vec();
         let mut d = TestDriver::new(Box::new(blk));
         for r in &reqs {
             let (descs, readable, writable) = r.layout();
             header(&d, r.kind, r.sector);
-            let data: Vec<u8> = (0..r.len).map(|i| r.fill.wrapping_add(i as u8)).collect();
+            let mut data: Vec<u8> = (0..r.len).map(|i| r.fill.wrapping_add(i as u8)).collect();
+            if matches!(r.kind, T_DISCARD | T_WRITE_ZEROES) && r.len >= 16 {
+                data[..16].copy_from_slice(&segment_bytes(r.segment));
+            }
             d.mem.write_slice(&data, GuestAddress(BUF)).unwrap();
             d.mem.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
             let n = d.used(0).len();
@@ -332,6 +370,15 @@ proptest! {
                     prop_assert_eq!(&got[..], &id[..len]);
                 }
                 Expect::Ok => prop_assert_eq!((used_len, status), (1, S_OK)),
+                Expect::Zeroed { at, len } => {
+                    prop_assert_eq!((used_len, status), (1, S_OK));
+                    model[at..at + len].fill(0);
+                }
+                Expect::Discarded { at, len } => {
+                    // Discarded sectors may read back as anything.
+                    prop_assert_eq!((used_len, status), (1, S_OK));
+                    model[at..at + len].copy_from_slice(&img.contents()[at..at + len]);
+                }
             }
             prop_assert!(img.contents() == model, "the image differs from the model");
         }
@@ -353,21 +400,24 @@ struct ModelRequest {
     /// Whether a writable status buffer ends the chain.
     status: bool,
     fill: u8,
+    /// The segment a discard or write-zeroes carries (first 16 data bytes).
+    segment: (u64, u32, u32),
 }
 
 fn model_request() -> impl Strategy<Value = ModelRequest> {
     (
         kind(),
         sector(),
-        prop_oneof![3 => (0usize..5).prop_map(|k| k * 512), 1 => 0usize..2100],
+        prop_oneof![3 => (0usize..5).prop_map(|k| k * 512), 1 => Just(16), 1 => 0usize..2100],
         1usize..4,
         prop::bool::weighted(0.15),
         prop_oneof![6 => Just(16u32), 1 => 0u32..16],
         prop::bool::weighted(0.9),
         any::<u8>(),
+        segment(),
     )
         .prop_map(
-            |(kind, sector, len, pieces, flip, header_len, status, fill)| ModelRequest {
+            |(kind, sector, len, pieces, flip, header_len, status, fill, segment)| ModelRequest {
                 kind,
                 sector,
                 len,
@@ -376,6 +426,7 @@ fn model_request() -> impl Strategy<Value = ModelRequest> {
                 header_len,
                 status,
                 fill,
+                segment,
             },
         )
 }
@@ -430,6 +481,8 @@ enum Expect {
     Write { at: usize, len: usize },
     Id(usize),
     Ok,
+    Zeroed { at: usize, len: usize },
+    Discarded { at: usize, len: usize },
 }
 
 /// The model: `None` when the chain has no status byte.
@@ -465,6 +518,35 @@ fn expect(r: &ModelRequest, readable: u64, writable: u64, readonly: bool) -> Opt
         },
         T_FLUSH => Expect::Ok,
         T_GET_ID => Expect::Id((writable as usize - 1).min(20)),
+        T_DISCARD | T_WRITE_ZEROES => expect_segment(r, readable, readonly),
         _ => Expect::Fail(S_UNSUPP),
     })
+}
+
+/// The model of a discard or write-zeroes request.
+fn expect_segment(r: &ModelRequest, readable: u64, readonly: bool) -> Expect {
+    let (sector, num, flags) = r.segment;
+    let allowed = if r.kind == T_WRITE_ZEROES {
+        FLAG_UNMAP
+    } else {
+        0
+    };
+    if readonly || readable != 32 {
+        return Expect::Fail(S_IOERR);
+    }
+    if flags & !allowed != 0 {
+        return Expect::Fail(S_UNSUPP);
+    }
+    let fits = sector
+        .checked_add(u64::from(num))
+        .is_some_and(|end| end <= CAP);
+    if num > MAX_RANGE_SECTORS || !fits {
+        return Expect::Fail(S_IOERR);
+    }
+    let (at, len) = (sector as usize * 512, num as usize * 512);
+    if r.kind == T_WRITE_ZEROES {
+        Expect::Zeroed { at, len }
+    } else {
+        Expect::Discarded { at, len }
+    }
 }

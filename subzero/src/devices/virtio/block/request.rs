@@ -18,6 +18,10 @@ pub const T_OUT: u32 = virtio_bindings::bindings::virtio_blk::VIRTIO_BLK_T_OUT;
 pub const T_FLUSH: u32 = virtio_bindings::bindings::virtio_blk::VIRTIO_BLK_T_FLUSH;
 /// Request type: the device's serial.
 pub const T_GET_ID: u32 = virtio_bindings::bindings::virtio_blk::VIRTIO_BLK_T_GET_ID;
+/// Request type: the guest no longer needs these sectors.
+pub const T_DISCARD: u32 = virtio_bindings::bindings::virtio_blk::VIRTIO_BLK_T_DISCARD;
+/// Request type: make these sectors read back as zeroes.
+pub const T_WRITE_ZEROES: u32 = virtio_bindings::bindings::virtio_blk::VIRTIO_BLK_T_WRITE_ZEROES;
 
 /// Status: success.
 pub const S_OK: u8 = virtio_bindings::bindings::virtio_blk::VIRTIO_BLK_S_OK as u8;
@@ -32,6 +36,14 @@ pub const SECTOR_SIZE: u64 = 512;
 pub const HEADER_LEN: u64 = 16;
 /// Largest data transfer of one request.
 pub const MAX_DATA: u64 = 16 << 20;
+/// Length of one discard / write-zeroes segment (sector le64,
+/// num_sectors le32, flags le32).
+pub const SEGMENT_LEN: u64 = 16;
+/// Most sectors one discard or write-zeroes segment may cover (config
+/// `max_discard_sectors`, `max_write_zeroes_sectors`): 4 GiB.
+pub const MAX_RANGE_SECTORS: u32 = 1 << 23;
+/// The segment flag that lets write-zeroes deallocate the range.
+pub const FLAG_UNMAP: u32 = 1;
 /// Length of the serial returned by GET_ID.
 pub const ID_BYTES: usize = virtio_bindings::bindings::virtio_blk::VIRTIO_BLK_ID_BYTES as usize;
 
@@ -57,6 +69,22 @@ pub enum Request {
     Flush,
     /// Write the serial into the writable buffers, before the status byte.
     GetId,
+    /// Give `sectors` sectors from `sector` back (one segment).
+    Discard {
+        /// First sector.
+        sector: u64,
+        /// Number of sectors, at most [`MAX_RANGE_SECTORS`].
+        sectors: u64,
+    },
+    /// Make `sectors` sectors from `sector` read back as zeroes.
+    WriteZeroes {
+        /// First sector.
+        sector: u64,
+        /// Number of sectors, at most [`MAX_RANGE_SECTORS`].
+        sectors: u64,
+        /// The driver allows deallocating the range.
+        unmap: bool,
+    },
 }
 
 /// Why a request is refused. Each maps to a status byte, except
@@ -97,6 +125,15 @@ pub enum RequestError {
     /// A request type the device does not implement.
     #[error("unsupported request type {0}")]
     Unsupported(u32),
+    /// A discard or write-zeroes request that is not exactly one segment.
+    #[error("{0} bytes of segments; the device takes exactly one 16-byte segment")]
+    Segments(u64),
+    /// A segment with flags the request type does not allow.
+    #[error("segment flags {0:#x} are not supported for this request")]
+    SegmentFlags(u32),
+    /// A segment longer than the device announced.
+    #[error("segment of {0} sectors is longer than the limit of {MAX_RANGE_SECTORS}")]
+    SegmentTooLong(u32),
 }
 
 impl RequestError {
@@ -104,7 +141,7 @@ impl RequestError {
     pub fn status(&self) -> Option<u8> {
         match self {
             RequestError::NoStatus => None,
-            RequestError::Unsupported(_) => Some(S_UNSUPP),
+            RequestError::Unsupported(_) | RequestError::SegmentFlags(_) => Some(S_UNSUPP),
             _ => Some(S_IOERR),
         }
     }
@@ -160,8 +197,67 @@ pub fn parse_request(
         }
         T_FLUSH => Ok(Request::Flush),
         T_GET_ID => Ok(Request::GetId),
+        T_DISCARD | T_WRITE_ZEROES => {
+            if readonly {
+                return Err(RequestError::ReadOnly);
+            }
+            parse_segment(mem, chain, kind, capacity_sectors)
+        }
         other => Err(RequestError::Unsupported(other)),
     }
+}
+
+/// The one segment of a discard or write-zeroes request, after the header.
+fn parse_segment(
+    mem: &GuestMemoryMmap,
+    chain: &DescChain,
+    kind: u32,
+    capacity: u64,
+) -> Result<Request, RequestError> {
+    let data = chain.readable_len() - HEADER_LEN;
+    if data != SEGMENT_LEN {
+        return Err(RequestError::Segments(data));
+    }
+    let mut seg = [0u8; SEGMENT_LEN as usize];
+    chain
+        .read_at(mem, HEADER_LEN, &mut seg)
+        .map_err(RequestError::Header)?;
+    let [s0, s1, s2, s3, s4, s5, s6, s7, n0, n1, n2, n3, f0, f1, f2, f3] = seg;
+    let sector = u64::from_le_bytes([s0, s1, s2, s3, s4, s5, s6, s7]);
+    let num = u32::from_le_bytes([n0, n1, n2, n3]);
+    let flags = u32::from_le_bytes([f0, f1, f2, f3]);
+    // Discard has no flags; write-zeroes has only UNMAP (virtio 1.2, 5.2.6.2).
+    let allowed = if kind == T_WRITE_ZEROES {
+        FLAG_UNMAP
+    } else {
+        0
+    };
+    if flags & !allowed != 0 {
+        return Err(RequestError::SegmentFlags(flags));
+    }
+    if num > MAX_RANGE_SECTORS {
+        return Err(RequestError::SegmentTooLong(num));
+    }
+    let sectors = u64::from(num);
+    match sector.checked_add(sectors) {
+        Some(end) if end <= capacity => {}
+        _ => {
+            return Err(RequestError::OutOfRange {
+                sector,
+                sectors,
+                capacity,
+            })
+        }
+    }
+    Ok(if kind == T_DISCARD {
+        Request::Discard { sector, sectors }
+    } else {
+        Request::WriteZeroes {
+            sector,
+            sectors,
+            unmap: flags & FLAG_UNMAP != 0,
+        }
+    })
 }
 
 /// Checks that `len` bytes from `sector` are whole sectors inside the disk.

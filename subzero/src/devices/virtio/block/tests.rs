@@ -8,6 +8,7 @@ use super::*;
 use crate::bus::BusDevice;
 use crate::devices::virtio::mmio::regs;
 use crate::devices::virtio::testing::{readable, TestDriver, D, DATA, MEM_SIZE};
+use std::os::unix::fs::OpenOptionsExt;
 
 /// Where the tests put the request header.
 pub(super) const HDR: u64 = DATA;
@@ -73,9 +74,26 @@ pub(super) fn submit(d: &mut TestDriver, descs: &[D]) -> (u32, u8) {
     (len, d.mem.read_obj(GuestAddress(STATUS)).unwrap())
 }
 
-/// A driven device on an image of `contents`.
-fn driver(img: &TempImage, readonly: bool) -> (TestDriver, Arc<BlockStats>) {
-    let blk = Block::open(&img.path, readonly, None).unwrap();
+/// The image at `path` on the io_uring engine (`uring`) or the
+/// synchronous one. The host must allow io_uring: these tests cover both.
+pub(super) fn open_engine(path: &std::path::Path, readonly: bool, uring: bool) -> Block {
+    let opts = BlockOptions {
+        readonly,
+        engine: if uring {
+            EngineChoice::Uring
+        } else {
+            EngineChoice::Sync
+        },
+        ..BlockOptions::default()
+    };
+    let blk = Block::open_with(path, &opts).unwrap();
+    assert_eq!(blk.engine(), if uring { "io_uring" } else { "sync" });
+    blk
+}
+
+/// A driven device on an image of `contents`, on either engine.
+fn driver(img: &TempImage, readonly: bool, uring: bool) -> (TestDriver, Arc<BlockStats>) {
+    let blk = open_engine(&img.path, readonly, uring);
     let stats = blk.stats();
     (TestDriver::new(Box::new(blk)), stats)
 }
@@ -100,81 +118,89 @@ fn write_req(d: &mut TestDriver, sector: u64, data: &[u8]) -> (u32, u8) {
 
 #[test]
 fn read_returns_the_files_bytes_across_buffers() {
-    let img = TempImage::new("read", &pattern(8 * 512));
-    let (mut d, stats) = driver(&img, false);
-    header(&d, T_IN, 2);
-    let descs = [
-        (HDR, 16, false),
-        (BUF, 700, true),
-        (BUF + 0x2000, 324, true),
-        (STATUS, 1, true),
-    ];
-    assert_eq!(submit(&mut d, &descs), (1025, S_OK));
-    let mut got = mem_bytes(&d, BUF, 700);
-    got.extend(mem_bytes(&d, BUF + 0x2000, 324));
-    assert_eq!(got, img.contents()[1024..2048]);
-    assert_eq!(stats.bytes_read.load(Ordering::Relaxed), 1024);
+    for uring in [false, true] {
+        let img = TempImage::new("read", &pattern(8 * 512));
+        let (mut d, stats) = driver(&img, false, uring);
+        header(&d, T_IN, 2);
+        let descs = [
+            (HDR, 16, false),
+            (BUF, 700, true),
+            (BUF + 0x2000, 324, true),
+            (STATUS, 1, true),
+        ];
+        assert_eq!(submit(&mut d, &descs), (1025, S_OK));
+        let mut got = mem_bytes(&d, BUF, 700);
+        got.extend(mem_bytes(&d, BUF + 0x2000, 324));
+        assert_eq!(got, img.contents()[1024..2048]);
+        assert_eq!(stats.bytes_read.load(Ordering::Relaxed), 1024);
+    }
 }
 
 #[test]
 fn a_read_larger_than_the_bounce_buffer_is_whole() {
-    let img = TempImage::new("bigread", &pattern(1 << 20));
-    let (mut d, _) = driver(&img, false);
-    assert_eq!(read_req(&mut d, 1, 600 << 10), ((600 << 10) + 1, S_OK));
-    assert_eq!(
-        mem_bytes(&d, BUF, 600 << 10),
-        img.contents()[512..512 + (600 << 10)]
-    );
+    for uring in [false, true] {
+        let img = TempImage::new("bigread", &pattern(1 << 20));
+        let (mut d, _) = driver(&img, false, uring);
+        assert_eq!(read_req(&mut d, 1, 600 << 10), ((600 << 10) + 1, S_OK));
+        assert_eq!(
+            mem_bytes(&d, BUF, 600 << 10),
+            img.contents()[512..512 + (600 << 10)]
+        );
+    }
 }
 
 #[test]
 fn write_reaches_the_file_and_nothing_else_changes() {
-    let img = TempImage::new("write", &pattern(8 * 512));
-    let mut want = img.contents();
-    let (mut d, stats) = driver(&img, false);
-    let data: Vec<u8> = (0..1024).map(|i| (i * 3) as u8).collect();
-    // Header and data in one descriptor, status separate.
-    header(&d, T_OUT, 3);
-    d.mem.write_slice(&data, GuestAddress(HDR + 16)).unwrap();
-    assert_eq!(
-        submit(&mut d, &[(HDR, 16 + 1024, false), (STATUS, 1, true)]),
-        (1, S_OK)
-    );
-    want[3 * 512..5 * 512].copy_from_slice(&data);
-    assert_eq!(img.contents(), want);
-    // The last sector, through write_req's separate data buffer.
-    assert_eq!(write_req(&mut d, 7, &[0xab; 512]), (1, S_OK));
-    want[7 * 512..].fill(0xab);
-    assert_eq!(img.contents(), want);
-    assert_eq!(stats.bytes_written.load(Ordering::Relaxed), 1536);
+    for uring in [false, true] {
+        let img = TempImage::new("write", &pattern(8 * 512));
+        let mut want = img.contents();
+        let (mut d, stats) = driver(&img, false, uring);
+        let data: Vec<u8> = (0..1024).map(|i| (i * 3) as u8).collect();
+        // Header and data in one descriptor, status separate.
+        header(&d, T_OUT, 3);
+        d.mem.write_slice(&data, GuestAddress(HDR + 16)).unwrap();
+        assert_eq!(
+            submit(&mut d, &[(HDR, 16 + 1024, false), (STATUS, 1, true)]),
+            (1, S_OK)
+        );
+        want[3 * 512..5 * 512].copy_from_slice(&data);
+        assert_eq!(img.contents(), want);
+        // The last sector, through write_req's separate data buffer.
+        assert_eq!(write_req(&mut d, 7, &[0xab; 512]), (1, S_OK));
+        want[7 * 512..].fill(0xab);
+        assert_eq!(img.contents(), want);
+        assert_eq!(stats.bytes_written.load(Ordering::Relaxed), 1536);
+    }
 }
 
 #[test]
 fn flush_get_id_and_unknown_types() {
-    let img = TempImage::new("a-rather-long-image-name.raw", &pattern(4 * 512));
-    let (mut d, stats) = driver(&img, false);
-    header(&d, T_FLUSH, 0);
-    assert_eq!(
-        submit(&mut d, &[(HDR, 16, false), (STATUS, 1, true)]),
-        (1, S_OK)
-    );
-    assert_eq!(stats.flushes.load(Ordering::Relaxed), 1);
-
-    header(&d, T_GET_ID, 0);
-    let descs = [(HDR, 16, false), (BUF, 20, true), (STATUS, 1, true)];
-    assert_eq!(submit(&mut d, &descs), (21, S_OK));
-    let name = img.path.file_name().unwrap().as_encoded_bytes();
-    assert_eq!(mem_bytes(&d, BUF, 20), name[..20], "file name, truncated");
-
-    for kind in [2, 11, 13, 0x1234, u32::MAX] {
-        header(&d, kind, 0);
+    for uring in [false, true] {
+        let img = TempImage::new("a-rather-long-image-name.raw", &pattern(4 * 512));
+        let (mut d, stats) = driver(&img, false, uring);
+        header(&d, T_FLUSH, 0);
         assert_eq!(
             submit(&mut d, &[(HDR, 16, false), (STATUS, 1, true)]),
-            (1, S_UNSUPP),
-            "type {kind}"
+            (1, S_OK)
         );
+        assert_eq!(stats.flushes.load(Ordering::Relaxed), 1);
+
+        header(&d, T_GET_ID, 0);
+        let descs = [(HDR, 16, false), (BUF, 20, true), (STATUS, 1, true)];
+        assert_eq!(submit(&mut d, &descs), (21, S_OK));
+        let name = img.path.file_name().unwrap().as_encoded_bytes();
+        assert_eq!(mem_bytes(&d, BUF, 20), name[..20], "file name, truncated");
+
+        for kind in [2, 14, 0x1234, u32::MAX] {
+            header(&d, kind, 0);
+            assert_eq!(
+                submit(&mut d, &[(HDR, 16, false), (STATUS, 1, true)]),
+                (1, S_UNSUPP),
+                "type {kind}"
+            );
+        }
+        assert!(!d.needs_reset());
     }
-    assert!(!d.needs_reset());
 }
 
 #[test]
@@ -195,141 +221,150 @@ fn get_id_returns_the_given_id_zero_padded() {
 
 #[test]
 fn a_read_only_disk_refuses_writes_and_offers_f_ro() {
-    let img = TempImage::new("ro", &pattern(8 * 512));
-    let before = img.contents();
-    let (mut d, stats) = driver(&img, true);
-    d.write(regs::DEVICE_FEATURES_SEL, 0);
-    let f = d.read(regs::DEVICE_FEATURES);
-    assert_ne!(f & (1 << VIRTIO_BLK_F_RO), 0, "F_RO offered");
-    assert_ne!(f & (1 << VIRTIO_BLK_F_FLUSH), 0, "F_FLUSH offered");
-    assert_eq!(write_req(&mut d, 0, &[0; 512]), (1, S_IOERR));
-    assert_eq!(img.contents(), before, "file untouched");
-    assert_eq!(read_req(&mut d, 1, 512), (513, S_OK));
-    assert_eq!(mem_bytes(&d, BUF, 512), before[512..1024]);
-    header(&d, T_FLUSH, 0);
-    assert_eq!(
-        submit(&mut d, &[(HDR, 16, false), (STATUS, 1, true)]),
-        (1, S_OK)
-    );
-    assert_eq!(stats.errors.load(Ordering::Relaxed), 1);
-    assert!(!d.needs_reset());
+    for uring in [false, true] {
+        let img = TempImage::new("ro", &pattern(8 * 512));
+        let before = img.contents();
+        let (mut d, stats) = driver(&img, true, uring);
+        d.write(regs::DEVICE_FEATURES_SEL, 0);
+        let f = d.read(regs::DEVICE_FEATURES);
+        assert_ne!(f & (1 << VIRTIO_BLK_F_RO), 0, "F_RO offered");
+        assert_ne!(f & (1 << VIRTIO_BLK_F_FLUSH), 0, "F_FLUSH offered");
+        assert_eq!(write_req(&mut d, 0, &[0; 512]), (1, S_IOERR));
+        assert_eq!(img.contents(), before, "file untouched");
+        assert_eq!(read_req(&mut d, 1, 512), (513, S_OK));
+        assert_eq!(mem_bytes(&d, BUF, 512), before[512..1024]);
+        header(&d, T_FLUSH, 0);
+        assert_eq!(
+            submit(&mut d, &[(HDR, 16, false), (STATUS, 1, true)]),
+            (1, S_OK)
+        );
+        assert_eq!(stats.errors.load(Ordering::Relaxed), 1);
+        assert!(!d.needs_reset());
+    }
 }
 
 #[test]
 fn requests_past_the_end_fail_and_the_device_goes_on() {
-    let img = TempImage::new("end", &pattern(8 * 512));
-    let before = img.contents();
-    let (mut d, _) = driver(&img, false);
-    assert_eq!(read_req(&mut d, 7, 1024), (1, S_IOERR), "last sector + 1");
-    assert_eq!(
-        read_req(&mut d, 8, 512),
-        (1, S_IOERR),
-        "first sector past the end"
-    );
-    assert_eq!(read_req(&mut d, u64::MAX, 512), (1, S_IOERR));
-    assert_eq!(read_req(&mut d, u64::MAX / 512 + 1, 512), (1, S_IOERR));
-    assert_eq!(write_req(&mut d, u64::MAX, &[1; 512]), (1, S_IOERR));
-    assert_eq!(write_req(&mut d, u64::MAX - 1, &[1; 1024]), (1, S_IOERR));
-    assert_eq!(write_req(&mut d, 8, &[1; 512]), (1, S_IOERR));
-    assert_eq!(img.contents(), before);
-    assert!(!d.needs_reset());
-    assert_eq!(read_req(&mut d, 7, 512), (513, S_OK));
-    assert_eq!(mem_bytes(&d, BUF, 512), before[7 * 512..]);
+    for uring in [false, true] {
+        let img = TempImage::new("end", &pattern(8 * 512));
+        let before = img.contents();
+        let (mut d, _) = driver(&img, false, uring);
+        assert_eq!(read_req(&mut d, 7, 1024), (1, S_IOERR), "last sector + 1");
+        assert_eq!(
+            read_req(&mut d, 8, 512),
+            (1, S_IOERR),
+            "first sector past the end"
+        );
+        assert_eq!(read_req(&mut d, u64::MAX, 512), (1, S_IOERR));
+        assert_eq!(read_req(&mut d, u64::MAX / 512 + 1, 512), (1, S_IOERR));
+        assert_eq!(write_req(&mut d, u64::MAX, &[1; 512]), (1, S_IOERR));
+        assert_eq!(write_req(&mut d, u64::MAX - 1, &[1; 1024]), (1, S_IOERR));
+        assert_eq!(write_req(&mut d, 8, &[1; 512]), (1, S_IOERR));
+        assert_eq!(img.contents(), before);
+        assert!(!d.needs_reset());
+        assert_eq!(read_req(&mut d, 7, 512), (513, S_OK));
+        assert_eq!(mem_bytes(&d, BUF, 512), before[7 * 512..]);
+    }
 }
 
 #[test]
 fn wrong_directions_and_short_headers_fail_the_request() {
-    let img = TempImage::new("dir", &pattern(8 * 512));
-    let before = img.contents();
-    let (mut d, stats) = driver(&img, false);
-    // A read whose data buffer the device may only read.
-    header(&d, T_IN, 0);
-    let descs = [(HDR, 16, false), (BUF, 512, false), (STATUS, 1, true)];
-    assert_eq!(submit(&mut d, &descs), (1, S_IOERR));
-    // A write whose data buffer is device-writable.
-    header(&d, T_OUT, 0);
-    let descs = [(HDR, 16, false), (BUF, 512, true), (STATUS, 1, true)];
-    assert_eq!(submit(&mut d, &descs), (1, S_IOERR));
-    // A data length that is not whole sectors.
-    header(&d, T_IN, 0);
-    let descs = [(HDR, 16, false), (BUF, 100, true), (STATUS, 1, true)];
-    assert_eq!(submit(&mut d, &descs), (1, S_IOERR));
-    // A header of 8 bytes.
-    header(&d, T_IN, 0);
-    assert_eq!(
-        submit(&mut d, &[(HDR, 8, false), (STATUS, 1, true)]),
-        (1, S_IOERR)
-    );
-    // The status byte in a device-readable buffer: no place for a status.
-    header(&d, T_IN, 0);
-    let descs = [(HDR, 16, false), (STATUS, 1, false)];
-    assert_eq!(submit(&mut d, &descs), (0, 0xff), "returned untouched");
-    assert_eq!(stats.bad_chains.load(Ordering::Relaxed), 1);
-    assert_eq!(stats.errors.load(Ordering::Relaxed), 4);
-    assert_eq!(img.contents(), before);
-    assert!(!d.needs_reset());
-    assert_eq!(write_req(&mut d, 0, &[7; 512]), (1, S_OK));
-    assert_eq!(img.contents()[..512], [7; 512]);
+    for uring in [false, true] {
+        let img = TempImage::new("dir", &pattern(8 * 512));
+        let before = img.contents();
+        let (mut d, stats) = driver(&img, false, uring);
+        // A read whose data buffer the device may only read.
+        header(&d, T_IN, 0);
+        let descs = [(HDR, 16, false), (BUF, 512, false), (STATUS, 1, true)];
+        assert_eq!(submit(&mut d, &descs), (1, S_IOERR));
+        // A write whose data buffer is device-writable.
+        header(&d, T_OUT, 0);
+        let descs = [(HDR, 16, false), (BUF, 512, true), (STATUS, 1, true)];
+        assert_eq!(submit(&mut d, &descs), (1, S_IOERR));
+        // A data length that is not whole sectors.
+        header(&d, T_IN, 0);
+        let descs = [(HDR, 16, false), (BUF, 100, true), (STATUS, 1, true)];
+        assert_eq!(submit(&mut d, &descs), (1, S_IOERR));
+        // A header of 8 bytes.
+        header(&d, T_IN, 0);
+        assert_eq!(
+            submit(&mut d, &[(HDR, 8, false), (STATUS, 1, true)]),
+            (1, S_IOERR)
+        );
+        // The status byte in a device-readable buffer: no place for a status.
+        header(&d, T_IN, 0);
+        let descs = [(HDR, 16, false), (STATUS, 1, false)];
+        assert_eq!(submit(&mut d, &descs), (0, 0xff), "returned untouched");
+        assert_eq!(stats.bad_chains.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.errors.load(Ordering::Relaxed), 4);
+        assert_eq!(img.contents(), before);
+        assert!(!d.needs_reset());
+        assert_eq!(write_req(&mut d, 0, &[7; 512]), (1, S_OK));
+        assert_eq!(img.contents()[..512], [7; 512]);
+    }
 }
 
 #[test]
 fn broken_chains_come_back_empty_and_the_device_goes_on() {
-    let img = TempImage::new("chains", &pattern(8 * 512));
-    let before = img.contents();
-    let (mut d, stats) = driver(&img, false);
-    header(&d, T_OUT, 0);
-    // A descriptor that is its own successor.
-    d.put_desc(0, 15, HDR, 16, 1, 15);
-    d.publish(0, 15);
-    // A data buffer past the end of guest memory.
-    d.add_chain(
-        0,
-        &[
-            (HDR, 16, false),
-            (MEM_SIZE as u64 - 256, 512, false),
-            (STATUS, 1, true),
-        ],
-    );
-    // A buffer at an address that wraps around.
-    d.add_chain(
-        0,
-        &[
-            (HDR, 16, false),
-            (u64::MAX - 8, 512, false),
-            (STATUS, 1, true),
-        ],
-    );
-    // 24 MiB of data in two overlapping buffers: longer than any request.
-    d.add_chain(
-        0,
-        &[
-            (HDR, 16, false),
-            (BUF, 12 << 20, false),
-            (BUF, 12 << 20, false),
-            (STATUS, 1, true),
-        ],
-    );
-    // A writable buffer followed by a readable one.
-    d.add_chain(0, &[(STATUS, 1, true), (HDR, 16, false)]);
-    d.kick(0);
-    let used = d.used(0);
-    assert_eq!(used.len(), 5);
-    assert_eq!(used[0].0, 15);
-    // A refused chain gets IOERR in its status byte (used length 1) when it
-    // has a writable byte in guest memory, so the driver cannot mistake a
-    // stale status for success; otherwise it comes back with length 0.
-    assert!(used.iter().all(|&(_, len)| len <= 1), "{used:?}");
-    assert!(
-        used.iter().filter(|&&(_, len)| len == 1).count() >= 4,
-        "{used:?}"
-    );
-    let status: u8 = vm_memory::Bytes::read_obj(&d.mem, vm_memory::GuestAddress(STATUS)).unwrap();
-    assert_eq!(status, S_IOERR);
-    assert_eq!(stats.bad_chains.load(Ordering::Relaxed), 5);
-    assert_eq!(img.contents(), before);
-    assert!(!d.needs_reset());
-    assert_eq!(write_req(&mut d, 1, &[9; 512]), (1, S_OK));
-    assert_eq!(img.contents()[512..1024], [9; 512]);
+    for uring in [false, true] {
+        let img = TempImage::new("chains", &pattern(8 * 512));
+        let before = img.contents();
+        let (mut d, stats) = driver(&img, false, uring);
+        header(&d, T_OUT, 0);
+        // A descriptor that is its own successor.
+        d.put_desc(0, 15, HDR, 16, 1, 15);
+        d.publish(0, 15);
+        // A data buffer past the end of guest memory.
+        d.add_chain(
+            0,
+            &[
+                (HDR, 16, false),
+                (MEM_SIZE as u64 - 256, 512, false),
+                (STATUS, 1, true),
+            ],
+        );
+        // A buffer at an address that wraps around.
+        d.add_chain(
+            0,
+            &[
+                (HDR, 16, false),
+                (u64::MAX - 8, 512, false),
+                (STATUS, 1, true),
+            ],
+        );
+        // 24 MiB of data in two overlapping buffers: longer than any request.
+        d.add_chain(
+            0,
+            &[
+                (HDR, 16, false),
+                (BUF, 12 << 20, false),
+                (BUF, 12 << 20, false),
+                (STATUS, 1, true),
+            ],
+        );
+        // A writable buffer followed by a readable one.
+        d.add_chain(0, &[(STATUS, 1, true), (HDR, 16, false)]);
+        d.kick(0);
+        let used = d.used(0);
+        assert_eq!(used.len(), 5);
+        assert_eq!(used[0].0, 15);
+        // A refused chain gets IOERR in its status byte (used length 1) when it
+        // has a writable byte in guest memory, so the driver cannot mistake a
+        // stale status for success; otherwise it comes back with length 0.
+        assert!(used.iter().all(|&(_, len)| len <= 1), "{used:?}");
+        assert!(
+            used.iter().filter(|&&(_, len)| len == 1).count() >= 4,
+            "{used:?}"
+        );
+        let status: u8 =
+            vm_memory::Bytes::read_obj(&d.mem, vm_memory::GuestAddress(STATUS)).unwrap();
+        assert_eq!(status, S_IOERR);
+        assert_eq!(stats.bad_chains.load(Ordering::Relaxed), 5);
+        assert_eq!(img.contents(), before);
+        assert!(!d.needs_reset());
+        assert_eq!(write_req(&mut d, 1, &[9; 512]), (1, S_OK));
+        assert_eq!(img.contents()[512..1024], [9; 512]);
+    }
 }
 
 #[test]
@@ -409,49 +444,53 @@ fn an_image_in_use_is_locked() {
 
 #[test]
 fn an_over_long_request_fails_with_an_io_error_status() {
-    let img = TempImage::new("long", &pattern(64 << 10));
-    let (mut d, _stats) = driver(&img, false);
-    header(&d, T_IN, 0);
-    // 18 MiB of (overlapping) writable data: above MAX_CHAIN.
-    let nine = 9 << 20;
-    let descs = [
-        (HDR, 16, false),
-        (BUF, nine, true),
-        (BUF, nine, true),
-        (STATUS, 1, true),
-    ];
-    // Linux leaves the status byte of a reused request at its last value: S_OK.
-    assert_eq!(
-        submit(&mut d, &descs),
-        (1, S_IOERR),
-        "status left for the guest to misread"
-    );
+    for uring in [false, true] {
+        let img = TempImage::new("long", &pattern(64 << 10));
+        let (mut d, _stats) = driver(&img, false, uring);
+        header(&d, T_IN, 0);
+        // 18 MiB of (overlapping) writable data: above MAX_CHAIN.
+        let nine = 9 << 20;
+        let descs = [
+            (HDR, 16, false),
+            (BUF, nine, true),
+            (BUF, nine, true),
+            (STATUS, 1, true),
+        ];
+        // Linux leaves the status byte of a reused request at its last value: S_OK.
+        assert_eq!(
+            submit(&mut d, &descs),
+            (1, S_IOERR),
+            "status left for the guest to misread"
+        );
+    }
 }
 
 #[test]
 fn a_swapped_backing_file_is_served_and_the_driver_told() {
-    let old = TempImage::new("swap-old", &pattern(8 * 512));
-    let new_bytes: Vec<u8> = pattern(16 * 512).iter().map(|b| !b).collect();
-    let new = TempImage::new("swap-new", &new_bytes);
-    let (mut d, _) = driver(&old, false);
-    let generation = d.read(regs::CONFIG_GENERATION);
-    let irqs = d.interrupts();
-    d.shared.swap_backing(&new.path).unwrap();
-    assert_eq!(d.read(regs::CONFIG), 16, "the new capacity");
-    assert_ne!(d.read(regs::CONFIG_GENERATION), generation);
-    assert!(d.interrupts() > irqs, "a configuration interrupt");
-    assert_eq!(d.read(regs::INTERRUPT_STATUS) & 2, 2, "INT_CONFIG");
-    assert_eq!(read_req(&mut d, 9, 512).1, S_OK);
-    assert_eq!(mem_bytes(&d, BUF, 512), new_bytes[9 * 512..10 * 512]);
-    // The old image is released: another user can lock it now.
-    assert!(Block::open(&old.path, false, None).is_ok());
-    // A bad path leaves the device on the image it has, and says why.
-    let err = d
-        .shared
-        .swap_backing(std::path::Path::new("/nonexistent/disk.img"))
-        .unwrap_err();
-    assert!(err.contains("/nonexistent/disk.img"), "{err}");
-    assert_eq!(read_req(&mut d, 15, 512).1, S_OK);
+    for uring in [false, true] {
+        let old = TempImage::new("swap-old", &pattern(8 * 512));
+        let new_bytes: Vec<u8> = pattern(16 * 512).iter().map(|b| !b).collect();
+        let new = TempImage::new("swap-new", &new_bytes);
+        let (mut d, _) = driver(&old, false, uring);
+        let generation = d.read(regs::CONFIG_GENERATION);
+        let irqs = d.interrupts();
+        d.shared.swap_backing(&new.path).unwrap();
+        assert_eq!(d.read(regs::CONFIG), 16, "the new capacity");
+        assert_ne!(d.read(regs::CONFIG_GENERATION), generation);
+        assert!(d.interrupts() > irqs, "a configuration interrupt");
+        assert_eq!(d.read(regs::INTERRUPT_STATUS) & 2, 2, "INT_CONFIG");
+        assert_eq!(read_req(&mut d, 9, 512).1, S_OK);
+        assert_eq!(mem_bytes(&d, BUF, 512), new_bytes[9 * 512..10 * 512]);
+        // The old image is released: another user can lock it now.
+        assert!(Block::open(&old.path, false, None).is_ok());
+        // A bad path leaves the device on the image it has, and says why.
+        let err = d
+            .shared
+            .swap_backing(std::path::Path::new("/nonexistent/disk.img"))
+            .unwrap_err();
+        assert!(err.contains("/nonexistent/disk.img"), "{err}");
+        assert_eq!(read_req(&mut d, 15, 512).1, S_OK);
+    }
 }
 
 /// A loop device over `img`, detached on drop; `None` (and why) where loop

@@ -43,6 +43,8 @@
 //! receive queue is not set up) frames are read and dropped, so the TAP
 //! neither wakes the device thread in a loop nor delivers stale frames later.
 
+#[cfg(test)]
+mod inplace_tests;
 mod mac;
 #[cfg(test)]
 mod proptests;
@@ -69,7 +71,7 @@ use virtio_bindings::bindings::virtio_net::{
 };
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
-use super::{types, DescChain, DeviceError, QueueCtx, VirtioDevice};
+use super::{iov, types, DescChain, DeviceError, QueueCtx, VirtioDevice};
 use crate::devices::rate_limiter::{RateLimiter, RateLimiterConfig};
 use mac::{check_mac, random_mac};
 pub use mac::{format_mac, parse_mac};
@@ -210,6 +212,8 @@ pub struct NetCounters {
     pub tx_backend_errors: AtomicU64,
     /// Frames delivered to the guest.
     pub rx_frames: AtomicU64,
+    /// Of those, frames read straight into the guest's buffers (no copy).
+    pub rx_in_place: AtomicU64,
     /// Bytes delivered to the guest (frames, without the header).
     pub rx_bytes: AtomicU64,
     /// Frames dropped because they did not fit the guest's buffer (without
@@ -247,7 +251,8 @@ fn count(c: &AtomicU64, what: fmt::Arguments) {
 
 /// What a read from the backend gave.
 enum Backend {
-    /// A frame of this many bytes (header included) is in the rx buffer.
+    /// A frame of this many bytes (header included) is in the rx buffer,
+    /// or in the receive chains (`rx_in_place`).
     Frame(usize),
     /// Nothing to read now.
     Empty,
@@ -266,13 +271,16 @@ pub struct Net {
     /// One frame from the backend, header first. One byte longer than
     /// [`MAX_PACKET`] to notice a longer frame.
     rx_buf: Box<[u8]>,
-    /// Length of the frame in `rx_buf` waiting for a receive buffer.
+    /// Length of the frame waiting for a receive buffer (or for the rate
+    /// limiter): in `rx_buf`, or, with `rx_in_place`, already in the
+    /// buffers of `rx_chains`.
     rx_pending: Option<usize>,
+    /// The pending frame was read straight into `rx_chains`.
+    rx_in_place: bool,
     /// Receive chains taken from the queue but not used yet: with
     /// `MRG_RXBUF`, the ones gathered for a frame larger than the chains
     /// available so far. The driver sees them as outstanding.
     rx_chains: VecDeque<DescChain>,
-    tx_buf: Box<[u8]>,
     /// Features the driver accepted (0 until activation and after a reset).
     acked: u64,
     /// The receive offloads (`TUN_F_*`) the TAP was told it may use.
@@ -363,8 +371,8 @@ impl Net {
             tap_name: name.to_string(),
             rx_buf: vec![0u8; MAX_PACKET + 1].into_boxed_slice(),
             rx_pending: None,
+            rx_in_place: false,
             rx_chains: VecDeque::new(),
-            tx_buf: vec![0u8; MAX_PACKET].into_boxed_slice(),
             acked: 0,
             rx_offloads: 0,
             set_offload,
@@ -504,6 +512,7 @@ impl VirtioDevice for Net {
         if self.rx_pending.take().is_some() {
             self.counters.rx_not_ready.fetch_add(1, Ordering::Relaxed);
         }
+        self.rx_in_place = false;
         self.rx_chains.clear();
         self.acked = 0;
         self.offload(0);

@@ -1,5 +1,11 @@
 //! Receive: frames from the TAP to the guest's receive chains.
 //!
+//! When the chains taken from the queue can hold the largest frame (the
+//! usual case: a Linux driver keeps the queue full), the frame is read
+//! straight into them with one `readv` ([`Net::read_in_place`]); otherwise
+//! it is read into the device's buffer first and copied once chains for it
+//! arrive, which the rules below describe.
+//!
 //! The kernel's virtio-net header comes with every frame. It is checked
 //! against the offloads the TAP was told to use ([`rx_header`]), so a frame
 //! the driver cannot take (the TAP's settings lag behind a reset, say) is
@@ -19,6 +25,7 @@
 //! outstanding) is dropped; the chains serve the next frames.
 
 use std::io::{self, Read};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 
 use virtio_bindings::bindings::virtio_net::{
@@ -27,10 +34,11 @@ use virtio_bindings::bindings::virtio_net::{
     VIRTIO_NET_HDR_GSO_TCPV6,
 };
 use virtio_queue::QueueT;
+use vm_memory::{GuestMemoryMmap, Permissions};
 
 use super::{
-    bit, count, Backend, DeviceError, Net, QueueCtx, ETH_HLEN, MAX_PACKET, RX_BUDGET, RX_CHAIN_MAX,
-    RX_QUEUE, VNET_HDR_LEN,
+    bit, count, iov, Backend, DescChain, DeviceError, Net, QueueCtx, ETH_HLEN, MAX_PACKET,
+    RX_BUDGET, RX_CHAIN_MAX, RX_QUEUE, VNET_HDR_LEN,
 };
 
 /// Checks the header the kernel put before a received frame against the
@@ -102,15 +110,140 @@ impl Net {
     }
 
     /// Checks a frame of `n` bytes just read, and rewrites its header for
-    /// the guest.
-    fn accept_rx(&mut self, n: usize) -> Result<(), &'static str> {
+    /// the guest (in the first receive chain, for a frame read in place).
+    fn accept_rx(&mut self, mem: &GuestMemoryMmap, n: usize) -> Result<(), &'static str> {
         if n < VNET_HDR_LEN + ETH_HLEN {
             return Err("frame shorter than an Ethernet header");
         }
         if n > MAX_PACKET {
             return Err("frame longer than the device supports");
         }
-        rx_header(self.rx_offloads, &mut self.rx_buf[..VNET_HDR_LEN])
+        if !self.rx_in_place {
+            return rx_header(self.rx_offloads, &mut self.rx_buf[..VNET_HDR_LEN]);
+        }
+        let first = self.rx_chains.front().ok_or("no receive chain")?;
+        let mut hdr = [0u8; VNET_HDR_LEN];
+        read_writable(mem, first, &mut hdr).map_err(|_| "receive chain not readable back")?;
+        rx_header(self.rx_offloads, &mut hdr)?;
+        first
+            .write_at(mem, 0, &hdr)
+            .map_err(|_| "receive chain not writable")
+    }
+
+    /// Reads one frame from the backend straight into receive chains, if
+    /// the chains taken (plus what the queue has now) can hold the largest
+    /// frame. `None`: they cannot, use [`Net::read_backend`]. Chains it
+    /// takes for a read that finds no frame go back on the ring, and so do
+    /// all it took when one of them is refused, so that what the driver
+    /// sees is the same as through [`Net::read_backend`].
+    pub(super) fn read_in_place(
+        &mut self,
+        ctx: &mut QueueCtx,
+    ) -> Result<Option<Backend>, DeviceError> {
+        const WANT: u64 = MAX_PACKET as u64 + 1;
+        let merge = self.mergeable();
+        let mut taken = 0usize;
+        let give_back = |net: &mut Net, ctx: &mut QueueCtx, taken: usize, extra: usize| {
+            for _ in 0..taken {
+                net.rx_chains.pop_back();
+            }
+            for _ in 0..taken + extra {
+                ctx.undo_pop(RX_QUEUE);
+            }
+        };
+        loop {
+            let cap: u64 = self.rx_chains.iter().map(|c| c.writable_len()).sum();
+            if cap >= WANT {
+                break;
+            }
+            if !merge && !self.rx_chains.is_empty() {
+                give_back(self, ctx, taken, 0);
+                return Ok(None);
+            }
+            match ctx.pop(RX_QUEUE, RX_CHAIN_MAX) {
+                Ok(Some(c)) if refused_rx_chain(&c, merge).is_none() => {
+                    self.rx_chains.push_back(c);
+                    taken += 1;
+                }
+                Ok(Some(_)) => {
+                    // Refused the way read_backend's path refuses it.
+                    give_back(self, ctx, taken, 1);
+                    return Ok(None);
+                }
+                Ok(None) => {
+                    give_back(self, ctx, taken, 0);
+                    return Ok(None);
+                }
+                Err(e) => {
+                    // pop() already returned it to the driver.
+                    count(
+                        &self.counters.rx_bad_chains,
+                        format_args!("receive chain refused: {e}"),
+                    );
+                }
+            }
+        }
+        let result = self.readv_chains(ctx.mem, WANT);
+        if !matches!(result, Some(Backend::Frame(_))) {
+            give_back(self, ctx, taken, 0);
+        }
+        Ok(result)
+    }
+
+    /// One `readv` of up to `want` bytes from the backend into the
+    /// chains in `rx_chains`; `None` if they do not make an iovec array.
+    fn readv_chains(&mut self, mem: &GuestMemoryMmap, want: u64) -> Option<Backend> {
+        let mut iovs = Vec::new();
+        let mut left = want;
+        for c in &self.rx_chains {
+            if left == 0 {
+                break;
+            }
+            let k = c.writable_len().min(left);
+            iovs.extend(
+                iov::iovecs(mem, &c.writable, 0, k, Permissions::Write)
+                    .ok()?
+                    .0,
+            );
+            left -= k;
+        }
+        if iovs.len() > iov::IOV_MAX {
+            return None;
+        }
+        loop {
+            // SAFETY: the iovecs point into the receive chains' buffers,
+            // which were checked to lie in guest memory and stay mapped for
+            // the call; readv writes only through them.
+            let n = unsafe {
+                libc::readv(
+                    self.backend.as_raw_fd(),
+                    iovs.as_ptr(),
+                    iovs.len() as libc::c_int,
+                )
+            };
+            let e = match usize::try_from(n) {
+                Ok(0) => {
+                    log::warn!("virtio-net {}: the backend closed", self.tap_name);
+                    return Some(Backend::Gone);
+                }
+                Ok(n) => {
+                    self.rx_in_place = true;
+                    return Some(Backend::Frame(n));
+                }
+                Err(_) => io::Error::last_os_error(),
+            };
+            match e.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock => return Some(Backend::Empty),
+                _ => {
+                    count(
+                        &self.counters.rx_backend_errors,
+                        format_args!("{}: read failed: {e}", self.tap_name),
+                    );
+                    return Some(Backend::Gone);
+                }
+            }
+        }
     }
 
     /// Reads and drops frames while the driver cannot take them.
@@ -118,6 +251,7 @@ impl Net {
         if self.rx_pending.take().is_some() {
             self.counters.rx_not_ready.fetch_add(1, Ordering::Relaxed);
         }
+        self.rx_in_place = false;
         for _ in 0..RX_BUDGET {
             match self.read_backend() {
                 Backend::Frame(_) => {
@@ -146,9 +280,14 @@ impl Net {
                         break;
                     }
                     reads += 1;
-                    match self.read_backend() {
+                    let got = match self.read_in_place(ctx)? {
+                        Some(got) => got,
+                        None => self.read_backend(),
+                    };
+                    match got {
                         Backend::Frame(n) => {
-                            if let Err(why) = self.accept_rx(n) {
+                            if let Err(why) = self.accept_rx(ctx.mem, n) {
+                                self.rx_in_place = false;
                                 count(
                                     &self.counters.rx_invalid,
                                     format_args!("{}: {n}-byte {why}", self.tap_name),
@@ -185,6 +324,7 @@ impl Net {
                 }
                 Gather::TooBig => {
                     self.rx_pending = None;
+                    self.rx_in_place = false;
                     count(
                         &self.counters.rx_too_big,
                         format_args!(
@@ -239,14 +379,7 @@ impl Net {
                     continue;
                 }
             };
-            let why = if !chain.readable.is_empty() {
-                Some("with device-readable buffers")
-            } else if merge && chain.writable_len() < VNET_HDR_LEN as u64 {
-                Some("smaller than the header")
-            } else {
-                None
-            };
-            if let Some(why) = why {
+            if let Some(why) = refused_rx_chain(&chain, merge) {
                 count(
                     &self.counters.rx_bad_chains,
                     format_args!("receive chain {why}"),
@@ -262,6 +395,9 @@ impl Net {
     /// collected and puts them on the used ring.
     fn deliver(&mut self, ctx: &mut QueueCtx, n: usize) -> Result<(), DeviceError> {
         self.rx_pending = None;
+        if std::mem::take(&mut self.rx_in_place) {
+            return self.deliver_in_place(ctx, n);
+        }
         if !self.mergeable() {
             let Some(chain) = self.rx_chains.pop_front() else {
                 return Ok(());
@@ -333,10 +469,74 @@ impl Net {
         Ok(())
     }
 
+    /// Puts the chains holding a frame of `n` bytes read in place on the
+    /// used ring, with `num_buffers` set in its header.
+    fn deliver_in_place(&mut self, ctx: &mut QueueCtx, n: usize) -> Result<(), DeviceError> {
+        let mut fill = Vec::new();
+        let mut left = n as u64;
+        for c in &self.rx_chains {
+            if left == 0 {
+                break;
+            }
+            let k = c.writable_len().min(left);
+            fill.push(k as u32);
+            left -= k;
+        }
+        let chains: Vec<_> = self.rx_chains.drain(..fill.len()).collect();
+        let buffers = (fill.len() as u16).to_le_bytes();
+        let ok = match chains.first() {
+            Some(first) => first.write_at(ctx.mem, 10, &buffers).is_ok(),
+            None => false,
+        };
+        if ok {
+            self.count_rx(n);
+            self.counters.rx_in_place.fetch_add(1, Ordering::Relaxed);
+        } else {
+            count(
+                &self.counters.rx_bad_chains,
+                format_args!("receive chain not writable"),
+            );
+        }
+        for (c, k) in chains.iter().zip(fill) {
+            ctx.add_used(RX_QUEUE, c.head, if ok { k } else { 0 })?;
+        }
+        Ok(())
+    }
+
     fn count_rx(&self, n: usize) {
         self.counters.rx_frames.fetch_add(1, Ordering::Relaxed);
         self.counters
             .rx_bytes
             .fetch_add((n - VNET_HDR_LEN) as u64, Ordering::Relaxed);
     }
+}
+
+/// Why a receive chain cannot be used, if it cannot.
+fn refused_rx_chain(chain: &DescChain, merge: bool) -> Option<&'static str> {
+    if !chain.readable.is_empty() {
+        Some("with device-readable buffers")
+    } else if merge && chain.writable_len() < VNET_HDR_LEN as u64 {
+        Some("smaller than the header")
+    } else {
+        None
+    }
+}
+
+/// Copies the first `out.len()` bytes of `chain`'s writable buffers back.
+fn read_writable(
+    mem: &GuestMemoryMmap,
+    chain: &DescChain,
+    out: &mut [u8],
+) -> Result<(), vm_memory::GuestMemoryError> {
+    use vm_memory::Bytes;
+    let mut done = 0;
+    for b in &chain.writable {
+        if done == out.len() {
+            break;
+        }
+        let n = (b.len as usize).min(out.len() - done);
+        mem.read_slice(&mut out[done..done + n], b.addr)?;
+        done += n;
+    }
+    Ok(())
 }
