@@ -18,7 +18,7 @@
 //!   resets through the i8042: hence `reboot=k` and the guest's `reboot -f`;
 //! - `qemu-microvm`: `qemu-system-x86_64 -M microvm,acpi=on -enable-kvm
 //!   -cpu host` with its SeaBIOS (`bios-microvm.bin`), `-no-reboot`, the
-//!   serial console on stdout, as `virtio-bench-qemu` runs it, and `-device
+//!   serial console on stdout, as `virtio-bench` runs it, and `-device
 //!   i8042`: microvm has none, and without it the guest's `reboot=k` reset
 //!   spins reading port 0x64 (65536 reads, each an exit to QEMU, ten times
 //!   over) before it falls back to other ways, for a minute or more in L1,

@@ -265,7 +265,9 @@ api-bench)
         sleep 0.05
     done
     ;;
-virtio-bench*)
+virtio-bench)
+    # The virtio benchmark's rows (crate::vbench_scripts::ROWS), then the
+    # reset that ends every VMM, Firecracker included.
     sz_load virtio_mmio virtio_blk virtio_net
     sz_wait /dev/vda
     sz_wait /sys/class/net/eth0
@@ -274,9 +276,17 @@ virtio-bench*)
     ping -c 1 -W 5 169.254.0.1 >/dev/null
     echo "@@L2 BENCH seq-write $(lab-peer seq write /dev/vda $SZ_BENCH_BYTES 2>&1)"
     echo "@@L2 BENCH seq-read $(lab-peer seq read /dev/vda $SZ_BENCH_BYTES 2>&1)"
-    echo "@@L2 BENCH rand-read $(lab-peer randread /dev/vda 5 2>&1)"
-    echo "@@L2 BENCH tcp-g2h $(lab-peer connect tcp:169.254.0.1:9000 --retry 10 --bytes $SZ_BENCH_BYTES </dev/zero 2>&1 >/dev/null)"
+    for rw in read write; do
+        for qd in 1 16; do
+            echo "@@L2 BENCH rand-$rw-qd$qd $(lab-peer rand $rw /dev/vda 3 --qd $qd 2>&1)"
+        done
+    done
+    echo "@@L2 BENCH tcp-g2h $(lab-peer connect tcp:169.254.0.1:9000 --retry 10 --bytes $SZ_BENCH_TCP_BYTES </dev/zero 2>&1 >/dev/null)"
     echo "@@L2 BENCH tcp-h2g $(lab-peer connect tcp:169.254.0.1:9001 --retry 10 </dev/null 2>&1 >/dev/null)"
+    echo "@@L2 REBOOT"
+    reboot -f
+    echo "@@L2 REBOOT_FAILED"
+    sleep 10
     ;;
 jail)
     # As block, then hold a few seconds while L1 inspects the jailed VMM.

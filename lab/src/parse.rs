@@ -392,7 +392,7 @@ Kernel panic - not syncing: sysrq triggered crash@@L1 END panic rc=1
             Some((12.5, "MiB/s"))
         );
         assert_eq!(
-            bench_figure("randread /dev/vda: 10 reads of 4096 bytes in 5.000s: 2 IOPS"),
+            bench_figure("rand read /dev/vda: 10 reads of 4096 bytes at qd 16 in 5.000s: 2 IOPS"),
             Some((2.0, "IOPS"))
         );
         assert_eq!(

@@ -44,14 +44,8 @@ pub struct Scenario {
     pub after: &'static str,
     /// Files L1 must carry for this scenario (beyond the common ones).
     pub assets: &'static [Asset],
-    /// Boot L2 under QEMU's microvm machine ([`L1_QEMU`]) instead of
-    /// subzero; `extra` then holds QEMU's device options.
-    pub qemu: bool,
     /// Not run unless named in `SUBZERO_LAB_SCENARIOS`.
     pub opt_in: bool,
-    /// Selecting this name also selects the scenario (e.g. `virtio-bench`
-    /// runs `virtio-bench-qemu` too).
-    pub group: &'static str,
     /// Seconds for this scenario if more than the lab's per-scenario timeout.
     pub min_timeout: u64,
     /// An L1 shell script run (under the scenario's timeout, its stdout on
@@ -78,7 +72,7 @@ pub enum Asset {
     Curl,
     /// The peer Firecracker binary ([`L1_FIRECRACKER`]) with its
     /// libraries, when the host has one (see `SUBZERO_LAB_FIRECRACKER`),
-    /// for `api-bench` and `boot-bench`.
+    /// for `api-bench`, `boot-bench` and `virtio-bench`.
     Firecracker,
     /// Debian's perf ([`L1_PERF`], package `linux-perf`) with the libraries
     /// `ldd` lists, when the host has it.
@@ -86,6 +80,9 @@ pub enum Asset {
     /// The soak's `/l2/soak.env` and the host's e2fsck with its libraries
     /// ([`crate::jail_scripts`]).
     Soak,
+    /// The virtio benchmark's `/l2/vbench.env` (its rounds,
+    /// [`crate::vbench_scripts`]).
+    VirtioBench,
 }
 
 /// The plain boot: 1 vCPU, 256 MiB, the bzImage. Scenarios differ from it.
@@ -102,9 +99,7 @@ const BOOT: Scenario = Scenario {
     before: "",
     after: "",
     assets: &[],
-    qemu: false,
     opt_in: false,
-    group: "",
     min_timeout: 0,
     driver: "",
 };
@@ -253,37 +248,15 @@ rm -f /tmp/rootfs.img
     },
     Scenario {
         name: "virtio-bench",
-        extra: &[
-            "--disk",
-            "path=/tmp/bench.img",
-            "--net",
-            "tap=sztap0,mac=52:54:00:12:34:56",
-        ],
-        before: BENCH_BEFORE,
-        after: BENCH_AFTER,
+        vcpus: crate::vbench_scripts::VCPUS,
+        memory_mib: crate::vbench_scripts::MEMORY_MIB,
+        cmdline_extra: "reboot=k",
+        driver: crate::vbench_scripts::VIRTIO_BENCH_DRIVER,
+        before: crate::vbench_scripts::VIRTIO_BENCH_BEFORE,
+        after: crate::vbench_scripts::VIRTIO_BENCH_AFTER,
+        assets: &[Asset::Qemu, Asset::Firecracker, Asset::VirtioBench],
         opt_in: true,
-        min_timeout: 120,
-        ..BOOT
-    },
-    Scenario {
-        name: "virtio-bench-qemu",
-        extra: &[
-            "-drive",
-            "id=d0,file=/tmp/bench.img,format=raw,if=none",
-            "-device",
-            "virtio-blk-device,drive=d0",
-            "-netdev",
-            "tap,id=n0,ifname=sztap0,script=no,downscript=no",
-            "-device",
-            "virtio-net-device,netdev=n0,mac=52:54:00:12:34:56",
-        ],
-        before: BENCH_BEFORE,
-        after: BENCH_AFTER,
-        assets: &[Asset::Qemu],
-        qemu: true,
-        opt_in: true,
-        group: "virtio-bench",
-        min_timeout: 120,
+        min_timeout: crate::vbench_scripts::TIMEOUT_SECS,
         ..BOOT
     },
     Scenario {
@@ -329,28 +302,12 @@ rm -f /tmp/rootfs.img
     },
 ];
 
-/// Size of the virtio benchmark's disk and of each of its transfers.
+/// Size of the virtio benchmark's disk and of its sequential runs
+/// ([`crate::vbench_scripts`]).
 pub const BENCH_BYTES: &str = "64M";
-
-/// The virtio benchmark's L1 side (the same for subzero and QEMU): a raw
-/// disk image, a TAP with 169.254.0.1/16, a TCP sink on port 9000 and a
-/// source of [`BENCH_BYTES`] zeros on port 9001.
-const BENCH_BEFORE: &str = r#"dd if=/dev/zero of=/tmp/bench.img bs=1M count=0 seek=64 2>/dev/null
-tunctl -t sztap0 >/dev/null
-ip addr add 169.254.0.1/16 dev sztap0
-ip link set sztap0 up
-lab-peer listen tcp:169.254.0.1:9000 --timeout $SZ_TIMEOUT </dev/null >/dev/null 2>/tmp/bench.g2h.err &
-sz_track $!
-lab-peer listen tcp:169.254.0.1:9001 --timeout $SZ_TIMEOUT --bytes $SZ_BENCH_BYTES </dev/zero >/dev/null 2>/tmp/bench.h2g.err &
-sz_track $!
-"#;
-
-const BENCH_AFTER: &str = r#"sz_reap
-sz_check SERVER_G2H "$(cat /tmp/bench.g2h.err)"
-sz_check SERVER_H2G "$(cat /tmp/bench.h2g.err)"
-rm -f /tmp/bench.img
-tunctl -d sztap0 >/dev/null
-"#;
+/// Size of each of the virtio benchmark's TCP transfers: about 10 s each
+/// way under Firecracker in L1, 3 under QEMU.
+pub const BENCH_TCP_BYTES: &str = "32M";
 
 /// The net-mq scenario's L1 side: no TAP yet, so subzero creates `szmq0`
 /// as a multi-queue TAP with one queue per pair; a background job gives it
@@ -540,6 +497,7 @@ pub(crate) fn blob_vars() -> String {
         .map(|b| format!("SZ_{}='{} {}'\n", b.var, b.seed, b.bytes))
         .collect();
     s.push_str(&format!("SZ_BENCH_BYTES={BENCH_BYTES}\n"));
+    s.push_str(&format!("SZ_BENCH_TCP_BYTES={BENCH_TCP_BYTES}\n"));
     s
 }
 
@@ -588,7 +546,7 @@ impl Scenario {
         c
     }
 
-    /// The command L1 runs: subzero (or QEMU) and its arguments.
+    /// The command L1 runs: subzero and its arguments (or the driver).
     pub fn command(&self) -> Vec<String> {
         if !self.driver.is_empty() {
             return vec!["/bin/sh".into(), format!("/tmp/{}.sh", self.name)];
@@ -597,39 +555,6 @@ impl Scenario {
             let mut v = vec![L1_SUBZERO.to_string()];
             v.extend(BENCH_ARGS.iter().map(|a| a.to_string()));
             return v;
-        } else if self.qemu {
-            [
-                L1_QEMU,
-                "-M",
-                "microvm,acpi=on",
-                "-enable-kvm",
-                "-cpu",
-                "host",
-                "-nodefaults",
-                "-no-user-config",
-                "-display",
-                "none",
-                "-serial",
-                "stdio",
-                "-no-reboot",
-                "-bios",
-                L1_MICROVM_BIOS,
-                "-kernel",
-                self.kernel,
-                "-initrd",
-                self.initrd,
-                "-append",
-            ]
-            .iter()
-            .map(|a| a.to_string())
-            .chain([
-                self.cmdline(),
-                "-m".into(),
-                format!("{}M", self.memory_mib),
-                "-smp".into(),
-                self.vcpus.to_string(),
-            ])
-            .collect()
         } else {
             vec![
                 L1_SUBZERO.into(),
@@ -933,14 +858,15 @@ mod tests {
             "'--initrd' '/l2/rootfs-initrd.cpio.gz' '--cmdline' \
              'console=ttyS0 quiet panic=-1 sz_scenario=rootfs root=/dev/vda'"
         ));
-        // The benchmarks get a longer timeout, and the default comes back.
-        let qemu = s
-            .find("sz_run virtio-bench-qemu plain '/usr/bin/qemu-system-x86_64' '-M' 'microvm,acpi=on'")
+        // The benchmark gets a longer timeout, and the default comes back.
+        let run = s
+            .find("sz_run virtio-bench plain '/bin/sh' '/tmp/virtio-bench.sh'\n")
             .unwrap();
-        let longer = s[..qemu].rfind("SZ_TIMEOUT=120\n").unwrap();
-        assert!(s[longer..qemu].find("SZ_TIMEOUT=60\n").is_none());
-        assert!(s[qemu..].contains("SZ_TIMEOUT=60\n"));
-        assert!(s[qemu..].contains("'-device' 'virtio-net-device,netdev=n0,mac=52:54:00:12:34:56'"));
+        let longer = format!("SZ_TIMEOUT={}\n", crate::vbench_scripts::TIMEOUT_SECS);
+        let longer = s[..run].rfind(&longer).unwrap();
+        assert!(s[longer..run].find("SZ_TIMEOUT=60\n").is_none());
+        assert!(s[run..].contains("SZ_TIMEOUT=60\n"));
+        assert!(s[longer..run].contains("ip addr add 169.254.0.1/16 dev sztap0\n"));
     }
 
     #[test]
@@ -968,9 +894,7 @@ mod tests {
                 || s.contains(&format!("\n{} |", sc.name))
                 || s.contains(&format!(" {} |", sc.name))
                 || s.contains(&format!("| {})", sc.name))
-                || ["vmlinux-", "virtio-bench"]
-                    .iter()
-                    .any(|p| sc.name.starts_with(p));
+                || sc.name.starts_with("vmlinux-");
             assert!(covered, "the L2 init has no case for {}", sc.name);
         }
         let r = rootfs_initrd_init(&["virtio_ring".into(), "virtio".into(), "virtio_blk".into()]);

@@ -6,7 +6,7 @@
 //! lab-peer gen SEED BYTES                 the test payload stream (see payload.rs) to stdout
 //! lab-peer listen ADDR [--timeout SECS] [--bytes N]   accept one connection
 //! lab-peer connect ADDR [--retry SECS] [--bytes N]
-//! lab-peer randread PATH SECS             4 KiB O_DIRECT reads at random offsets
+//! lab-peer rand read|write PATH SECS [--qd N]   4 KiB O_DIRECT I/O at random offsets, N at once
 //! lab-peer seq read|write PATH BYTES      1 MiB O_DIRECT sequential I/O (+ fdatasync)
 //! lab-peer http SOCK METHOD PATH [BODY] [--watch FILE]   one HTTP/1.1 request on a Unix socket
 //! lab-peer vmm OUT SOCK -- CMD [ARG...]   start an API VMM; time until `GET /` answers
@@ -48,7 +48,8 @@ use subzero_lab::payload::{parse_bytes, Payload};
 fn usage() -> ExitCode {
     eprintln!(
         "usage: lab-peer gen SEED BYTES\n       lab-peer listen ADDR [--timeout SECS] [--bytes N]\n       \
-         lab-peer connect ADDR [--retry SECS] [--bytes N]\n       lab-peer randread PATH SECS\n       \
+         lab-peer connect ADDR [--retry SECS] [--bytes N]\n       \
+         lab-peer rand read|write PATH SECS [--qd N]\n       \
          lab-peer seq read|write PATH BYTES\n       \
          lab-peer http SOCK METHOD PATH [BODY] [--watch FILE]\n       \
          lab-peer vmm OUT SOCK -- CMD [ARG...]\n\
@@ -63,7 +64,7 @@ fn main() -> ExitCode {
         Some("gen") if args.len() == 3 => gen(&args[1], &args[2]),
         Some("listen") if args.len() >= 2 => listen(&args[1], &args[2..]),
         Some("connect") if args.len() >= 2 => connect(&args[1], &args[2..]),
-        Some("randread") if args.len() == 3 => randread(&args[1], &args[2]),
+        Some("rand") if args.len() >= 4 => rand(&args[1], &args[2], &args[3], &args[4..]),
         Some("seq") if args.len() == 4 => seq(&args[1], &args[2], &args[3]),
         Some("http") if args.len() >= 4 => http(&args[1..]),
         Some("vmm") if args.len() >= 5 && args[3] == "--" => vmm(&args[1], &args[2], &args[4..]),
@@ -409,51 +410,104 @@ fn transfer(addr: &str, conn: OwnedFd, listener: bool, limit: Option<u64>) -> Re
     }
 }
 
-/// 4 KiB O_DIRECT reads at random aligned offsets of `path` for `secs`.
-fn randread(path: &str, secs_arg: &str) -> Res<()> {
-    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+/// 4 KiB O_DIRECT reads or writes at random aligned offsets of `path` for
+/// `secs`, from `--qd N` threads (default 1), each with one request in
+/// flight, so the device sees up to N at once. A write run ends with
+/// fdatasync, inside the measured time.
+fn rand(dir: &str, path: &str, secs_arg: &str, rest: &[String]) -> Res<()> {
+    use std::io::Seek;
+    use std::os::unix::fs::OpenOptionsExt;
+    let write = match dir {
+        "read" => false,
+        "write" => true,
+        _ => return Err(format!("rand {dir:?}: read or write")),
+    };
     let dur = secs(secs_arg)?;
+    let mut qd = 1u64;
+    for (_, v) in options(rest, &["qd"])? {
+        qd = v
+            .parse()
+            .ok()
+            .filter(|n| (1..=256).contains(n))
+            .ok_or_else(|| format!("bad --qd {v:?}: 1 to 256"))?;
+    }
     let f = std::fs::OpenOptions::new()
-        .read(true)
+        .read(!write)
+        .write(write)
         .custom_flags(libc::O_DIRECT)
         .open(path)
         .map_err(|e| format!("{path}: {e}"))?;
-    let size = {
-        use std::io::Seek;
-        let mut g = &f;
-        g.seek(io::SeekFrom::End(0))
-            .map_err(|e| format!("{path}: {e}"))?
-    };
+    let size = (&f)
+        .seek(io::SeekFrom::End(0))
+        .map_err(|e| format!("{path}: {e}"))?;
     let blocks = size / 4096;
     if blocks == 0 {
         return Err(format!("{path} is smaller than 4 KiB"));
     }
-    let mut aligned = Aligned::new(4096)?;
-    let buf = aligned.buf();
-    let mut rng = Payload::new(size);
-    let mut r = [0u8; 8];
     let t0 = Instant::now();
-    let mut reads = 0u64;
-    let mut err = None;
-    while t0.elapsed() < dur {
-        rng.fill(&mut r);
-        let off = (u64::from_le_bytes(r) % blocks) * 4096;
-        if let Err(e) = f.read_exact_at(buf, off) {
-            err = Some(format!("{path}: pread at {off}: {e}"));
-            break;
-        }
-        reads += 1;
+    let counts: Vec<Res<u64>> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..qd)
+            .map(|i| {
+                let f = &f;
+                s.spawn(move || rand_worker(f, path, write, blocks, size + i, t0 + dur))
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap_or_else(|_| Err("a thread panicked".into())))
+            .collect()
+    });
+    let mut ops = 0;
+    for c in counts {
+        ops += c?;
+    }
+    if write {
+        f.sync_data()
+            .map_err(|e| format!("{path}: fdatasync: {e}"))?;
     }
     let t = t0.elapsed();
-    if let Some(e) = err {
-        return Err(e);
-    }
     println!(
-        "randread {path}: {reads} reads of 4096 bytes in {:.3}s: {:.0} IOPS",
+        "rand {dir} {path}: {ops} {dir}s of 4096 bytes at qd {qd} in {:.3}s: {:.0} IOPS",
         t.as_secs_f64(),
-        reads as f64 / t.as_secs_f64()
+        ops as f64 / t.as_secs_f64()
     );
     Ok(())
+}
+
+/// One `rand` thread: 4 KiB requests at offsets from the generator seeded
+/// with `seed`, one after the other until `end`; the number done.
+fn rand_worker(
+    f: &File,
+    path: &str,
+    write: bool,
+    blocks: u64,
+    seed: u64,
+    end: Instant,
+) -> Res<u64> {
+    use std::os::unix::fs::FileExt;
+    let mut aligned = Aligned::new(4096)?;
+    let buf = aligned.buf();
+    let mut rng = Payload::new(seed);
+    rng.fill(buf);
+    let mut r = [0u8; 8];
+    let mut ops = 0u64;
+    while Instant::now() < end {
+        rng.fill(&mut r);
+        let off = (u64::from_le_bytes(r) % blocks) * 4096;
+        let res = if write {
+            f.write_all_at(buf, off)
+        } else {
+            f.read_exact_at(buf, off)
+        };
+        res.map_err(|e| {
+            format!(
+                "{path}: 4 KiB {} at {off}: {e}",
+                if write { "pwrite" } else { "pread" }
+            )
+        })?;
+        ops += 1;
+    }
+    Ok(ops)
 }
 
 /// A 4096-aligned buffer for O_DIRECT.
