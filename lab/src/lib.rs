@@ -142,6 +142,8 @@
 //!   the soak's back-to-back VMs (default 50), the driven VM's seconds (180;
 //!   past about 20 minutes raise `SUBZERO_LAB_SCENARIO_TIMEOUT` too) and
 //!   the seconds between fd/RSS samples (5).
+//! - `SUBZERO_LAB_VBENCH_DISK`: extra `--disk` keys for `virtio-bench`'s
+//!   subzero boots (e.g. `queues=1`).
 //! - `SUBZERO_LAB_VBENCH_ROUNDS`: `virtio-bench`'s timed rounds (default 3;
 //!   fewer for a quicker run while working on the lab).
 //! - `SUBZERO_LAB_VERBOSE=1`: echo every L1 console line live.

@@ -114,11 +114,19 @@ pub(crate) fn vbench_assets() -> Result<Vec<(String, Vec<u8>, u32)>, crate::LabE
         }
         _ => ROUNDS,
     };
-    Ok(vec![(
-        "/l2/vbench.env".into(),
-        rounds_env(rounds).into_bytes(),
-        0o644,
-    )])
+    // Extra `--disk` keys for the subzero boots (e.g. `queues=1`), to
+    // compare settings in one run.
+    let disk = std::env::var("SUBZERO_LAB_VBENCH_DISK").unwrap_or_default();
+    if !disk
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"=,_".contains(&b))
+    {
+        return Err(crate::LabError::Failed(format!(
+            "SUBZERO_LAB_VBENCH_DISK={disk:?}: only --disk keys and values, e.g. queues=1"
+        )));
+    }
+    let env = format!("{}SZ_DISK_EXTRA=\"{disk}\"\n", rounds_env(rounds));
+    Ok(vec![("/l2/vbench.env".into(), env.into_bytes(), 0o644)])
 }
 
 fn rounds_env(rounds: u32) -> String {
@@ -137,6 +145,7 @@ MAC=52:54:00:12:34:56
 BOOT_SECS=150
 REBOOT_GRACE=10
 ROUNDS="1 2 3"
+SZ_DISK_EXTRA=
 [ -r /l2/vbench.env ] && . /l2/vbench.env
 B=/tmp/vb
 rm -f $B.*
@@ -179,7 +188,7 @@ sz_boot() {
     subzero-*)
         set -- /bin/subzero run --kernel "$SZ_KERNEL" --initrd "$SZ_INITRD" --cmdline "$SZ_CMDLINE" \
             --memory "${SZ_MEM_MIB}M" --vcpus "$SZ_VCPUS" \
-            --disk "path=$IMG,engine=${vmm#subzero-}" --net "tap=sztap0,mac=$MAC"
+            --disk "path=$IMG,engine=${vmm#subzero-}${SZ_DISK_EXTRA:+,$SZ_DISK_EXTRA}" --net "tap=sztap0,mac=$MAC"
         ;;
     firecracker)
         printf '{\n  "boot-source": {"kernel_image_path": "%s", "initrd_path": "%s", "boot_args": "%s"},\n  "machine-config": {"vcpu_count": %s, "mem_size_mib": %s},\n  "drives": [{"drive_id": "d0", "path_on_host": "%s", "is_root_device": false, "is_read_only": false}],\n  "network-interfaces": [{"iface_id": "eth0", "guest_mac": "%s", "host_dev_name": "sztap0"}]\n}\n' \
@@ -338,7 +347,7 @@ mod tests {
             assert_eq!(vmm.strip_prefix("subzero-"), Some(*engine));
         }
         assert!(
-            d.contains("--disk \"path=$IMG,engine=${vmm#subzero-}\" --net \"tap=sztap0,mac=$MAC\"")
+            d.contains("--disk \"path=$IMG,engine=${vmm#subzero-}${SZ_DISK_EXTRA:+,$SZ_DISK_EXTRA}\" --net \"tap=sztap0,mac=$MAC\"")
         );
         assert!(
             d.contains("set -- $FC --no-api --no-seccomp --config-file $B.fc.json --level Warning")
