@@ -96,7 +96,8 @@ pub enum BuildError {
 
 /// Opens every device backend, before KVM is touched, so that a wrong path
 /// or name fails fast with nothing half-built.
-/// A VM of `vcpus` vCPUs gets one disk queue per vCPU unless told otherwise.
+/// A VM of `vcpus` vCPUs gets one network queue pair per vCPU (where its
+/// TAP allows) unless told otherwise.
 fn open_devices(cfg: &DevicesConfig, vcpus: u64) -> Result<Vec<Box<dyn VirtioDevice>>, BuildError> {
     let mut out: Vec<Box<dyn VirtioDevice>> = Vec::new();
     for disk in &cfg.disks {
@@ -104,7 +105,7 @@ fn open_devices(cfg: &DevicesConfig, vcpus: u64) -> Result<Vec<Box<dyn VirtioDev
             readonly: disk.readonly,
             id: disk.id.clone(),
             engine: disk.engine,
-            queues: disk.queues_for(vcpus),
+            queues: disk.queues_for(),
         };
         let mut blk = Block::open_with(&disk.path, &opts)?;
         blk.set_rate_limiter(&disk.rate_limiter);

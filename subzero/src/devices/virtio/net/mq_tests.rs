@@ -160,7 +160,7 @@ fn a_snapshot_keeps_the_pairs_in_use() {
     let mut m = mq();
     assert_eq!(command(&mut m, &[4, 0, 2, 0]), (1, 0));
     let state = m.d.shared.save();
-    let mut fresh = mq();
+    let fresh = mq();
     let too_many = serde_json::json!({ "pairs_in_use": 3 });
     fresh.d.with_device(|dev| {
         assert!(
