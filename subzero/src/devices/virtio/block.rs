@@ -233,8 +233,8 @@ impl Block {
                 return Err(BlockError::UringUnavailable { path: p(), source })
             }
             (EngineChoice::Auto, Some(Err(e))) => {
-                log::info!(
-                    "disk image {}: io_uring is not available ({e}); serving it with the synchronous engine",
+                log::warn!(
+                    "disk image {}: io_uring is not available ({e}); serving it with the synchronous engine (engine=sync says so and stops this warning)",
                     path.display()
                 );
                 Engine::Sync
