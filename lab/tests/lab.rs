@@ -781,6 +781,15 @@ fn net_with_two_queue_pairs_on_a_multi_queue_tap() {
         ctx()
     );
     assert_eq!(sc.exit_code, Some(0), "subzero exit code\n{}", ctx());
+    for (what, key) in [
+        ("guest download", "SERVER_DOWN"),
+        ("guest upload", "SERVER_UP"),
+    ] {
+        eprintln!(
+            "lab: net-mq: L1 server ({what}): {}",
+            sc.l1(key).unwrap_or("-")
+        );
+    }
 }
 
 #[test]

@@ -96,9 +96,7 @@ pub enum BuildError {
 
 /// Opens every device backend, before KVM is touched, so that a wrong path
 /// or name fails fast with nothing half-built.
-/// A VM of `vcpus` vCPUs gets one network queue pair per vCPU (where its
-/// TAP allows) unless told otherwise.
-fn open_devices(cfg: &DevicesConfig, vcpus: u64) -> Result<Vec<Box<dyn VirtioDevice>>, BuildError> {
+fn open_devices(cfg: &DevicesConfig) -> Result<Vec<Box<dyn VirtioDevice>>, BuildError> {
     let mut out: Vec<Box<dyn VirtioDevice>> = Vec::new();
     for disk in &cfg.disks {
         let opts = BlockOptions {
@@ -116,7 +114,7 @@ fn open_devices(cfg: &DevicesConfig, vcpus: u64) -> Result<Vec<Box<dyn VirtioDev
     }
     for net in &cfg.nets {
         let mac = net.mac.as_deref().map(parse_mac).transpose()?;
-        let mut dev = Net::open_pairs(&net.tap, mac, net.pairs_for(vcpus))?;
+        let mut dev = Net::open_pairs(&net.tap, mac, net.pairs_for())?;
         dev.set_rate_limiters(&net.rx_rate_limiter, &net.tx_rate_limiter);
         out.push(Box::new(dev));
     }
@@ -339,7 +337,7 @@ pub fn build_linux(cfg: &VmConfig, console: Box<dyn Write + Send>) -> Result<Mac
     if let Some(initrd) = &cfg.initrd {
         boot::probe_initrd(initrd)?;
     }
-    let devices = open_devices(&cfg.devices, cfg.vcpus)?;
+    let devices = open_devices(&cfg.devices)?;
     let kvm = kvm::open(true)?;
     let vcpus = check_vcpus(cfg.vcpus, kvm::max_vcpus(&kvm) as u64)?;
     let vm = create_vm(&kvm, true)?;
@@ -388,7 +386,7 @@ pub fn restore_vm(
         .config
         .vm_config()
         .map_err(|e| BuildError::Restore(format!("the snapshot's configuration: {e}")))?;
-    let devices = open_devices(&cfg.devices, snapshot.vcpus.len() as u64)?;
+    let devices = open_devices(&cfg.devices)?;
     let kvm = kvm::open(true)?;
     let vcpus = check_vcpus(snapshot.vcpus.len() as u64, kvm::max_vcpus(&kvm) as u64)?;
     let vm = create_vm(&kvm, true)?;

@@ -251,8 +251,8 @@ pub struct NetworkInterface {
     /// Bytes and frames per second from the guest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tx_rate_limiter: Option<RateLimiterConfig>,
-    /// Subzero's own: queue pairs (default one per vCPU, at most 8, where
-    /// the TAP can be opened multi-queue).
+    /// Subzero's own: queue pairs (default 1, at most 8; more need a TAP
+    /// that can be opened multi-queue).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub num_queue_pairs: Option<u16>,
 }
@@ -485,7 +485,7 @@ impl VmResources {
             if matches!(n.num_queue_pairs, Some(k) if !(1..=MAX_PAIRS as u16).contains(&k)) {
                 return Err(ResourceError::new(
                     Setting::Net(n.iface_id.clone(), "num_queue_pairs"),
-                    "give a number of queue pairs from 1 to 8, or leave it out for one per vCPU",
+                    "give a number of queue pairs from 1 to 8, or leave it out for one",
                 ));
             }
             nets.push(NetConfig {
