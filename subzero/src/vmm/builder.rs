@@ -96,14 +96,15 @@ pub enum BuildError {
 
 /// Opens every device backend, before KVM is touched, so that a wrong path
 /// or name fails fast with nothing half-built.
-fn open_devices(cfg: &DevicesConfig) -> Result<Vec<Box<dyn VirtioDevice>>, BuildError> {
+/// A VM of `vcpus` vCPUs gets one disk queue per vCPU unless told otherwise.
+fn open_devices(cfg: &DevicesConfig, vcpus: u64) -> Result<Vec<Box<dyn VirtioDevice>>, BuildError> {
     let mut out: Vec<Box<dyn VirtioDevice>> = Vec::new();
     for disk in &cfg.disks {
         let opts = BlockOptions {
             readonly: disk.readonly,
             id: disk.id.clone(),
             engine: disk.engine,
-            queues: disk.queues_for(),
+            queues: disk.queues_for(vcpus),
         };
         let mut blk = Block::open_with(&disk.path, &opts)?;
         blk.set_rate_limiter(&disk.rate_limiter);
@@ -337,7 +338,7 @@ pub fn build_linux(cfg: &VmConfig, console: Box<dyn Write + Send>) -> Result<Mac
     if let Some(initrd) = &cfg.initrd {
         boot::probe_initrd(initrd)?;
     }
-    let devices = open_devices(&cfg.devices)?;
+    let devices = open_devices(&cfg.devices, cfg.vcpus)?;
     let kvm = kvm::open(true)?;
     let vcpus = check_vcpus(cfg.vcpus, kvm::max_vcpus(&kvm) as u64)?;
     let vm = create_vm(&kvm, true)?;
@@ -386,7 +387,7 @@ pub fn restore_vm(
         .config
         .vm_config()
         .map_err(|e| BuildError::Restore(format!("the snapshot's configuration: {e}")))?;
-    let devices = open_devices(&cfg.devices)?;
+    let devices = open_devices(&cfg.devices, snapshot.vcpus.len() as u64)?;
     let kvm = kvm::open(true)?;
     let vcpus = check_vcpus(snapshot.vcpus.len() as u64, kvm::max_vcpus(&kvm) as u64)?;
     let vm = create_vm(&kvm, true)?;

@@ -212,7 +212,7 @@ pub struct Drive {
     /// (io_uring). Left out: io_uring where the host allows it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub io_engine: Option<String>,
-    /// Subzero's own: request queues (default 1, at most 16).
+    /// Subzero's own: request queues (default one per vCPU, at most 16).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub num_queues: Option<u16>,
     /// vhost-user socket (not offered).
@@ -462,7 +462,7 @@ impl VmResources {
             if matches!(d.num_queues, Some(n) if !(1..=MAX_QUEUES).contains(&n)) {
                 return Err(ResourceError::new(
                     s("num_queues"),
-                    "give a number of request queues from 1 to 16, or leave it out for one",
+                    "give a number of request queues from 1 to 16, or leave it out for one per vCPU",
                 ));
             }
             if !matches!(d.cache_type.as_deref(), None | Some("Unsafe" | "Writeback")) {
