@@ -24,6 +24,7 @@
 //! that a whole queue of chains cannot hold (the driver cannot have more
 //! outstanding) is dropped; the chains serve the next frames.
 
+use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
@@ -443,18 +444,8 @@ impl Net {
             };
             return ctx.add_used(rx_queue(p), chain.head, len);
         }
-        // How many chains, and how much goes in each.
-        let mut fill = Vec::new();
-        let mut left = n as u64;
-        for c in &self.pairs[p].rx_chains {
-            if left == 0 {
-                break;
-            }
-            let k = c.writable_len().min(left);
-            fill.push(k as usize);
-            left -= k;
-        }
-        debug_assert_eq!(left, 0, "gather() collected enough");
+        let fill = fill_sizes(&self.pairs[p].rx_chains, n);
+        debug_assert_eq!(fill.iter().sum::<usize>(), n, "gather() collected enough");
         // At most a queue's worth of chains: fits in u16.
         let buffers = fill.len() as u16;
         self.pairs[p].rx_buf[10..12].copy_from_slice(&buffers.to_le_bytes());
@@ -491,16 +482,7 @@ impl Net {
         ctx: &mut QueueCtx,
         n: usize,
     ) -> Result<(), DeviceError> {
-        let mut fill = Vec::new();
-        let mut left = n as u64;
-        for c in &self.pairs[p].rx_chains {
-            if left == 0 {
-                break;
-            }
-            let k = c.writable_len().min(left);
-            fill.push(k as u32);
-            left -= k;
-        }
+        let fill = fill_sizes(&self.pairs[p].rx_chains, n);
         let chains: Vec<_> = self.pairs[p].rx_chains.drain(..fill.len()).collect();
         let buffers = (fill.len() as u16).to_le_bytes();
         let ok = match chains.first() {
@@ -517,7 +499,7 @@ impl Net {
             );
         }
         for (c, k) in chains.iter().zip(fill) {
-            ctx.add_used(rx_queue(p), c.head, if ok { k } else { 0 })?;
+            ctx.add_used(rx_queue(p), c.head, if ok { k as u32 } else { 0 })?;
         }
         Ok(())
     }
@@ -558,4 +540,20 @@ fn read_writable(
         done += n;
     }
     Ok(())
+}
+
+/// How many bytes of an `n`-byte frame go in each of `chains`, in order:
+/// as much as each holds, until the frame is placed.
+fn fill_sizes(chains: &VecDeque<DescChain>, n: usize) -> Vec<usize> {
+    let mut fill = Vec::new();
+    let mut left = n as u64;
+    for c in chains {
+        if left == 0 {
+            break;
+        }
+        let k = c.writable_len().min(left);
+        fill.push(k as usize);
+        left -= k;
+    }
+    fill
 }
