@@ -700,6 +700,13 @@ fn net_guest_pings_and_moves_16_mib_over_tcp() {
             ctx()
         );
     }
+    ping_and_transfer(run, sc);
+}
+
+/// The net scenarios' common part: the guest pinged L1, fetched the 16 MiB
+/// file and sent it back intact, and subzero exited 0; prints L1's servers.
+fn ping_and_transfer(run: &LabRun, sc: &ScenarioRun) {
+    let ctx = || run.context(sc);
     assert!(
         sc.l2("PING")
             .is_some_and(|p| p.contains("3 packets transmitted, 3 packets received")),
@@ -722,11 +729,13 @@ fn net_guest_pings_and_moves_16_mib_over_tcp() {
     );
     assert_eq!(sc.exit_code, Some(0), "subzero exit code\n{}", ctx());
     eprintln!(
-        "lab: net: L1 server (guest download): {}",
+        "lab: {}: L1 server (guest download): {}",
+        sc.name,
         sc.l1("SERVER_DOWN").unwrap_or("-")
     );
     eprintln!(
-        "lab: net: L1 server (guest upload): {}",
+        "lab: {}: L1 server (guest upload): {}",
+        sc.name,
         sc.l1("SERVER_UP").unwrap_or("-")
     );
 }
@@ -760,36 +769,7 @@ fn net_with_two_queue_pairs_on_a_multi_queue_tap() {
         "the guest's eth0 queues\n{}",
         ctx()
     );
-    assert!(
-        sc.l2("PING")
-            .is_some_and(|p| p.contains("3 packets transmitted, 3 packets received")),
-        "guest ping of L1 (169.254.0.1)\n{}",
-        ctx()
-    );
-    let want = scripts::NET_FILE.sha256();
-    assert_eq!(
-        sc.l2("DOWNLOAD_SHA256"),
-        Some(want.as_str()),
-        "sha256 of the 16 MiB the guest fetched from L1\n{}",
-        ctx()
-    );
-    assert!(l2_ok(sc, "UPLOAD"), "guest upload to L1\n{}", ctx());
-    assert_eq!(
-        sc.l1("UPLOAD_SHA256"),
-        Some(want.as_str()),
-        "sha256 of what L1 received back from the guest\n{}",
-        ctx()
-    );
-    assert_eq!(sc.exit_code, Some(0), "subzero exit code\n{}", ctx());
-    for (what, key) in [
-        ("guest download", "SERVER_DOWN"),
-        ("guest upload", "SERVER_UP"),
-    ] {
-        eprintln!(
-            "lab: net-mq: L1 server ({what}): {}",
-            sc.l1(key).unwrap_or("-")
-        );
-    }
+    ping_and_transfer(run, sc);
 }
 
 #[test]
