@@ -5,6 +5,7 @@
 //! - [`kvm`]: opening `/dev/kvm` with clear errors, capability checks.
 //! - [`bus`]: port-I/O and MMIO address spaces that route accesses to devices.
 //! - [`exits`]: the exit vocabulary (kinds, targets) shared by `vmm` and `stats`.
+//! - [`pci`]: the PCI root complex, BARs and MSI-X.
 //! - [`devices`]: the emulated devices (serial, i8042, ACPI power management).
 //! - [`arch`]: the x86_64 memory map, boot protocol, firmware tables, CPUID, MSRs.
 //! - [`vmm`]: the builder that turns a [`vmm::VmConfig`] into a running VM,
@@ -28,6 +29,7 @@ pub mod fuzzing;
 pub mod jail;
 pub mod kvm;
 pub mod logger;
+pub mod pci;
 pub mod seccomp;
 pub mod stats;
 pub mod trace;

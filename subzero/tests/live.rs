@@ -41,6 +41,7 @@ fn snapshot(elapsed_s: f64) -> StatsReport {
             kaslr_slide: 0,
         },
         virtio: vec![],
+        passthrough: vec![],
         log: vec![],
         hardware: Some(hardware(count * 2)),
     }

@@ -96,6 +96,11 @@ pub struct RunArgs {
     /// socket PATH (Firecracker's CONNECT <port> convention): cid=N,uds=PATH.
     #[arg(long, value_name = "cid=N,uds=PATH", value_parser = parse_vsock)]
     vsock: Option<VsockConfig>,
+    /// Give the guest a host PCI device, bound to vfio-pci and isolated by
+    /// the IOMMU (repeatable): path=/sys/bus/pci/devices/DDDD:BB:DD.F.
+    /// README.md ("PCI passthrough") gives the host-side binding steps.
+    #[arg(long = "device", value_name = "path=SYSFS_DIR", value_parser = parse_device)]
+    device: Vec<PathBuf>,
     /// Attach a virtio-rng device fed from the host's getrandom(2).
     #[arg(long)]
     rng: bool,
@@ -131,6 +136,18 @@ fn parse_disk(s: &str) -> Result<DiskConfig, String> {
 
 fn parse_net(s: &str) -> Result<NetConfig, String> {
     NetConfig::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_device(s: &str) -> Result<PathBuf, String> {
+    match s.split_once('=') {
+        Some(("path", p)) if !p.is_empty() && !p.contains(',') => Ok(PathBuf::from(p)),
+        Some(("path", _)) => Err(
+            "path= needs one sysfs directory, e.g. path=/sys/bus/pci/devices/0000:01:00.0".into(),
+        ),
+        _ => Err(format!(
+            "{s:?}: expected path=/sys/bus/pci/devices/DDDD:BB:DD.F (the only key --device takes)"
+        )),
+    }
 }
 
 fn parse_vsock(s: &str) -> Result<VsockConfig, String> {
@@ -221,6 +238,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .vm_config()
         .map_err(|e| anyhow::anyhow!(e.for_cli()))?;
     cfg.devices.mmio_cmdline = args.virtio_cmdline;
+    cfg.devices.passthrough = args.device.clone();
     cfg.host_unpack = !args.no_host_decompress;
     // Without id=, a disk's serial is its file name, cut to what virtio-blk
     // holds; the drive_id above only names it.
@@ -233,6 +251,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let hw = (args.stats || args.stats_socket.is_some())
         .then(|| Arc::new(Mutex::new(HwTrace::start(&mut machine, !args.no_trace))));
     let buses = machine.buses.clone();
+    let pci = machine.pci.clone();
     let virtio = machine.virtio.slots.clone();
     let kvm = Arc::new(KvmStatsFds::open(&machine.vm, &machine.vcpus));
     let started = Instant::now();
@@ -286,6 +305,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             symbols.as_ref(),
         );
         stats.virtio = report.virtio.iter().map(VirtioRow::from).collect();
+        stats.passthrough = pci
+            .as_ref()
+            .map(subzero::vmm::pci::passthrough_rows)
+            .unwrap_or_default();
         stats.log = subzero::logger::counts();
         add_hardware(&mut stats, hw.as_deref(), &buses, symbols.as_ref());
         let text = match args.stats_format {

@@ -7,4 +7,5 @@ pub mod i8042;
 pub mod probe;
 pub mod rate_limiter;
 pub mod serial;
+pub mod vfio;
 pub mod virtio;

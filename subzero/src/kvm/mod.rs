@@ -1,6 +1,7 @@
 //! Thin wrappers over kvm-ioctls: open `/dev/kvm` with errors a user can act
 //! on, and check the capabilities Subzero depends on.
 
+pub mod irq_routes;
 pub mod stats;
 
 use kvm_ioctls::{Cap, Kvm};

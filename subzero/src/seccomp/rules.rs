@@ -81,6 +81,25 @@ const TUNSETOFFLOAD: u64 = libc::TUNSETOFFLOAD;
 /// A multi-queue TAP's queues, attached and detached as the driver puts
 /// queue pairs in use (on activation, reset and control commands).
 const TUNSETQUEUE: u64 = libc::TUNSETQUEUE;
+/// VFIO's ioctl type, `;`.
+const VFIO_TYPE: u64 = b';' as u64;
+
+/// Any VFIO ioctl (container, group and device fds).
+fn vfio_type() -> Result<SeccompCondition, BackendError> {
+    cond(1, SeccompCmpOp::MaskedEq(0xff00), VFIO_TYPE << 8)
+}
+
+/// VM ioctls a vCPU thread makes for a passthrough device.
+const PASSTHROUGH_VM_IOCTLS: &[u64] = &[
+    kvm(
+        W,
+        0x46,
+        size_of::<kvm_bindings::kvm_userspace_memory_region>(),
+    ),
+    kvm(W, 0x6a, size_of::<kvm_bindings::kvm_irq_routing>()),
+    kvm(W, 0x76, size_of::<kvm_bindings::kvm_irqfd>()),
+];
+
 /// The main thread's non-KVM ioctls: terminals, TAPs, non-blocking and
 /// close-on-exec flags, a block device's size.
 const VMM_IOCTLS: &[u64] = &[
@@ -321,13 +340,18 @@ pub fn allowed(kind: ThreadKind) -> Result<Rules, BackendError> {
             add_rules(&mut rules, libc::SYS_mmap, vec![rule(vec![not_exec(2)?])?]);
             // Every KVM ioctl (system, VM and vCPU fds), and the others listed.
             let kvm_type = cond(1, SeccompCmpOp::MaskedEq(0xff00), (KVMIO as u64) << 8)?;
-            let mut ioctls = vec![rule(vec![kvm_type])?];
+            let mut ioctls = vec![rule(vec![kvm_type])?, rule(vec![vfio_type()?])?];
             ioctls.extend(ioctl_rules(VMM_IOCTLS.iter().copied())?);
             add_rules(&mut rules, libc::SYS_ioctl, ioctls);
         }
         ThreadKind::Vcpu => {
             let mut ioctls = ioctl_rules(VCPU_IOCTLS.iter().map(|(_, nr)| *nr))?;
             ioctls.extend(ioctl_rules([TUNSETOFFLOAD, TUNSETQUEUE])?);
+            // A passthrough device's configuration writes, on the vCPU that
+            // makes them: a moved BAR moves its KVM memory slot, an MSI-X
+            // vector gets its route and irqfd, MSI-X goes on or off in VFIO.
+            ioctls.extend(ioctl_rules(PASSTHROUGH_VM_IOCTLS.iter().copied())?);
+            ioctls.push(rule(vec![vfio_type()?])?);
             add_rules(&mut rules, libc::SYS_ioctl, ioctls);
             // A driver's status write activates or resets its device on the
             // vCPU thread: virtio-net starts or stops watching its TAP, and

@@ -321,6 +321,7 @@ mod tests {
                 kaslr_slide: 0,
             },
             virtio: vec![],
+            passthrough: vec![],
             log: vec![],
             hardware: None,
         }

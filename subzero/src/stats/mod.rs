@@ -9,6 +9,7 @@ pub mod hw_report;
 pub mod hw_table;
 pub mod kvm;
 pub mod live;
+pub mod passthrough;
 pub mod report;
 pub mod symbols;
 

@@ -168,6 +168,9 @@ pub struct StatsReport {
     /// Virtio devices' notifications (set by the caller; empty without devices).
     #[serde(default)]
     pub virtio: Vec<VirtioRow>,
+    /// PCI passthrough devices (set by the caller; empty without them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub passthrough: Vec<super::passthrough::PassthroughRow>,
     /// How often each place in Subzero logged, and how many of those lines
     /// the rate limit let through (set by the caller; see `logger`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -284,6 +287,7 @@ impl StatsReport {
                 kaslr_slide: slide,
             },
             virtio: Vec::new(),
+            passthrough: Vec::new(),
             log: Vec::new(),
             hardware: None,
         }
@@ -523,6 +527,7 @@ impl StatsReport {
             );
         }
         self.virtio_table(&mut o);
+        super::passthrough::table(&self.passthrough, &mut o);
         self.log_table(&mut o);
         self.kvm_table(&mut o);
         if let Some(hw) = &self.hardware {

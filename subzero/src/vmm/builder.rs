@@ -13,6 +13,7 @@ use super::exit::Buses;
 use super::legacy::{legacy_devices, Legacy};
 use super::machine::Machine;
 use super::memory::{self, MemoryError};
+use super::pci;
 use super::snapshot::VmSnapshot;
 use super::virtio::{VirtioDevices, VirtioSetupError};
 use crate::arch::x86_64::acpi::{create_acpi_tables, AcpiConfig, AcpiError};
@@ -74,6 +75,9 @@ pub enum BuildError {
     /// Device placement.
     #[error(transparent)]
     Bus(#[from] BusError),
+    /// A `--device` could not be passed through.
+    #[error(transparent)]
+    Passthrough(#[from] crate::devices::vfio::host::OpenError),
     /// Eventfd creation.
     #[error("creating an eventfd failed: {0}")]
     EventFd(#[source] std::io::Error),
@@ -266,6 +270,7 @@ fn load_guest(
     vcpus: u8,
     mem: &GuestMemoryMmap,
     virtio: &VirtioDevices,
+    pci_mem64: std::ops::Range<u64>,
 ) -> Result<BootEntry, BuildError> {
     let low_end = low_ram_end(cfg.memory);
     let kernel = load_kernel(cfg, mem, low_end)?;
@@ -295,6 +300,7 @@ fn load_guest(
         &AcpiConfig {
             num_vcpus: vcpus,
             mmio_devices: &virtio.acpi(),
+            pci_mem64: Some(pci_mem64),
         },
     )?;
     reset_vector::write_reset_stub(mem)
@@ -338,10 +344,14 @@ pub fn build_linux(cfg: &VmConfig, console: Box<dyn Write + Send>) -> Result<Mac
     if let Some(initrd) = &cfg.initrd {
         boot::probe_initrd(initrd)?;
     }
+    for path in &cfg.devices.passthrough {
+        crate::devices::vfio::sysfs::check(path, std::path::Path::new("/dev/vfio"))
+            .map_err(crate::devices::vfio::host::OpenError::from)?;
+    }
     let devices = open_devices(&cfg.devices, cfg.vcpus)?;
     let kvm = kvm::open(true)?;
     let vcpus = check_vcpus(cfg.vcpus, kvm::max_vcpus(&kvm) as u64)?;
-    let vm = create_vm(&kvm, true)?;
+    let vm = Arc::new(create_vm(&kvm, true)?);
     let mem = memory::create(cfg.memory)?;
     memory::register(&vm, &mem)?;
     let Legacy {
@@ -354,7 +364,9 @@ pub fn build_linux(cfg: &VmConfig, console: Box<dyn Write + Send>) -> Result<Mac
     for device in devices {
         virtio.attach(&vm, &mem, &mut buses, device)?;
     }
-    let entry = load_guest(cfg, vcpus, &mem, &virtio)?;
+    let mut pci = pci::attach(&mut buses, cfg.memory)?;
+    pci::passthrough(&vm, &mem, &mut pci, &cfg.devices.passthrough)?;
+    let entry = load_guest(cfg, vcpus, &mem, &virtio, pci::windows(cfg.memory).mem64)?;
     let fds = create_vcpus(&kvm, &vm, vcpus)?;
     setup_boot_vcpu(&mem, &fds[0], &entry)?;
     virtio.start()?;
@@ -370,6 +382,7 @@ pub fn build_linux(cfg: &VmConfig, console: Box<dyn Write + Send>) -> Result<Mac
         msr_indices: msr_indices(&kvm)?,
         restore: Vec::new(),
         tracer: None,
+        pci: Some(pci.root),
     })
 }
 
@@ -413,12 +426,13 @@ pub fn restore_vm(
         virtio.attach(&vm, &mem, &mut buses, device)?;
     }
     virtio.restore(&snapshot.virtio)?;
+    let pci = pci::attach(&mut buses, cfg.memory)?;
     // Their saved CPUID replaces the one set here, on their own threads.
     let fds = create_vcpus(&kvm, &vm, vcpus)?;
     // Held until every vCPU has its state back (Machine::start).
     virtio.start_paused()?;
     Ok(Machine {
-        vm,
+        vm: Arc::new(vm),
         memory: mem,
         buses: Arc::new(buses),
         vcpus: fds,
@@ -429,6 +443,7 @@ pub fn restore_vm(
         msr_indices: msr_indices(&kvm)?,
         restore: snapshot.vcpus,
         tracer: None,
+        pci: Some(pci.root),
     })
 }
 
@@ -439,7 +454,7 @@ pub const TINY_MEMORY: u64 = 32 << 20;
 /// built but with its buses still open for more devices.
 pub struct TinyVm {
     /// The VM.
-    pub vm: VmFd,
+    pub vm: Arc<VmFd>,
     /// Its memory.
     pub memory: GuestMemoryMmap,
     /// Its buses, with the legacy devices on them.
@@ -476,6 +491,7 @@ impl TinyVm {
             msr_indices: self.msr_indices,
             restore: Vec::new(),
             tracer: None,
+            pci: None,
         }
     }
 }
@@ -519,7 +535,7 @@ pub fn build_tiny(
     };
     setup_boot_vcpu(&memory, &vcpu, &entry)?;
     Ok(TinyVm {
-        vm,
+        vm: Arc::new(vm),
         memory,
         buses,
         vcpu,

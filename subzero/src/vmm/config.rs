@@ -51,6 +51,8 @@ pub struct DevicesConfig {
     /// Also describe the devices with `virtio_mmio.device=` on the kernel
     /// command line (for kernels with CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES).
     pub mmio_cmdline: bool,
+    /// Host PCI devices to pass through (their sysfs directories).
+    pub passthrough: Vec<std::path::PathBuf>,
 }
 
 /// A problem with the configuration.

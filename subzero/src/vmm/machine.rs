@@ -28,7 +28,7 @@ const CONSOLE_DRAIN: Duration = Duration::from_secs(2);
 /// A VM whose vCPUs are configured and not yet running.
 pub struct Machine {
     /// The VM. Kept open as long as the vCPUs run.
-    pub vm: VmFd,
+    pub vm: Arc<VmFd>,
     /// Guest RAM. Must outlive the vCPUs.
     pub memory: GuestMemoryMmap,
     /// Port-I/O and MMIO buses.
@@ -51,6 +51,8 @@ pub struct Machine {
     /// When set, each vCPU thread opens KVM's tracepoints for itself
     /// before it first runs (see [`crate::trace`]).
     pub tracer: Option<Attacher>,
+    /// The PCI root complex, for its devices' counters (none in tiny VMs).
+    pub pci: Option<crate::pci::root::SharedRoot>,
 }
 
 /// What happened in a run.
@@ -86,7 +88,7 @@ impl RunReport {
 /// A VM whose vCPU threads are started.
 pub struct RunningVm {
     /// The VM.
-    pub vm: VmFd,
+    pub vm: Arc<VmFd>,
     /// Guest RAM.
     pub memory: GuestMemoryMmap,
     /// Port-I/O and MMIO buses.

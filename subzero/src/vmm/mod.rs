@@ -13,6 +13,7 @@ pub mod kernel_cache;
 pub mod legacy;
 pub mod machine;
 pub mod memory;
+pub mod pci;
 pub mod resources;
 pub mod snapshot;
 pub mod vcpu;

@@ -531,6 +531,7 @@ impl VmResources {
                 vsock,
                 rng: self.entropy.is_some(),
                 mmio_cmdline: false,
+                passthrough: Vec::new(),
             },
             host_unpack: true,
             kernel_cache: super::kernel_cache::default_dir(),

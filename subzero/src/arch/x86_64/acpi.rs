@@ -1,7 +1,10 @@
-//! ACPI tables: RSDP, XSDT, FADT (hardware-reduced), MADT and DSDT.
+//! ACPI tables: RSDP, XSDT, FADT (hardware-reduced), MADT, MCFG and DSDT.
 //!
 //! The RSDP sits at [`layout::RSDP_START`], inside the BIOS area Linux scans; the other
-//! tables follow from [`layout::ACPI_TABLES_START`] in the order XSDT, FADT, MADT, DSDT.
+//! tables follow from [`layout::ACPI_TABLES_START`] in the order XSDT, FADT, MADT, MCFG,
+//! DSDT. With PCI, the DSDT holds a `PNP0A08` host bridge whose `_CRS` gives the bus
+//! range and the I/O and memory windows, and a `PNP0C02` device that reserves the ECAM
+//! window the MCFG announces.
 //! The platform is hardware-reduced: no PM1/GPE blocks and no SCI. Power-off and reset
 //! go through the FADT sleep control and reset registers in the
 //! [`layout::ports::ACPI_PM_BASE`] block. Linux ignores SCI_INT and skips the PIT and
@@ -10,6 +13,7 @@
 use acpi_tables::fadt::{FADTBuilder, Flags, FADT};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
 use acpi_tables::madt::{EnabledStatus, IoApic, ProcessorLocalApic};
+use acpi_tables::mcfg::MCFG;
 use acpi_tables::{aml, rsdp::Rsdp, sdt::Sdt, xsdt::XSDT, Aml};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryError, GuestMemoryMmap};
 
@@ -31,12 +35,15 @@ pub struct AcpiMmioDevice {
 }
 
 /// What the ACPI tables describe.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct AcpiConfig<'a> {
     /// Number of vCPUs; their APIC ids and ACPI processor uids are `0..num_vcpus`.
     pub num_vcpus: u8,
     /// MMIO devices to put in the DSDT, named `V000`, `V001`, ... in this order.
     pub mmio_devices: &'a [AcpiMmioDevice],
+    /// With PCI: its 64-bit memory window (the ECAM, I/O and 32-bit windows are
+    /// fixed in [`layout`]). `None` leaves PCI out of the tables.
+    pub pci_mem64: Option<std::ops::Range<u64>>,
 }
 
 /// Errors from [`create_acpi_tables`].
@@ -63,6 +70,9 @@ pub enum AcpiError {
         /// What is wrong with it.
         problem: &'static str,
     },
+    /// The PCI 64-bit window is empty or not above 4 GiB.
+    #[error("the PCI 64-bit window {0:#x?} must be non-empty and above 4 GiB")]
+    BadPciWindow(std::ops::Range<u64>),
     /// The tables do not fit below [`layout::ACPI_TABLES_END`].
     #[error("the ACPI tables would end at {end:#x}, past the end of the ACPI area at {limit:#x}")]
     TablesTooLarge {
@@ -95,8 +105,10 @@ const IAPC_CMOS_RTC_NOT_PRESENT: u16 = 1 << 5;
 const MADT_PCAT_COMPAT: u32 = 1;
 const HEADER_LEN: usize = 36;
 const RSDP_LEN: u64 = 36;
-/// The XSDT lists the FADT and the MADT.
-const XSDT_LEN: u64 = HEADER_LEN as u64 + 2 * 8;
+/// The XSDT lists the FADT, the MADT and the MCFG.
+const XSDT_LEN: u64 = HEADER_LEN as u64 + 3 * 8;
+/// MCFG: header, 8 reserved bytes, one 16-byte allocation.
+const MCFG_LEN: u64 = HEADER_LEN as u64 + 8 + 16;
 /// Device names are `V` and three hex digits.
 const MAX_MMIO_DEVICES: usize = 0x1000;
 
@@ -160,7 +172,73 @@ fn validate(cfg: &AcpiConfig) -> Result<(), AcpiError> {
             problem,
         });
     }
+    if let Some(w) = &cfg.pci_mem64 {
+        if w.start < layout::MMIO_GAP_END || w.end <= w.start {
+            return Err(AcpiError::BadPciWindow(w.clone()));
+        }
+    }
     Ok(())
+}
+
+/// `Device (PCI0)`, the host bridge, and `Device (MRES)`, the motherboard
+/// resource that reserves the ECAM window (Linux trusts the MCFG only then).
+fn pci_aml(mem64: &std::ops::Range<u64>) -> Vec<u8> {
+    let io_start = ports::PCI_IO_START;
+    let io_end = (u32::from(io_start) + ports::PCI_IO_SIZE - 1) as u16;
+    let bus = aml::AddressSpace::new_bus_number(0u16, 0u16);
+    let cfg_ports = aml::IO::new(
+        ports::PCI_CONFIG,
+        ports::PCI_CONFIG,
+        1,
+        ports::PCI_CONFIG_LEN as u8,
+    );
+    let io = aml::AddressSpace::new_io(io_start, io_end, None);
+    let mem32 = aml::AddressSpace::new_memory(
+        aml::AddressSpaceCacheable::NotCacheable,
+        true,
+        layout::PCI_MEM32_START as u32,
+        (layout::PCI_MEM32_END - 1) as u32,
+        None,
+    );
+    let mem64 = aml::AddressSpace::new_memory(
+        aml::AddressSpaceCacheable::NotCacheable,
+        true,
+        mem64.start,
+        mem64.end - 1,
+        None,
+    );
+    let crs = aml::ResourceTemplate::new(vec![&bus, &cfg_ports, &io, &mem32, &mem64]);
+    let hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0A08"));
+    let cid = aml::Name::new("_CID".into(), &aml::EISAName::new("PNP0A03"));
+    let adr = aml::Name::new("_ADR".into(), &aml::ZERO);
+    let seg = aml::Name::new("_SEG".into(), &aml::ZERO);
+    let uid = aml::Name::new("_UID".into(), &aml::ZERO);
+    let bbn = aml::Name::new("_BBN".into(), &aml::ZERO);
+    let crs = aml::Name::new("_CRS".into(), &crs);
+    let pci0 = aml::Device::new(
+        "PCI0".into(),
+        vec![&hid, &cid, &adr, &seg, &uid, &bbn, &crs],
+    );
+
+    let ecam = aml::Memory32Fixed::new(
+        false,
+        layout::PCI_ECAM_START as u32,
+        layout::PCI_ECAM_SIZE as u32,
+    );
+    let mres_crs = aml::ResourceTemplate::new(vec![&ecam]);
+    let mres_hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0C02"));
+    let mres_uid = aml::Name::new("_UID".into(), &aml::ONE);
+    let mres_crs = aml::Name::new("_CRS".into(), &mres_crs);
+    let mres = aml::Device::new("MRES".into(), vec![&mres_hid, &mres_uid, &mres_crs]);
+    let mut bytes = aml_bytes(&pci0);
+    bytes.extend(aml_bytes(&mres));
+    bytes
+}
+
+fn build_mcfg() -> Vec<u8> {
+    let mut mcfg = MCFG::new(OEM_ID, *b"SUBZMCFG", OEM_REVISION);
+    mcfg.add_ecam(layout::PCI_ECAM_START, 0, 0, 0);
+    aml_bytes(&mcfg)
 }
 
 /// `Device (Vnnn)` for one validated MMIO device.
@@ -211,6 +289,9 @@ fn build_dsdt(cfg: &AcpiConfig) -> Vec<u8> {
     for (index, dev) in cfg.mmio_devices.iter().enumerate() {
         sb.extend(mmio_device_aml(index, dev));
     }
+    if let Some(mem64) = &cfg.pci_mem64 {
+        sb.extend(pci_aml(mem64));
+    }
     dsdt.append_slice(&aml::Scope::raw("\\_SB_".into(), sb));
     dsdt.as_slice().to_vec()
 }
@@ -258,7 +339,12 @@ pub fn create_acpi_tables(
     let xsdt_addr = layout::ACPI_TABLES_START;
     let fadt_addr = align8(xsdt_addr + XSDT_LEN);
     let madt_addr = align8(fadt_addr + FADT::len() as u64);
-    let dsdt_addr = align8(madt_addr + madt.len() as u64);
+    let mcfg_addr = align8(madt_addr + madt.len() as u64);
+    let dsdt_addr = if cfg.pci_mem64.is_some() {
+        align8(mcfg_addr + MCFG_LEN)
+    } else {
+        mcfg_addr
+    };
     let end = dsdt_addr + dsdt.len() as u64;
     if end > layout::ACPI_TABLES_END {
         let limit = layout::ACPI_TABLES_END;
@@ -269,15 +355,20 @@ pub fn create_acpi_tables(
     let mut xsdt = XSDT::new(OEM_ID, *b"SUBZXSDT", OEM_REVISION);
     xsdt.add_entry(fadt_addr);
     xsdt.add_entry(madt_addr);
+    if cfg.pci_mem64.is_some() {
+        xsdt.add_entry(mcfg_addr);
+    }
     let rsdp = Rsdp::new(OEM_ID, xsdt_addr);
-
-    let tables: [(&'static str, u64, Vec<u8>); 5] = [
+    let mut tables: Vec<(&'static str, u64, Vec<u8>)> = Vec::from([
         ("RSDP", layout::RSDP_START, aml_bytes(&rsdp)),
         ("XSDT", xsdt_addr, aml_bytes(&xsdt)),
         ("FADT", fadt_addr, fadt),
         ("MADT", madt_addr, madt),
         ("DSDT", dsdt_addr, dsdt),
-    ];
+    ]);
+    if cfg.pci_mem64.is_some() {
+        tables.push(("MCFG", mcfg_addr, build_mcfg()));
+    }
     for (table, addr, bytes) in tables {
         mem.write_slice(&bytes, GuestAddress(addr))
             .map_err(|source| AcpiError::GuestMemory { table, source })?;
@@ -306,6 +397,7 @@ mod tests {
         AcpiConfig {
             num_vcpus,
             mmio_devices,
+            pci_mem64: None,
         }
     }
 
@@ -356,7 +448,8 @@ mod tests {
         assert_eq!(sum(&rsdp), 0, "RSDP extended checksum");
 
         let xsdt = read_table(mem, u64_at(&rsdp, 24), b"XSDT");
-        assert_eq!(xsdt.len(), 36 + 16);
+        let entries = 2 + usize::from(cfg.pci_mem64.is_some());
+        assert_eq!(xsdt.len(), 36 + 8 * entries);
         let fadt = read_table(mem, u64_at(&xsdt, 36), b"FACP");
         let madt = read_table(mem, u64_at(&xsdt, 44), b"APIC");
         let dsdt = read_table(mem, u64_at(&fadt, 140), b"DSDT");
@@ -508,6 +601,82 @@ mod tests {
         assert!(matches!(
             res,
             Err(AcpiError::GuestMemory { table: "RSDP", .. })
+        ));
+    }
+
+    #[test]
+    fn pci_host_bridge_and_mcfg_are_announced() {
+        let mem = guest_mem();
+        let mem64 = layout::pci_mem64_window(256 << 20);
+        let devs = [virtio(0)];
+        let with_pci = AcpiConfig {
+            pci_mem64: Some(mem64.clone()),
+            ..cfg(2, &devs)
+        };
+        let (_, _, dsdt) = walk(&mem, &with_pci);
+        let mut rsdp = [0u8; 36];
+        mem.read_slice(&mut rsdp, GuestAddress(layout::RSDP_START))
+            .unwrap();
+        let xsdt = read_table(&mem, u64_at(&rsdp, 24), b"XSDT");
+        assert_eq!(xsdt.len(), 36 + 24, "FADT, MADT, MCFG");
+        let mcfg = read_table(&mem, u64_at(&xsdt, 52), b"MCFG");
+        assert_eq!(mcfg.len(), 60);
+        assert_eq!(u64_at(&mcfg, 44), layout::PCI_ECAM_START);
+        assert_eq!(&mcfg[52..56], [0, 0, 0, 0], "segment 0, buses 0 to 0");
+
+        let aml = &dsdt[36..];
+        let pci0 = &aml[find(aml, b"PCI0").expect("PCI0")..];
+        // PNP0A08 is 0x080ad041, PNP0A03 0x030ad041.
+        assert!(
+            find(pci0, &[0x0c, 0x41, 0xd0, 0x0a, 0x08]).is_some(),
+            "PNP0A08"
+        );
+        assert!(
+            find(pci0, &[0x0c, 0x41, 0xd0, 0x0a, 0x03]).is_some(),
+            "PNP0A03"
+        );
+        // WordBusNumber 0-0, length 1.
+        assert!(find(
+            pci0,
+            &[0x88, 13, 0, 2, 0x0c, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0]
+        )
+        .is_some());
+        // IO(Decode16, 0xcf8, 0xcf8, 1, 8)
+        assert!(find(pci0, &[0x47, 1, 0xf8, 0x0c, 0xf8, 0x0c, 1, 8]).is_some());
+        // WordIO 0xc000-0xffff.
+        assert!(find(
+            pci0,
+            &[0x88, 13, 0, 1, 0x0c, 3, 0, 0, 0x00, 0xc0, 0xff, 0xff]
+        )
+        .is_some());
+        // DWordMemory 0xc0000000-0xcfffffff.
+        let mut m32 = vec![0x87, 23, 0, 0, 0x0c, 1, 0, 0, 0, 0];
+        m32.extend(0xc000_0000u32.to_le_bytes());
+        m32.extend(0xcfff_ffffu32.to_le_bytes());
+        assert!(find(pci0, &m32).is_some(), "32-bit window");
+        let mut m64 = vec![0x8a, 43, 0, 0, 0x0c, 1];
+        m64.extend(0u64.to_le_bytes());
+        m64.extend(mem64.start.to_le_bytes());
+        m64.extend((mem64.end - 1).to_le_bytes());
+        assert!(find(pci0, &m64).is_some(), "64-bit window");
+        // The ECAM window is a motherboard resource.
+        let mres = &aml[find(aml, b"MRES").expect("MRES")..];
+        assert!(
+            find(mres, &[0x0c, 0x41, 0xd0, 0x0c, 0x02]).is_some(),
+            "PNP0C02"
+        );
+        let mut ecam = vec![0x86, 9, 0, 0];
+        ecam.extend((layout::PCI_ECAM_START as u32).to_le_bytes());
+        ecam.extend((layout::PCI_ECAM_SIZE as u32).to_le_bytes());
+        assert!(find(mres, &ecam).is_some());
+
+        let bad = AcpiConfig {
+            pci_mem64: Some(0x1000..0x2000),
+            ..cfg(1, &[])
+        };
+        assert!(matches!(
+            create_acpi_tables(&guest_mem(), &bad),
+            Err(AcpiError::BadPciWindow(_))
         ));
     }
 

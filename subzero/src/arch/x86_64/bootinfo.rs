@@ -179,11 +179,14 @@ mod tests {
         assert_eq!({ p.hdr.ramdisk_size }, 0x1234);
         assert_eq!({ p.acpi_rsdp_addr }, 0xe_0000);
         assert_eq!(p.e820_entries as usize, map.len());
-        let last = p.e820_table[map.len() - 1];
+        // RAM from 1 MiB, then PCI's ECAM window, reserved.
+        let ram = p.e820_table[map.len() - 2];
         assert_eq!(
-            ({ last.addr }, { last.size }, { last.r#type }),
+            ({ ram.addr }, { ram.size }, { ram.r#type }),
             (0x10_0000, 255 << 20, 1)
         );
+        let ecam = p.e820_table[map.len() - 1];
+        assert_eq!(({ ecam.addr }, { ecam.r#type }), (0xe000_0000, 2));
     }
 
     #[test]

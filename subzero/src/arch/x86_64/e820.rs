@@ -1,7 +1,8 @@
 //! Guest RAM layout and the e820 memory map handed to the kernel.
 
 use super::layout::{
-    EBDA_START, HIMEM_START, LOW_MEM_END, MMIO_GAP_END, MMIO_GAP_START, RSDP_START,
+    EBDA_START, HIMEM_START, LOW_MEM_END, MMIO_GAP_END, MMIO_GAP_START, PCI_ECAM_SIZE,
+    PCI_ECAM_START, RSDP_START,
 };
 
 /// Usable RAM.
@@ -40,7 +41,8 @@ pub fn low_ram_end(mem_size: u64) -> u64 {
 
 /// The e820 map for a guest with `mem_size` bytes of RAM (at least
 /// [`HIMEM_START`]): low memory, the EBDA (MP table) and BIOS area (ACPI) as
-/// reserved, then RAM from 1 MiB, split around the MMIO gap.
+/// reserved, then RAM from 1 MiB, split around the MMIO gap, with PCI's ECAM
+/// window reserved inside the gap (Linux checks that before it uses ECAM).
 pub fn memory_map(mem_size: u64) -> Vec<E820Entry> {
     let mut map = vec![
         E820Entry {
@@ -65,6 +67,9 @@ pub fn memory_map(mem_size: u64) -> Vec<E820Entry> {
         } else {
             (start, size)
         };
+        if start == MMIO_GAP_END {
+            map.push(ECAM);
+        }
         if size > 0 {
             map.push(E820Entry {
                 addr: start,
@@ -73,8 +78,17 @@ pub fn memory_map(mem_size: u64) -> Vec<E820Entry> {
             });
         }
     }
+    if !map.contains(&ECAM) {
+        map.push(ECAM);
+    }
     map
 }
+
+const ECAM: E820Entry = E820Entry {
+    addr: PCI_ECAM_START,
+    size: PCI_ECAM_SIZE,
+    kind: E820_RESERVED,
+};
 
 #[cfg(test)]
 mod tests {
@@ -92,8 +106,10 @@ mod tests {
         let mib = 1 << 20;
         assert_eq!(ram_ranges(256 * mib), vec![(0, 256 * mib)]);
         let map = memory_map(256 * mib);
-        assert_eq!(map.last().unwrap().addr, HIMEM_START);
-        assert_eq!(map.last().unwrap().size, 255 * mib);
+        let ram = map.iter().rfind(|e| e.kind == E820_RAM).unwrap();
+        assert_eq!(ram.addr, HIMEM_START);
+        assert_eq!(ram.size, 255 * mib);
+        assert_eq!(map.last(), Some(&ECAM));
         // Everything below 1 MiB except the EBDA and BIOS hole is RAM.
         assert_eq!(ram_total(&map), 255 * mib + EBDA_START);
     }

@@ -9,8 +9,13 @@
 //! 0x000f_fff0  reset vector: a stub that resets the VM through the i8042
 //! 0x0010_0000  kernel (bzImage protected-mode part, or ELF segments)
 //! ...          initrd, as high as the kernel allows
-//! 0xc000_0000  MMIO gap (devices, IOAPIC, LAPIC) up to 4 GiB; RAM resumes above
+//! 0xc000_0000  MMIO gap up to 4 GiB; RAM resumes above:
+//!              0xc000_0000 PCI 32-bit BAR window, 0xd000_0000 virtio-mmio slots,
+//!              0xe000_0000 PCI ECAM (bus 0), 0xfec0_0000 IOAPIC, 0xfee0_0000 LAPIC
 //! ```
+//!
+//! PCI's 64-bit BAR window starts at the first GiB boundary above RAM (and
+//! above 4 GiB): see [`pci_mem64_window`].
 
 /// Start of the GDT.
 pub const BOOT_GDT_START: u64 = 0x500;
@@ -59,6 +64,29 @@ pub const MMIO_GAP_END: u64 = 0x1_0000_0000;
 pub const MMIO_DEVICES_START: u64 = 0xd000_0000;
 /// Size of each device's MMIO slot.
 pub const MMIO_DEVICE_SLOT_SIZE: u64 = 0x1000;
+/// PCI's 32-bit memory window for BARs, up to the virtio-mmio slots.
+pub const PCI_MEM32_START: u64 = MMIO_GAP_START;
+/// End of PCI's 32-bit memory window.
+pub const PCI_MEM32_END: u64 = MMIO_DEVICES_START;
+/// PCI ECAM: configuration space of bus 0, 4 KiB per function.
+pub const PCI_ECAM_START: u64 = 0xe000_0000;
+/// ECAM size for one bus.
+pub const PCI_ECAM_SIZE: u64 = 1 << 20;
+/// Size of PCI's 64-bit memory window.
+pub const PCI_MEM64_SIZE: u64 = 32 << 30;
+
+/// PCI's 64-bit memory window for a guest with `mem_size` bytes of RAM: from
+/// the first GiB boundary at or above both 4 GiB and the end of RAM.
+pub fn pci_mem64_window(mem_size: u64) -> std::ops::Range<u64> {
+    let ram_end = if mem_size > MMIO_GAP_START {
+        MMIO_GAP_END + (mem_size - MMIO_GAP_START)
+    } else {
+        MMIO_GAP_END
+    };
+    let start = ram_end.div_ceil(1 << 30) << 30;
+    start..start + PCI_MEM64_SIZE
+}
+
 /// The IOAPIC's MMIO base.
 pub const IOAPIC_START: u64 = 0xfec0_0000;
 /// The local APIC's MMIO base.
@@ -74,6 +102,14 @@ pub const IOAPIC_NUM_PINS: u32 = 24;
 
 /// I/O ports of the devices Subzero always creates.
 pub mod ports {
+    /// PCI configuration mechanism #1: address at 0xcf8, data at 0xcfc.
+    pub const PCI_CONFIG: u16 = 0xcf8;
+    /// Ports 0xcf8 to 0xcff.
+    pub const PCI_CONFIG_LEN: u16 = 8;
+    /// PCI's I/O window for I/O BARs.
+    pub const PCI_IO_START: u16 = 0xc000;
+    /// Size of PCI's I/O window (to the end of the port space).
+    pub const PCI_IO_SIZE: u32 = 0x4000;
     /// COM1, the serial console (8 registers).
     pub const SERIAL_COM1: u16 = 0x3f8;
     /// IRQ of COM1.
