@@ -363,6 +363,10 @@ pub fn allowed(kind: ThreadKind) -> Result<Rules, BackendError> {
                     libc::SYS_epoll_ctl,
                     libc::SYS_shutdown,
                     libc::SYS_io_uring_enter,
+                    // A passthrough device's configuration space and
+                    // trapped BAR areas are VFIO region reads and writes.
+                    libc::SYS_pread64,
+                    libc::SYS_pwrite64,
                 ],
             );
         }
