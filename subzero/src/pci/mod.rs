@@ -73,6 +73,11 @@ pub trait PciDevice: Send {
     fn read_bar(&mut self, index: usize, offset: u64, data: &mut [u8]);
     /// A trapped write of BAR `index` at `offset`; the access lies inside it.
     fn write_bar(&mut self, index: usize, offset: u64, data: &[u8]);
+    /// Interrupts the device raised, when they bypass Subzero and only the
+    /// host counts them (a passthrough device's MSI-X).
+    fn interrupts(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// `old` with `data` written at byte `shift` (0 to 3) of it; bytes past the

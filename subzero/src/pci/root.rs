@@ -50,6 +50,8 @@ pub struct DeviceCounters {
     pub bar_writes: u64,
     /// BAR placements refused (outside the windows, or over another BAR).
     pub refused_placements: u64,
+    /// Interrupts the device raised, where only the host sees them.
+    pub interrupts: Option<u64>,
 }
 
 struct Slot {
@@ -106,7 +108,9 @@ impl PciRoot {
             .enumerate()
             .filter_map(|(i, s)| {
                 let s = s.as_ref()?;
-                Some((s.name.clone(), i as u8, s.counters.clone()))
+                let mut c = s.counters.clone();
+                c.interrupts = s.device.interrupts();
+                Some((s.name.clone(), i as u8, c))
             })
             .filter(|(_, i, _)| *i != 0)
             .collect()

@@ -100,26 +100,21 @@ fn lock(root: &SharedRoot) -> std::sync::MutexGuard<'_, PciRoot> {
     root.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The report rows of the passthrough devices on `root`, with the host's
-/// interrupt counts for them from `/proc/interrupts`.
+/// The report rows of the passthrough devices on `root`.
 pub fn passthrough_rows(root: &SharedRoot) -> Vec<crate::stats::passthrough::PassthroughRow> {
-    let interrupts = std::fs::read_to_string("/proc/interrupts").ok();
     lock(root)
         .counters()
         .into_iter()
-        .map(|(device, slot, c)| {
-            let bdf = device.strip_prefix("vfio-").unwrap_or(&device).to_string();
-            crate::stats::passthrough::PassthroughRow {
-                host_interrupts: interrupts
-                    .as_deref()
-                    .map(|text| crate::devices::vfio::sysfs::host_interrupts(text, &bdf)),
+        .map(
+            |(device, slot, c)| crate::stats::passthrough::PassthroughRow {
                 device,
                 slot,
                 config_accesses: c.config_accesses,
                 bar_reads: c.bar_reads,
                 bar_writes: c.bar_writes,
                 refused_placements: c.refused_placements,
-            }
-        })
+                host_interrupts: c.interrupts,
+            },
+        )
         .collect()
 }

@@ -32,6 +32,11 @@ pub trait VfioBackend: Send {
     fn disable_msix(&self);
     /// Resets the device (VFIO_DEVICE_RESET).
     fn reset(&self);
+    /// The interrupts the host counted on the device's MSI-X vectors since
+    /// MSI-X was enabled, if it can tell.
+    fn host_interrupts(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// The eventfds of a device's vectors, in vector order.

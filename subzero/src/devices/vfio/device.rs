@@ -49,6 +49,8 @@ pub struct VfioPciDevice {
     interrupt_line: u8,
     msix: Option<Msix>,
     msix_live: bool,
+    /// Host interrupts of earlier MSI-X enables (VFIO's count restarts).
+    past_interrupts: u64,
 }
 
 impl VfioPciDevice {
@@ -136,6 +138,7 @@ impl VfioPciDevice {
             interrupt_line: 0,
             msix,
             msix_live: false,
+            past_interrupts: 0,
         })
     }
 
@@ -171,6 +174,7 @@ impl VfioPciDevice {
                 Err(e) => log::warn!("{}: enabling MSI-X failed: {e}", self.name),
             }
         } else if !want && self.msix_live {
+            self.past_interrupts += self.backend.host_interrupts().unwrap_or(0);
             self.backend.disable_msix();
             self.msix_live = false;
         }
@@ -320,6 +324,15 @@ impl PciDevice for VfioPciDevice {
                 );
             }
         }
+    }
+
+    fn interrupts(&self) -> Option<u64> {
+        let now = if self.msix_live {
+            self.backend.host_interrupts()?
+        } else {
+            0
+        };
+        Some(self.past_interrupts + now)
     }
 
     fn read_bar(&mut self, index: usize, offset: u64, data: &mut [u8]) {

@@ -227,6 +227,11 @@ impl VfioBackend for HostVfio {
     fn reset(&self) {
         self.device.reset();
     }
+
+    fn host_interrupts(&self) -> Option<u64> {
+        let text = std::fs::read_to_string("/proc/interrupts").ok()?;
+        Some(sysfs::host_interrupts(&text, &self.bdf))
+    }
 }
 
 struct Area {

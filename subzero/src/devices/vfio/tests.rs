@@ -79,6 +79,9 @@ impl VfioBackend for FakeHw {
     fn reset(&self) {
         self.log.lock().unwrap().resets += 1;
     }
+    fn host_interrupts(&self) -> Option<u64> {
+        Some(7)
+    }
 }
 
 struct FakeMapper(Shared);
@@ -257,10 +260,20 @@ fn msix_vectors_become_routes_only_when_sound() {
     assert_eq!(u32::from_le_bytes(d), 0x4021);
     entry(&mut root, 0, 0xfee0_0000, 0x4021, 1);
     assert_eq!(log.lock().unwrap().vectors.last(), Some(&(0, None)));
-    // Function mask, then disable: VFIO lets go of the vectors.
+    assert_eq!(
+        root.counters()[0].2.interrupts,
+        Some(7),
+        "the host's count while enabled"
+    );
+    // Function mask, then disable: VFIO lets go of the vectors; the count
+    // of that enable is kept, and the next one adds to it.
     wr(&mut root, 0x72, &0xc000u16.to_le_bytes());
     wr(&mut root, 0x72, &0u16.to_le_bytes());
     assert!(!log.lock().unwrap().msix_enabled);
+    assert_eq!(root.counters()[0].2.interrupts, Some(7));
+    wr(&mut root, 0x72, &0x8000u16.to_le_bytes());
+    assert_eq!(root.counters()[0].2.interrupts, Some(14));
+    wr(&mut root, 0x72, &0u16.to_le_bytes());
     // The table never reached the hardware.
     assert!(log.lock().unwrap().bar_writes.is_empty());
 }
