@@ -228,10 +228,11 @@ pub fn kvm_modules(k: &Kernel) -> Result<Vec<Module>, LabError> {
     modules(k, &["kvm_amd"])
 }
 
-/// L1's modules: KVM, plus `tun` (TAP devices for the net scenario) and
+/// L1's modules: KVM, plus `tun` (TAP devices for the net scenario),
 /// `loop` (L1 mounts the block scenario's image to check what the guest
-/// wrote).
-pub const L1_MODULES: &[&str] = &["kvm_amd", "tun", "loop"];
+/// wrote), and VFIO (the passthrough scenarios bind an NVMe controller to
+/// vfio-pci).
+pub const L1_MODULES: &[&str] = &["kvm_amd", "tun", "loop", "vfio_iommu_type1", "vfio_pci"];
 
 /// The guest's virtio drivers: transport, block, net, vsock and rng.
 pub const VIRTIO_MODULES: &[&str] = &[

@@ -14,7 +14,7 @@ pub fn l2_init(modules: &[(String, Vec<String>)]) -> String {
         s.push_str(&format!("SZ_MOD_{m}={}\n", sh_quote(&deps.join(" "))));
     }
     s.push_str(&blob_vars());
-    s.push_str(L2_INIT_BODY);
+    s.push_str(&L2_INIT_BODY.replace("__PT_CASES__", crate::pt_scripts::L2_CASES));
     s
 }
 
@@ -62,8 +62,10 @@ sz_sha() { sha256sum | cut -d' ' -f1; }
 case "$sz_scenario" in
 boot | stats | live | hw-exits | vmlinux-*)
     echo "@@L2 UNAME $(uname -r)"
+    echo "@@L2 PCI_DEVICES $(ls /sys/bus/pci/devices 2>/dev/null | tr '\n' ' ')"
+    echo "@@L2 PCI_HOST_CLASS $(cat /sys/bus/pci/devices/0000:00:00.0/class 2>/dev/null)"
     ;;
-smp)
+__PT_CASES__smp)
     echo "@@L2 NPROC $(nproc)"
     echo "@@L2 CPU_ONLINE $(cat /sys/devices/system/cpu/online)"
     echo "@@L2 CPUINFO_PROCESSORS $(grep -c '^processor' /proc/cpuinfo)"

@@ -164,6 +164,7 @@ pub mod l2_scripts;
 pub mod parse;
 pub mod payload;
 pub mod perf;
+pub mod pt_scripts;
 pub mod qemu;
 pub mod scripts;
 pub mod vbench_facts;
@@ -605,12 +606,15 @@ struct L1Parts<'a> {
     assets: &'a [(String, Vec<u8>, u32)],
 }
 
-/// Builds an L1 initramfs that runs `scenarios` and boots it.
+/// Builds an L1 initramfs that runs `scenarios` and boots it: the plain L1,
+/// or with `nvme` (an image path) the q35 L1 with an IOMMU and an NVMe
+/// controller on that image ([`pt_scripts`]).
 fn boot_l1(
     cfg: &Config,
     parts: &L1Parts,
     scenarios: &[Scenario],
     prep: Duration,
+    nvme: Option<&Path>,
 ) -> Result<(qemu::QemuRun, PathBuf), LabError> {
     let init = scripts::l1_init(
         scenarios,
@@ -633,7 +637,11 @@ fn boot_l1(
     for (path, bytes, mode) in parts.assets {
         c.file(path, *mode, bytes);
     }
-    let l1_path = cfg.out_dir.join("l1-initrd.cpio.gz");
+    let l1_path = cfg.out_dir.join(if nvme.is_some() {
+        "l1-iommu-initrd.cpio.gz"
+    } else {
+        "l1-initrd.cpio.gz"
+    });
     gzip_to(&c.finish(), &l1_path)?;
 
     let log_path = new_log_path(&cfg.out_dir);
@@ -644,8 +652,21 @@ fn boot_l1(
         .arg("-kernel")
         .arg(parts.kernel_path)
         .arg("-initrd")
-        .arg(&l1_path)
-        .args(["-append", "console=ttyS0 panic=-1 quiet"]);
+        .arg(&l1_path);
+    match nvme {
+        Some(image) => {
+            cmd.args(pt_scripts::qemu_args(image)).args([
+                "-append",
+                &format!(
+                    "console=ttyS0 panic=-1 quiet {}",
+                    pt_scripts::L1_CMDLINE_EXTRA
+                ),
+            ]);
+        }
+        None => {
+            cmd.args(["-append", "console=ttyS0 panic=-1 quiet"]);
+        }
+    }
     log(&format!(
         "booting L1 (prep took {:.1}s; timeout {}s; console log {})",
         prep.as_secs_f64(),
@@ -800,7 +821,20 @@ pub fn run_lab(cfg: &Config) -> Result<LabRun, LabError> {
         assets: &assets,
     };
     let prep = t0.elapsed();
-    let (mut q, mut log_path) = boot_l1(cfg, &parts, &cfg.scenarios, prep)?;
+    // The passthrough scenarios get an L1 of their own, after the others.
+    let (iommu, plain): (Vec<Scenario>, Vec<Scenario>) =
+        cfg.scenarios.iter().partition(|s| s.iommu);
+    let image = if iommu.is_empty() {
+        None
+    } else {
+        Some(pt_scripts::nvme_image(&cfg.out_dir)?)
+    };
+    let (first_set, first_nvme) = if plain.is_empty() {
+        (&iommu, image.as_deref())
+    } else {
+        (&plain, None)
+    };
+    let (mut q, mut log_path) = boot_l1(cfg, &parts, first_set, prep, first_nvme)?;
     let mut parsed = parse::parse(&q.lines);
     let mut stalls = Vec::new();
     // An L1 whose console falls silent for STALL is frozen as a whole (its
@@ -808,8 +842,7 @@ pub fn run_lab(cfg: &Config) -> Result<LabRun, LabError> {
     // one fresh L1 for the scenarios that did not finish, the stalled one
     // included: a real subzero hang hangs again and fails its test.
     if q.stalled && parsed.l1.all_done_at.is_none() {
-        let remaining: Vec<Scenario> = cfg
-            .scenarios
+        let remaining: Vec<Scenario> = first_set
             .iter()
             .filter(|s| {
                 parsed
@@ -829,7 +862,7 @@ pub fn run_lab(cfg: &Config) -> Result<LabRun, LabError> {
         log(&format!("WARNING: {note}"));
         stalls.push(note);
         let first = parsed;
-        let (q2, log2) = boot_l1(cfg, &parts, &remaining, prep)?;
+        let (q2, log2) = boot_l1(cfg, &parts, &remaining, prep, first_nvme)?;
         parsed = parse::parse(&q2.lines);
         for (name, sc) in first.scenarios {
             if sc.end_at.is_some() {
@@ -838,6 +871,24 @@ pub fn run_lab(cfg: &Config) -> Result<LabRun, LabError> {
         }
         q = q2;
         log_path = log2;
+    }
+    if let (false, Some(image)) = (plain.is_empty(), image.as_deref()) {
+        let (q2, log2) = boot_l1(cfg, &parts, &iommu, prep, Some(image))?;
+        let second = parse::parse(&q2.lines);
+        for (name, sc) in second.scenarios {
+            parsed.scenarios.insert(name, sc);
+        }
+        if q2.stalled || q2.timed_out {
+            let note = format!(
+                "the IOMMU L1 stalled or timed out (console log {})",
+                log2.display()
+            );
+            log(&format!("WARNING: {note}"));
+            stalls.push(note);
+        }
+        q.lines.extend(q2.lines);
+        q.wall += q2.wall;
+        log(&format!("IOMMU L1 console log: {}", log2.display()));
     }
     let run = LabRun {
         kernel,

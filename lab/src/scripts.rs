@@ -54,6 +54,9 @@ pub struct Scenario {
     /// L1's init writes it to `/tmp/<name>.sh` with the variables
     /// [`crate::api_scripts::driver_file`] defines.
     pub driver: &'static str,
+    /// Runs in the second L1, the one with an IOMMU and an NVMe controller
+    /// to pass through ([`crate::pt_scripts`]).
+    pub iommu: bool,
 }
 
 /// Files that only some scenarios need in L1's initramfs.
@@ -102,6 +105,7 @@ const BOOT: Scenario = Scenario {
     opt_in: false,
     min_timeout: 0,
     driver: "",
+    iommu: false,
 };
 
 /// All scenarios, in the order L1 runs them.
@@ -239,6 +243,28 @@ rm -f /tmp/rootfs.img
         after: crate::api_scripts::API_AFTER,
         assets: &[Asset::BlockImage, Asset::Curl],
         min_timeout: 300,
+        ..BOOT
+    },
+    Scenario {
+        name: "passthrough-errors",
+        before: crate::pt_scripts::ERRORS_BEFORE,
+        ..BOOT
+    },
+    Scenario {
+        name: "passthrough",
+        extra: &["--device", "path=/tmp/pt-dev", "--stats"],
+        before: crate::pt_scripts::PT_BEFORE,
+        after: crate::pt_scripts::PT_AFTER,
+        iommu: true,
+        min_timeout: 240,
+        ..BOOT
+    },
+    Scenario {
+        name: "passthrough-virtio",
+        extra: &["--disk", "path=/tmp/pt-copy.img,readonly=on", "--stats"],
+        before: crate::pt_scripts::VIRTIO_BEFORE,
+        iommu: true,
+        min_timeout: 240,
         ..BOOT
     },
     Scenario {

@@ -78,6 +78,15 @@ fn boot_prints_uname_and_powers_off() {
         "guest did not reach poweroff\n{ctx}"
     );
     assert_eq!(
+        sc.l2("PCI_HOST_CLASS"),
+        Some("0x060000"),
+        "the guest should find the host bridge at 00:00.0 on its own\n{ctx}"
+    );
+    assert!(
+        !sc.mentions("PCI: Fatal"),
+        "the guest found no PCI configuration access\n{ctx}"
+    );
+    assert_eq!(
         sc.exit_code,
         Some(0),
         "subzero should exit 0 after the guest powers off\n{ctx}"
@@ -1657,4 +1666,200 @@ fn soak_many_vms_then_one_driven_hard_with_flat_fds_and_rss() {
         "the last file the guest wrote (seed {seed}), read in L1\n{}",
         ctx()
     );
+}
+
+/// The `n`-th whitespace-separated number after `word` in `text`, e.g. the
+/// IOPS in lab-peer's "... in 5.001s: 812 IOPS".
+fn number_before(text: &str, unit: &str) -> Option<f64> {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let at = words.iter().position(|w| *w == unit)?;
+    words.get(at.checked_sub(1)?)?.parse().ok()
+}
+
+/// "== subzero stats: N userspace exits in ..." from a --stats report.
+fn userspace_exits(sc: &ScenarioRun) -> Option<u64> {
+    sc.stderr.iter().find_map(|l| {
+        let rest = l.split("== subzero stats: ").nth(1)?;
+        rest.split_whitespace().next()?.parse().ok()
+    })
+}
+
+#[test]
+fn passthrough_errors_without_an_iommu_say_what_to_do() {
+    let Some(run) = lab() else { return };
+    let Some(sc) = run.scenario("passthrough-errors") else {
+        return;
+    };
+    let ctx = || run.context(sc);
+    let msg = sc.l1("ERR_NO_IOMMU").unwrap_or_default();
+    assert!(
+        msg.contains("no IOMMU group")
+            && msg.contains("intel_iommu=on")
+            && msg.contains("amd_iommu=on"),
+        "--device on a host without an IOMMU: {msg:?}\n{}",
+        ctx()
+    );
+    let msg = sc.l1("ERR_NOT_PCI").unwrap_or_default();
+    assert!(msg.contains("not a PCI device"), "{msg:?}\n{}", ctx());
+    let msg = sc.l1("ERR_MISSING").unwrap_or_default();
+    assert!(msg.contains("no such device"), "{msg:?}\n{}", ctx());
+    assert!(!msg.contains("panicked"), "{msg:?}");
+    // The guest's PCI bus: the host bridge, found with no pci= flags.
+    assert_eq!(sc.l2("PCI_DEVICES"), Some("0000:00:00.0"), "\n{}", ctx());
+    assert!(
+        !sc.mentions("PCI: Fatal"),
+        "the guest found no PCI config access\n{}",
+        ctx()
+    );
+    for l in sc.output.iter().filter(|l| l.text.contains("@@L2 DMESG")) {
+        eprintln!("lab: passthrough-errors: {}", l.text);
+    }
+    assert_eq!(sc.exit_code, Some(0), "\n{}", ctx());
+}
+
+#[test]
+fn passthrough_gives_l2_the_nvme_controller_and_gives_it_back() {
+    use subzero_lab::pt_scripts;
+    let Some(run) = lab() else { return };
+    let Some(sc) = run.scenario("passthrough") else {
+        return;
+    };
+    let ctx = || run.context(sc);
+    let want = pt_scripts::pattern_sha256();
+    assert!(
+        sc.l1("NVME").is_some_and(|b| b.starts_with("0000:")),
+        "no NVMe controller in L1\n{}",
+        ctx()
+    );
+    assert_eq!(
+        sc.l1("L1_SHA"),
+        Some(want.as_str()),
+        "L1 reading the pattern through its nvme driver\n{}",
+        ctx()
+    );
+    let msg = sc.l1("ERR_NOT_BOUND").unwrap_or_default();
+    assert!(
+        msg.contains("bound to nvme, not to vfio-pci")
+            && msg.contains("driver_override")
+            && msg.contains("drivers_probe"),
+        "--device on a controller bound to nvme: {msg:?}\n{}",
+        ctx()
+    );
+    assert_eq!(sc.l1("DRIVER"), Some("vfio-pci"), "\n{}", ctx());
+    let msg = sc.l1("ERR_IN_USE").unwrap_or_default();
+    assert!(
+        msg.contains("is busy"),
+        "--device while another process holds the group: {msg:?}\n{}",
+        ctx()
+    );
+    assert_eq!(
+        sc.l2("SHA"),
+        Some(want.as_str()),
+        "L2 reading the pattern from /dev/nvme0n1\n{}",
+        ctx()
+    );
+    let irqs: Vec<&str> = sc
+        .output
+        .iter()
+        .filter_map(|l| l.text.split("@@L2 NVME_IRQ ").nth(1))
+        .collect();
+    assert!(
+        !irqs.is_empty() && irqs.iter().all(|l| l.contains("PCI-MSI")),
+        "the controller's interrupts in L2 should be PCI-MSI(X): {irqs:?}\n{}",
+        ctx()
+    );
+    assert_eq!(sc.l2("WROTE"), Some("0"), "\n{}", ctx());
+    assert_eq!(sc.exit_code, Some(0), "subzero exit code\n{}", ctx());
+    assert_eq!(
+        sc.l1("REBOUND"),
+        Some("nvme"),
+        "L1 could not bind the controller again\n{}",
+        ctx()
+    );
+    assert_eq!(
+        sc.l1("READBACK"),
+        Some(pt_scripts::WRITE_MARK),
+        "L1 reading L2's block back\n{}",
+        ctx()
+    );
+    let row = sc
+        .stderr
+        .iter()
+        .find(|l| l.trim_start().starts_with("vfio-0000:"))
+        .unwrap_or_else(|| panic!("no passthrough row in --stats\n{}", ctx()));
+    eprintln!("lab: passthrough: {row}");
+    // device, slot, config, bar reads, bar writes, refused, interrupts.
+    let cols: Vec<u64> = row
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|c| c.parse().ok())
+        .collect();
+    let rand = sc.l2("BENCH_RAND").unwrap_or_default();
+    let ops: u64 = rand
+        .split_whitespace()
+        .nth(3)
+        .and_then(|w| w.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        cols.len() == 6 && cols[5] > 0,
+        "the host should have counted the controller's interrupts: {row:?}\n{}",
+        ctx()
+    );
+    assert!(
+        ops > 0 && cols[2] + cols[3] < ops,
+        "trapped BAR accesses ({} + {}) should be fewer than the {ops} reads: no exit per I/O\n{}",
+        cols[2],
+        cols[3],
+        ctx()
+    );
+}
+
+#[test]
+fn passthrough_benchmark_against_virtio_blk() {
+    let Some(run) = lab() else { return };
+    let (Some(pt), Some(vb)) = (
+        run.scenario("passthrough"),
+        run.scenario("passthrough-virtio"),
+    ) else {
+        return;
+    };
+    let want = subzero_lab::pt_scripts::pattern_sha256();
+    assert_eq!(
+        vb.l2("SHA"),
+        Some(want.as_str()),
+        "the copy through virtio-blk\n{}",
+        run.context(vb)
+    );
+    // Numbers only: 4 KiB random reads at QD1 and 1 MiB sequential reads,
+    // and the userspace exits of the whole run per I/O of the benchmark.
+    eprintln!(
+        "lab: passthrough benchmark (one L1 run; exits are the whole VM run's, boot included)"
+    );
+    eprintln!(
+        "lab: {:<22} {:>10} {:>10} {:>16} {:>14}",
+        "path", "4K IOPS", "seq MiB/s", "userspace exits", "exits per I/O"
+    );
+    for (name, sc) in [("nvme passthrough", pt), ("virtio-blk", vb)] {
+        let rand = sc.l2("BENCH_RAND").unwrap_or_default();
+        let seq = sc.l2("BENCH_SEQ").unwrap_or_default();
+        let iops = number_before(rand, "IOPS");
+        let mibs = number_before(seq, "MiB/s");
+        let ops = rand
+            .split_whitespace()
+            .nth(3)
+            .and_then(|w| w.parse::<f64>().ok());
+        let exits = userspace_exits(sc);
+        let per_io = match (exits, ops) {
+            (Some(e), Some(o)) if o > 0.0 => format!("{:.2}", e as f64 / (o + 32.0)),
+            _ => "-".into(),
+        };
+        eprintln!(
+            "lab: {name:<22} {:>10} {:>10} {:>16} {:>14}",
+            iops.map_or("-".into(), |v| format!("{v:.0}")),
+            mibs.map_or("-".into(), |v| format!("{v:.1}")),
+            exits.map_or("-".into(), |v| v.to_string()),
+            per_io
+        );
+        eprintln!("lab:   {name}: {rand} | {seq}");
+    }
 }
