@@ -159,6 +159,7 @@ impl PassthroughContext {
         let backend = HostVfio {
             device: device.clone(),
             bdf: bdf.clone(),
+            interrupts: std::fs::File::open("/proc/interrupts").ok(),
         };
         let mapper = KvmBarMapper {
             vm: self.vm.clone(),
@@ -181,6 +182,10 @@ impl PassthroughContext {
 struct HostVfio {
     device: Arc<VfioDevice>,
     bdf: String,
+    /// `/proc/interrupts`, opened here on the main thread: the vCPU
+    /// threads that read it (when the guest turns MSI-X off) may not open
+    /// files, only pread.
+    interrupts: Option<std::fs::File>,
 }
 
 impl VfioBackend for HostVfio {
@@ -229,8 +234,21 @@ impl VfioBackend for HostVfio {
     }
 
     fn host_interrupts(&self) -> Option<u64> {
-        let text = std::fs::read_to_string("/proc/interrupts").ok()?;
-        Some(sysfs::host_interrupts(&text, &self.bdf))
+        use std::os::unix::fs::FileExt;
+        let file = self.interrupts.as_ref()?;
+        let mut text = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match file.read_at(&mut buf, text.len() as u64) {
+                Ok(0) => break,
+                Ok(n) => text.extend_from_slice(&buf[..n]),
+                Err(_) => return None,
+            }
+        }
+        Some(sysfs::host_interrupts(
+            &String::from_utf8_lossy(&text),
+            &self.bdf,
+        ))
     }
 }
 
