@@ -11,6 +11,7 @@
 
 pub mod bar;
 pub mod host_bridge;
+pub mod msi;
 pub mod msix;
 pub mod root;
 

@@ -30,6 +30,10 @@ pub trait VfioBackend: Send {
     fn enable_msix(&self, vectors: &MsixVectorsRef<'_>) -> Result<(), String>;
     /// Disables MSI-X.
     fn disable_msix(&self);
+    /// Hands the device one eventfd per enabled MSI vector and enables MSI.
+    fn enable_msi(&self, vectors: &MsixVectorsRef<'_>) -> Result<(), String>;
+    /// Disables MSI.
+    fn disable_msi(&self);
     /// Resets the device (VFIO_DEVICE_RESET).
     fn reset(&self);
     /// The interrupts the host counted on the device's MSI-X vectors since
@@ -39,7 +43,7 @@ pub trait VfioBackend: Send {
     }
 }
 
-/// The eventfds of a device's vectors, in vector order.
+/// The eventfds of a device's MSI-X or MSI vectors, in vector order.
 pub struct MsixVectorsRef<'a>(pub Vec<&'a vmm_sys_util::eventfd::EventFd>);
 
 /// Guest mappings of BAR areas: mmapped device memory as KVM memory slots.

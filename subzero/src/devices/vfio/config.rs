@@ -1,8 +1,9 @@
 //! The guest's view of a passthrough device's configuration space.
 //!
-//! The capability list is walked once, from the host's copy. MSI is hidden
-//! (Subzero delivers the device's interrupts through MSI-X), MSI-X's control
-//! word is virtualized, and the extended space past 256 bytes reads as empty.
+//! The capability list is walked once, from the host's copy. A device with
+//! MSI-X has its MSI hidden (its interrupts go through MSI-X); MSI-X, or MSI
+//! on a device that has only MSI, is virtualized; the extended space past
+//! 256 bytes reads as empty.
 
 use std::ops::Range;
 
@@ -39,6 +40,9 @@ pub struct Capabilities {
     pub hidden: Vec<Range<usize>>,
     /// The MSI-X capability, when the device has a sound one.
     pub msix: Option<MsixCap>,
+    /// The MSI capability (offset, control word) of a device without
+    /// MSI-X.
+    pub msi: Option<(usize, u16)>,
 }
 
 fn u16_at(c: &[u8], off: usize) -> u16 {
@@ -61,6 +65,7 @@ pub fn parse(config: &[u8; regs::LEGACY_CONFIG_SIZE]) -> Capabilities {
     let mut ptr = usize::from(config[regs::CAP_POINTER] & 0xfc);
     let mut seen = Vec::new();
     let mut kept = Vec::new();
+    let mut msi = None;
     while ptr >= 0x40
         && ptr + 4 <= regs::LEGACY_CONFIG_SIZE
         && seen.len() < MAX_CAPS
@@ -70,9 +75,13 @@ pub fn parse(config: &[u8; regs::LEGACY_CONFIG_SIZE]) -> Capabilities {
         let id = config[ptr];
         let next = usize::from(config[ptr + 1] & 0xfc);
         match id {
+            regs::CAP_MSI if msi.is_none() && ptr + MSI_CAP_LEN <= regs::LEGACY_CONFIG_SIZE => {
+                msi = Some((ptr, u16_at(config, ptr + 2)));
+                kept.push(ptr);
+            }
             regs::CAP_MSI => caps
                 .hidden
-                .push(ptr..(ptr + MSI_CAP_LEN).min(regs::LEGACY_CONFIG_SIZE)),
+                .push(ptr..(ptr + 4).min(regs::LEGACY_CONFIG_SIZE)),
             regs::CAP_MSIX if ptr + MSIX_CAP_LEN <= regs::LEGACY_CONFIG_SIZE => {
                 let control = u16_at(config, ptr + 2);
                 let table = u32_at(config, ptr + 4);
@@ -93,6 +102,14 @@ pub fn parse(config: &[u8; regs::LEGACY_CONFIG_SIZE]) -> Capabilities {
             _ => kept.push(ptr),
         }
         ptr = next;
+    }
+    if let Some((at, _)) = msi {
+        if caps.msix.is_some() {
+            kept.retain(|&p| p != at);
+            caps.hidden.push(at..at + MSI_CAP_LEN);
+        } else {
+            caps.msi = msi;
+        }
     }
     caps.first = kept.first().map_or(0, |&p| p as u8);
     caps.exposed = kept
@@ -165,5 +182,17 @@ mod tests {
         assert!(caps.is_hidden(0x70));
         c[6] = 0;
         assert_eq!(parse(&c), Capabilities::default(), "no capability list");
+    }
+
+    #[test]
+    fn msi_stays_when_there_is_no_msix() {
+        let mut c = header();
+        c[0x51] = 0x80; // MSI -> PCIe, skipping MSI-X
+        c[0x52] = 0x86; // 64-bit, MMC 3
+        let caps = parse(&c);
+        assert_eq!(caps.msix, None);
+        assert_eq!(caps.msi, Some((0x50, 0x86)));
+        assert_eq!(caps.exposed, [(0x40, 0x50), (0x50, 0x80), (0x80, 0)]);
+        assert!(!caps.is_hidden(0x50));
     }
 }

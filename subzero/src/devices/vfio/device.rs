@@ -9,6 +9,7 @@
 
 use super::backend::{BarMapper, MsiVectors, VfioBackend, CONFIG_REGION};
 use super::config::{self, Capabilities, MSIX_CAP_LEN};
+use crate::pci::msi::Msi;
 use crate::pci::msix::Msix;
 use crate::pci::{merge_dword, regs, Bar, BarAllocator, BarKind, Bars, PciDevice};
 
@@ -51,16 +52,23 @@ pub struct VfioPciDevice {
     msix_live: bool,
     /// Host interrupts of earlier MSI-X enables (VFIO's count restarts).
     past_interrupts: u64,
+    /// MSI, for a device without MSI-X: the capability's offset and state.
+    msi: Option<(usize, Msi)>,
+    msi_vectors: Option<Box<dyn MsiVectors>>,
+    /// MSI vectors VFIO has now (0: MSI off).
+    msi_live: usize,
 }
 
 impl VfioPciDevice {
     /// Reads the device's header, sizes its BARs from its regions and takes
-    /// addresses for them from `allocator`.
+    /// addresses for them from `allocator`. `vectors` serve MSI-X, and
+    /// `msi_vectors` (if VFIO offers MSI) serve MSI on a device without MSI-X.
     pub fn new(
         name: &str,
         backend: Box<dyn VfioBackend>,
         mut mapper: Box<dyn BarMapper>,
         vectors: Box<dyn MsiVectors>,
+        msi_vectors: Option<Box<dyn MsiVectors>>,
         allocator: &mut BarAllocator,
     ) -> Result<Self, PassthroughError> {
         let mut header = [0u8; regs::LEGACY_CONFIG_SIZE];
@@ -126,6 +134,7 @@ impl VfioPciDevice {
             }
         }
         let command = u16::from_le_bytes([header[regs::COMMAND], header[regs::COMMAND + 1]]);
+        let msi = caps.msi.map(|(at, control)| (at, Msi::new(control)));
         Ok(VfioPciDevice {
             name: name.into(),
             backend,
@@ -139,6 +148,9 @@ impl VfioPciDevice {
             msix,
             msix_live: false,
             past_interrupts: 0,
+            msi,
+            msi_vectors,
+            msi_live: 0,
         })
     }
 
@@ -181,6 +193,47 @@ impl VfioPciDevice {
         for v in changed {
             self.update_vector(v);
         }
+    }
+
+    /// MSI's registers changed: VFIO gets the vectors the guest enabled
+    /// (again, if that number changed), and each vector its route.
+    fn update_msi(&mut self) {
+        let (Some((_, msi)), Some(vectors)) = (&self.msi, self.msi_vectors.as_mut()) else {
+            return;
+        };
+        let want = if msi.enabled() {
+            msi.vectors().min(vectors.len())
+        } else {
+            0
+        };
+        if want != self.msi_live {
+            if self.msi_live > 0 {
+                self.past_interrupts += self.backend.host_interrupts().unwrap_or(0);
+                self.backend.disable_msi();
+                self.msi_live = 0;
+            }
+            if want > 0 {
+                let fds = vectors.eventfds();
+                let fds = super::backend::MsixVectorsRef(fds.0[..want].to_vec());
+                match self.backend.enable_msi(&fds) {
+                    Ok(()) => self.msi_live = want,
+                    Err(e) => log::warn!("{}: enabling MSI failed: {e}", self.name),
+                }
+            }
+        }
+        for v in 0..vectors.len() {
+            let message = if v < self.msi_live {
+                msi.message(v)
+            } else {
+                None
+            };
+            vectors.set(v, message);
+        }
+    }
+
+    fn msi_rel(&self, offset: usize) -> Option<usize> {
+        let (at, msi) = self.msi.as_ref()?;
+        (offset >= *at && offset < at + msi.len()).then(|| offset - at)
     }
 
     fn update_vector(&mut self, v: usize) {
@@ -251,6 +304,16 @@ impl PciDevice for VfioPciDevice {
             regs::INTERRUPT => (self.real(offset) & 0xffff_0000) | u32::from(self.interrupt_line),
             _ if offset < 0x40 => self.real(offset),
             _ if self.caps.is_hidden(offset) => 0,
+            _ if self.msi_rel(offset).is_some() => {
+                let rel = self.msi_rel(offset).unwrap_or(0);
+                let value = self.msi.as_ref().map_or(0, |(_, m)| m.read(rel));
+                if rel == 0 {
+                    let next = self.caps.next_of(offset).unwrap_or(0);
+                    value | u32::from(regs::CAP_MSI) | u32::from(next) << 8
+                } else {
+                    value
+                }
+            }
             _ => {
                 let mut bytes = self.real(offset).to_le_bytes();
                 if let Some(next) = self.caps.next_of(offset) {
@@ -291,6 +354,13 @@ impl PciDevice for VfioPciDevice {
             regs::INTERRUPT if shift == 0 => self.interrupt_line = data[0],
             _ if reg < 0x40 => {}
             _ if self.caps.is_hidden(offset) => {}
+            _ if self.msi_rel(offset).is_some() => {
+                let rel = self.msi_rel(offset).unwrap_or(0);
+                let changed = self.msi.as_mut().is_some_and(|(_, m)| m.write(rel, data));
+                if changed {
+                    self.update_msi();
+                }
+            }
             _ => match self.msix_cap() {
                 Some(cap) if (cap..cap + MSIX_CAP_LEN).contains(&offset) => {
                     if reg == cap && shift + data.len() > 2 {
@@ -360,6 +430,9 @@ impl Drop for VfioPciDevice {
     fn drop(&mut self) {
         if self.msix_live {
             self.backend.disable_msix();
+        }
+        if self.msi_live > 0 {
+            self.backend.disable_msi();
         }
         self.backend.reset();
         log::info!("{}: reset and released", self.name);

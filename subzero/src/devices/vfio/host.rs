@@ -24,6 +24,8 @@ use crate::pci::BarAllocator;
 
 /// VFIO region flag: the region may be mmapped.
 const REGION_MMAP: u32 = 1 << 2;
+/// VFIO's interrupt index of MSI.
+const MSI_IRQ_INDEX: u32 = 1;
 /// VFIO's interrupt index of MSI-X.
 const MSIX_IRQ_INDEX: u32 = 2;
 /// KVM memory slots for BAR areas start here; guest RAM takes the ones below.
@@ -156,6 +158,19 @@ impl PassthroughContext {
             what: "setting up MSI-X vectors",
             source: e,
         })?;
+        let msi_count = device.get_irq_info(MSI_IRQ_INDEX).map_or(0, |i| i.count);
+        let msi_vectors = match msi_count {
+            0 => None,
+            n => Some(Box::new(
+                KvmMsiVectors::new(self.vm.clone(), self.routes.clone(), n.min(32)).map_err(
+                    |e| OpenError::Kvm {
+                        bdf: bdf.clone(),
+                        what: "setting up MSI vectors",
+                        source: e,
+                    },
+                )?,
+            ) as Box<dyn MsiVectors>),
+        };
         let backend = HostVfio {
             device: device.clone(),
             bdf: bdf.clone(),
@@ -173,6 +188,7 @@ impl PassthroughContext {
             Box::new(backend),
             Box::new(mapper),
             Box::new(vectors),
+            msi_vectors,
             allocator,
         )?)
     }
@@ -226,6 +242,18 @@ impl VfioBackend for HostVfio {
     fn disable_msix(&self) {
         if let Err(e) = self.device.disable_msix() {
             log::warn!("{}: disabling MSI-X: {e}", self.bdf);
+        }
+    }
+
+    fn enable_msi(&self, vectors: &MsixVectorsRef<'_>) -> Result<(), String> {
+        self.device
+            .enable_msi(vectors.0.clone())
+            .map_err(|e| e.to_string())
+    }
+
+    fn disable_msi(&self) {
+        if let Err(e) = self.device.disable_msi() {
+            log::warn!("{}: disabling MSI: {e}", self.bdf);
         }
     }
 

@@ -155,13 +155,14 @@ pub fn check(path: &Path, dev_vfio: &Path) -> Result<HostDevice, HostCheckError>
     }
 }
 
-/// The MSI-X interrupts the host counted for `bdf` (its `vfio-msix[N](BDF)`
-/// lines in `interrupts`, the text of `/proc/interrupts`), over all CPUs.
+/// The MSI and MSI-X interrupts the host counted for `bdf` (its
+/// `vfio-msi[N](BDF)` and `vfio-msix[N](BDF)` lines in `interrupts`, the
+/// text of `/proc/interrupts`), over all CPUs.
 pub fn host_interrupts(interrupts: &str, bdf: &str) -> u64 {
     let tag = format!("({bdf})");
     interrupts
         .lines()
-        .filter(|l| l.contains("vfio-msix") && l.contains(&tag))
+        .filter(|l| l.contains("vfio-msi") && l.contains(&tag))
         .map(|l| {
             l.split_whitespace()
                 .skip(1)
@@ -228,9 +229,11 @@ mod tests {
           24:        100         20  IR-PCI-MSIX-0000:00:04.0    0-edge      vfio-msix[0](0000:00:04.0)\n\
           25:          3          4  IR-PCI-MSIX-0000:00:04.0    1-edge      vfio-msix[1](0000:00:04.0)\n\
           26:          9          9  IR-PCI-MSIX-0000:00:05.0    0-edge      vfio-msix[0](0000:00:05.0)\n\
+          28:          5          0  IR-PCI-MSI-0000:00:06.0     0-edge      vfio-msi[0](0000:00:06.0)\n\
           27:         50          0  IR-PCI-MSIX-0000:00:04.0    0-edge      nvme0q0\n";
         assert_eq!(host_interrupts(text, "0000:00:04.0"), 127);
-        assert_eq!(host_interrupts(text, "0000:00:06.0"), 0);
+        assert_eq!(host_interrupts(text, "0000:00:06.0"), 5);
+        assert_eq!(host_interrupts(text, "0000:00:07.0"), 0);
     }
 
     #[test]

@@ -19,6 +19,7 @@ struct Log {
     config_writes: Vec<(u64, Vec<u8>)>,
     bar_writes: Vec<(u32, u64, Vec<u8>)>,
     msix_enabled: bool,
+    msi_enabled: Option<usize>,
     resets: u32,
     placed: Vec<(usize, Option<u64>)>,
     prepared: Vec<(u32, u64, u64)>,
@@ -32,6 +33,15 @@ type Shared = Arc<Mutex<Log>>;
 struct FakeHw {
     config: Mutex<[u8; 256]>,
     log: Shared,
+}
+
+/// A function with MSI only: the header above with MSI-X unlinked, and a
+/// 64-bit maskable MSI capability that can do 4 vectors.
+fn msi_only_header() -> [u8; 256] {
+    let mut c = header();
+    c[0x51] = 0; // MSI is the last capability
+    c[0x52..0x54].copy_from_slice(&((2u16 << 1) | (1 << 7) | (1 << 8)).to_le_bytes());
+    c
 }
 
 impl VfioBackend for FakeHw {
@@ -76,6 +86,13 @@ impl VfioBackend for FakeHw {
     fn disable_msix(&self) {
         self.log.lock().unwrap().msix_enabled = false;
     }
+    fn enable_msi(&self, vectors: &MsixVectorsRef<'_>) -> Result<(), String> {
+        self.log.lock().unwrap().msi_enabled = Some(vectors.0.len());
+        Ok(())
+    }
+    fn disable_msi(&self) {
+        self.log.lock().unwrap().msi_enabled = None;
+    }
     fn reset(&self) {
         self.log.lock().unwrap().resets += 1;
     }
@@ -99,6 +116,23 @@ impl BarMapper for FakeMapper {
 }
 
 struct FakeVectors(Shared, Vec<EventFd>);
+
+/// The MSI vectors' log is kept apart from MSI-X's.
+type VectorLog = Arc<Mutex<Vec<(usize, Option<MsiMessage>)>>>;
+
+struct FakeMsiVectors(VectorLog, Vec<EventFd>);
+
+impl MsiVectors for FakeMsiVectors {
+    fn len(&self) -> usize {
+        self.1.len()
+    }
+    fn eventfds(&self) -> MsixVectorsRef<'_> {
+        MsixVectorsRef(self.1.iter().collect())
+    }
+    fn set(&mut self, index: usize, message: Option<MsiMessage>) {
+        self.0.lock().unwrap().push((index, message));
+    }
+}
 
 impl MsiVectors for FakeVectors {
     fn len(&self) -> usize {
@@ -138,8 +172,12 @@ fn windows() -> PciWindows {
 }
 
 fn device(log: &Shared) -> VfioPciDevice {
+    device_with(log, header(), None)
+}
+
+fn device_with(log: &Shared, config: [u8; 256], msi: Option<Box<dyn MsiVectors>>) -> VfioPciDevice {
     let hw = FakeHw {
-        config: Mutex::new(header()),
+        config: Mutex::new(config),
         log: log.clone(),
     };
     let vectors = FakeVectors(
@@ -153,6 +191,7 @@ fn device(log: &Shared) -> VfioPciDevice {
         Box::new(hw),
         Box::new(FakeMapper(log.clone())),
         Box::new(vectors),
+        msi,
         &mut alloc,
     )
     .unwrap()
@@ -357,9 +396,87 @@ fn a_device_with_no_config_space_is_refused() {
         Box::new(hw),
         Box::new(FakeMapper(log.clone())),
         Box::new(FakeVectors(log, vec![])),
+        None,
         &mut alloc,
     )
     .err()
     .expect("refused");
     assert!(err.to_string().contains("all ones"), "{err}");
+}
+
+#[test]
+fn a_device_with_only_msi_gets_its_vectors_routed() {
+    let log = Shared::default();
+    let msi_log = VectorLog::default();
+    let msi = FakeMsiVectors(
+        msi_log.clone(),
+        (0..4).map(|_| EventFd::new(0).unwrap()).collect(),
+    );
+    let mut root = PciRoot::new(windows());
+    let dev = device_with(&log, msi_only_header(), Some(Box::new(msi)));
+    root.add("vfio-0000:00:04.0", Box::new(dev)).unwrap();
+    assert_eq!(rd(&mut root, 0x34), 0x50, "MSI is the list now");
+    assert_eq!(rd(&mut root, 0x50) & 0xffff, 0x0005, "MSI, last");
+    assert_eq!(
+        rd(&mut root, 0x50) >> 16,
+        0x184,
+        "64-bit, maskable, 4 vectors, disabled"
+    );
+    wr(&mut root, 0x54, &0xfee0_2000u32.to_le_bytes());
+    wr(&mut root, 0x58, &0u32.to_le_bytes());
+    wr(&mut root, 0x5c, &0x4050u32.to_le_bytes());
+    assert!(
+        msi_log.lock().unwrap().iter().all(|(_, m)| m.is_none()),
+        "nothing while disabled"
+    );
+    // Enable with 2 vectors.
+    wr(&mut root, 0x52, &(0x184u16 | 1 | (1 << 4)).to_le_bytes());
+    assert_eq!(
+        log.lock().unwrap().msi_enabled,
+        Some(2),
+        "VFIO gets two eventfds"
+    );
+    let routed = |v: usize| {
+        msi_log
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|(i, _)| *i == v)
+            .and_then(|(_, m)| *m)
+    };
+    assert_eq!(
+        routed(0),
+        Some(MsiMessage {
+            address: 0xfee0_2000,
+            data: 0x4050
+        })
+    );
+    assert_eq!(
+        routed(1),
+        Some(MsiMessage {
+            address: 0xfee0_2000,
+            data: 0x4051
+        })
+    );
+    assert_eq!(routed(2), None, "not enabled");
+    // Mask vector 1; aim the message at RAM: both off.
+    wr(&mut root, 0x60, &0b10u32.to_le_bytes());
+    assert_eq!(routed(1), None);
+    assert!(routed(0).is_some());
+    wr(&mut root, 0x54, &0x0010_0000u32.to_le_bytes());
+    assert_eq!(routed(0), None, "an address that is no interrupt");
+    assert!(
+        log.lock()
+            .unwrap()
+            .config_writes
+            .iter()
+            .all(|(off, _)| !(0x50..0x68).contains(off)),
+        "MSI stays virtual"
+    );
+    // Disable.
+    wr(&mut root, 0x52, &0x184u16.to_le_bytes());
+    assert_eq!(log.lock().unwrap().msi_enabled, None);
+    drop(root);
+    assert_eq!(log.lock().unwrap().resets, 1);
 }
