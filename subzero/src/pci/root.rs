@@ -356,6 +356,18 @@ impl BusDevice for RootPort {
     }
 }
 
+/// The windows the unit tests use: Subzero's I/O and 32-bit windows, a
+/// 64-bit window from 4 GiB, one bus of ECAM.
+#[cfg(test)]
+pub(crate) fn test_windows() -> PciWindows {
+    PciWindows {
+        io: 0xc000..0x1_0000,
+        mem32: 0xc000_0000..0xd000_0000,
+        mem64: 1 << 32..1 << 35,
+        ecam: 0xe000_0000..0xe010_0000,
+    }
+}
+
 #[cfg(test)]
 #[path = "root_tests.rs"]
 mod tests;

@@ -81,12 +81,7 @@ impl PciDevice for Fake {
 }
 
 fn windows() -> PciWindows {
-    PciWindows {
-        io: 0xc000..0x1_0000,
-        mem32: 0xc000_0000..0xd000_0000,
-        mem64: 1 << 32..1 << 35,
-        ecam: 0xe000_0000..0xe010_0000,
-    }
+    super::test_windows()
 }
 
 fn cf8_read(root: &mut PciRoot, address: u32, len: usize) -> Vec<u8> {

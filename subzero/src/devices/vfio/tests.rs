@@ -163,12 +163,7 @@ fn header() -> [u8; 256] {
 }
 
 fn windows() -> PciWindows {
-    PciWindows {
-        io: 0xc000..0x1_0000,
-        mem32: 0xc000_0000..0xd000_0000,
-        mem64: 1 << 32..1 << 35,
-        ecam: 0xe000_0000..0xe010_0000,
-    }
+    crate::pci::root::test_windows()
 }
 
 fn device(log: &Shared) -> VfioPciDevice {
