@@ -226,6 +226,9 @@ fn resources(args: &RunArgs) -> anyhow::Result<VmResources> {
 
 /// Runs `subzero run`.
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    if !args.device.is_empty() {
+        subzero::seccomp::allow_passthrough();
+    }
     super::confine(args.no_seccomp)?;
     let symbols = args.symbols.as_deref().map(Symbols::load).transpose()?;
     // Opened now, so that a bad path fails before the VM runs, not after.

@@ -121,6 +121,23 @@ static FILTERS: OnceLock<Filters> = OnceLock::new();
 /// only by the exit benchmark, between the runs it filters).
 static ACTIVE: AtomicBool = AtomicBool::new(true);
 
+/// Whether the filters let threads drive passthrough devices (set before
+/// [`install`]).
+static PASSTHROUGH: AtomicBool = AtomicBool::new(false);
+
+/// Makes the filters [`install`] compiles allow what passthrough devices
+/// need: VFIO ioctls on the main and vCPU threads, and on vCPU threads
+/// pread/pwrite (VFIO regions) and the VM ioctls that move a BAR's memory
+/// slot or an MSI vector's route and irqfd. Call it before [`install`]
+/// for a VM with `--device`; other VMs keep the narrower filters.
+pub fn allow_passthrough() {
+    PASSTHROUGH.store(true, Ordering::Release);
+}
+
+fn passthrough_allowed() -> bool {
+    PASSTHROUGH.load(Ordering::Acquire)
+}
+
 /// Compiles every filter and installs the SIGSYS handler. Until this is
 /// called, [`enter`] does nothing: tests and library users run unfiltered.
 pub fn install() -> Result<(), SeccompError> {

@@ -288,8 +288,14 @@ fn not_exec(arg: u8) -> Result<SeccompCondition, BackendError> {
     cond(arg, SeccompCmpOp::MaskedEq(libc::PROT_EXEC as u64), 0)
 }
 
-/// The rules every thread shares, plus those of its kind.
+/// The rules every thread shares, plus those of its kind; the calls of a
+/// passthrough device only if [`super::allow_passthrough`] was called.
 pub fn allowed(kind: ThreadKind) -> Result<Rules, BackendError> {
+    allowed_with(kind, super::passthrough_allowed())
+}
+
+/// [`allowed`], saying whether the VM has passthrough devices.
+pub fn allowed_with(kind: ThreadKind, passthrough: bool) -> Result<Rules, BackendError> {
     let mut rules = Rules::new();
     add(&mut rules, COMMON);
     add_rules(&mut rules, libc::SYS_ioctl, ioctl_rules([TCSETS])?);
@@ -331,7 +337,7 @@ pub fn allowed(kind: ThreadKind) -> Result<Rules, BackendError> {
                 .into_iter()
                 .filter(|k| *k != ThreadKind::Vmm)
             {
-                for (call, r) in allowed(other)? {
+                for (call, r) in allowed_with(other, passthrough)? {
                     add_rules(&mut rules, call, r);
                 }
             }
@@ -340,7 +346,10 @@ pub fn allowed(kind: ThreadKind) -> Result<Rules, BackendError> {
             add_rules(&mut rules, libc::SYS_mmap, vec![rule(vec![not_exec(2)?])?]);
             // Every KVM ioctl (system, VM and vCPU fds), and the others listed.
             let kvm_type = cond(1, SeccompCmpOp::MaskedEq(0xff00), (KVMIO as u64) << 8)?;
-            let mut ioctls = vec![rule(vec![kvm_type])?, rule(vec![vfio_type()?])?];
+            let mut ioctls = vec![rule(vec![kvm_type])?];
+            if passthrough {
+                ioctls.push(rule(vec![vfio_type()?])?);
+            }
             ioctls.extend(ioctl_rules(VMM_IOCTLS.iter().copied())?);
             add_rules(&mut rules, libc::SYS_ioctl, ioctls);
         }
@@ -349,9 +358,13 @@ pub fn allowed(kind: ThreadKind) -> Result<Rules, BackendError> {
             ioctls.extend(ioctl_rules([TUNSETOFFLOAD, TUNSETQUEUE])?);
             // A passthrough device's configuration writes, on the vCPU that
             // makes them: a moved BAR moves its KVM memory slot, an MSI-X
-            // vector gets its route and irqfd, MSI-X goes on or off in VFIO.
-            ioctls.extend(ioctl_rules(PASSTHROUGH_VM_IOCTLS.iter().copied())?);
-            ioctls.push(rule(vec![vfio_type()?])?);
+            // vector gets its route and irqfd, MSI-X goes on or off in VFIO;
+            // its config space and trapped BARs are region reads and writes.
+            if passthrough {
+                ioctls.extend(ioctl_rules(PASSTHROUGH_VM_IOCTLS.iter().copied())?);
+                ioctls.push(rule(vec![vfio_type()?])?);
+                add(&mut rules, &[libc::SYS_pread64, libc::SYS_pwrite64]);
+            }
             add_rules(&mut rules, libc::SYS_ioctl, ioctls);
             // A driver's status write activates or resets its device on the
             // vCPU thread: virtio-net starts or stops watching its TAP, and
@@ -363,10 +376,6 @@ pub fn allowed(kind: ThreadKind) -> Result<Rules, BackendError> {
                     libc::SYS_epoll_ctl,
                     libc::SYS_shutdown,
                     libc::SYS_io_uring_enter,
-                    // A passthrough device's configuration space and
-                    // trapped BAR areas are VFIO region reads and writes.
-                    libc::SYS_pread64,
-                    libc::SYS_pwrite64,
                 ],
             );
         }
@@ -539,6 +548,21 @@ mod tests {
                 "{kind:?} ioctl is checked"
             );
         }
+    }
+
+    #[test]
+    fn only_a_vm_with_passthrough_lets_vcpus_move_slots_and_read_regions() {
+        let plain = allowed_with(ThreadKind::Vcpu, false).unwrap();
+        let pt = allowed_with(ThreadKind::Vcpu, true).unwrap();
+        assert!(!plain.contains_key(&libc::SYS_pread64));
+        assert!(pt.contains_key(&libc::SYS_pread64) && pt.contains_key(&libc::SYS_pwrite64));
+        let ioctls = |r: &Rules| r[&libc::SYS_ioctl].len();
+        assert_eq!(
+            ioctls(&pt),
+            ioctls(&plain) + PASSTHROUGH_VM_IOCTLS.len() + 1
+        );
+        let vmm = |p| allowed_with(ThreadKind::Vmm, p).unwrap()[&libc::SYS_ioctl].len();
+        assert!(vmm(true) > vmm(false), "VFIO ioctls on the main thread");
     }
 
     #[test]
