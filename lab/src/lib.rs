@@ -692,6 +692,53 @@ fn boot_l1(
     Ok((q, log_path))
 }
 
+/// Boots an L1 for `set` and parses it. An L1 whose console falls silent
+/// for [`STALL`] is frozen as a whole (its own per-scenario timeout and
+/// watchdog print long before that): one fresh L1 then runs the scenarios
+/// that did not finish, the stalled one included, so that a real subzero
+/// hang hangs again and fails its test. Notes each stall in `stalls`.
+fn boot_with_retry(
+    cfg: &Config,
+    parts: &L1Parts,
+    set: &[Scenario],
+    prep: Duration,
+    nvme: Option<&Path>,
+    stalls: &mut Vec<String>,
+) -> Result<(qemu::QemuRun, PathBuf, parse::Parsed), LabError> {
+    let (q, log_path) = boot_l1(cfg, parts, set, prep, nvme)?;
+    let parsed = parse::parse(&q.lines);
+    if !q.stalled || parsed.l1.all_done_at.is_some() {
+        return Ok((q, log_path, parsed));
+    }
+    let remaining: Vec<Scenario> = set
+        .iter()
+        .filter(|s| {
+            parsed
+                .scenarios
+                .get(s.name)
+                .is_none_or(|r| r.end_at.is_none())
+        })
+        .copied()
+        .collect();
+    let names: Vec<&str> = remaining.iter().map(|s| s.name).collect();
+    let note = format!(
+        "L1 fell silent for {}s (console log {}); booted a new L1 for: {}",
+        STALL.as_secs(),
+        log_path.display(),
+        names.join(", ")
+    );
+    log(&format!("WARNING: {note}"));
+    stalls.push(note);
+    let (q2, log2) = boot_l1(cfg, parts, &remaining, prep, nvme)?;
+    let mut second = parse::parse(&q2.lines);
+    for (name, sc) in parsed.scenarios {
+        if sc.end_at.is_some() {
+            second.scenarios.entry(name).or_insert(sc);
+        }
+    }
+    Ok((q2, log2, second))
+}
+
 /// Runs the whole lab once: kernel, subzero, initramfs images, one L1 boot
 /// (and one more for the unfinished scenarios if the first L1 froze).
 pub fn run_lab(cfg: &Config) -> Result<LabRun, LabError> {
@@ -834,60 +881,18 @@ pub fn run_lab(cfg: &Config) -> Result<LabRun, LabError> {
     } else {
         (&plain, None)
     };
-    let (mut q, mut log_path) = boot_l1(cfg, &parts, first_set, prep, first_nvme)?;
-    let mut parsed = parse::parse(&q.lines);
     let mut stalls = Vec::new();
-    // An L1 whose console falls silent for STALL is frozen as a whole (its
-    // own per-scenario timeout and watchdog print long before that). Boot
-    // one fresh L1 for the scenarios that did not finish, the stalled one
-    // included: a real subzero hang hangs again and fails its test.
-    if q.stalled && parsed.l1.all_done_at.is_none() {
-        let remaining: Vec<Scenario> = first_set
-            .iter()
-            .filter(|s| {
-                parsed
-                    .scenarios
-                    .get(s.name)
-                    .is_none_or(|r| r.end_at.is_none())
-            })
-            .copied()
-            .collect();
-        let names: Vec<&str> = remaining.iter().map(|s| s.name).collect();
-        let note = format!(
-            "L1 fell silent for {}s (console log {}); booted a new L1 for: {}",
-            STALL.as_secs(),
-            log_path.display(),
-            names.join(", ")
-        );
-        log(&format!("WARNING: {note}"));
-        stalls.push(note);
-        let first = parsed;
-        let (q2, log2) = boot_l1(cfg, &parts, &remaining, prep, first_nvme)?;
-        parsed = parse::parse(&q2.lines);
-        for (name, sc) in first.scenarios {
-            if sc.end_at.is_some() {
-                parsed.scenarios.entry(name).or_insert(sc);
-            }
-        }
-        q = q2;
-        log_path = log2;
-    }
+    let (mut q, log_path, mut parsed) =
+        boot_with_retry(cfg, &parts, first_set, prep, first_nvme, &mut stalls)?;
     if let (false, Some(image)) = (plain.is_empty(), image.as_deref()) {
-        let (q2, log2) = boot_l1(cfg, &parts, &iommu, prep, Some(image))?;
-        let second = parse::parse(&q2.lines);
+        let (q2, log2, second) =
+            boot_with_retry(cfg, &parts, &iommu, prep, Some(image), &mut stalls)?;
         for (name, sc) in second.scenarios {
             parsed.scenarios.insert(name, sc);
         }
-        if q2.stalled || q2.timed_out {
-            let note = format!(
-                "the IOMMU L1 stalled or timed out (console log {})",
-                log2.display()
-            );
-            log(&format!("WARNING: {note}"));
-            stalls.push(note);
-        }
         q.lines.extend(q2.lines);
         q.wall += q2.wall;
+        q.timed_out |= q2.timed_out;
         log(&format!("IOMMU L1 console log: {}", log2.display()));
     }
     let run = LabRun {

@@ -116,6 +116,7 @@ pub const L2_CASES: &str = r#"passthrough)
     sz_wait /dev/nvme0n1
     echo "@@L2 SHA $(dd if=/dev/nvme0n1 bs=1M count=16 2>/dev/null | sz_sha)"
     grep -i nvme /proc/interrupts | while IFS= read -r l; do echo "@@L2 NVME_IRQ $l"; done
+    echo "@@L2 BENCH_STARTS"
     echo "@@L2 BENCH_RAND $(lab-peer rand read /dev/nvme0n1 5 2>&1)"
     echo "@@L2 BENCH_SEQ $(lab-peer seq read /dev/nvme0n1 32M 2>&1)"
     printf 'subzero-passthrough-wrote-this' | dd of=/dev/nvme0n1 bs=4096 seek=8192 conv=sync,fsync 2>/dev/null
