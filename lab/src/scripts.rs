@@ -253,9 +253,6 @@ rm -f /tmp/rootfs.img
     Scenario {
         name: "passthrough",
         extra: &["--device", "path=/tmp/pt-dev", "--stats"],
-        // The guest's nvme timeouts and resets are warnings: on the console,
-        // a lost interrupt is not mistaken for a frozen L1.
-        cmdline_extra: "loglevel=5",
         before: crate::pt_scripts::PT_BEFORE,
         after: crate::pt_scripts::PT_AFTER,
         iommu: true,
