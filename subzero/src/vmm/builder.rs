@@ -222,31 +222,44 @@ fn load_kernel(
     if !cfg.host_unpack || boot::probe_kernel(path)? != boot::KernelFormat::BzImage {
         return Ok(boot::load_kernel(mem, path, low_end)?);
     }
-    let image = crate::files::read_regular(path, boot::MAX_IMAGE).map_err(|source| {
+    let (image, _) = crate::files::open_regular(path, boot::MAX_IMAGE).map_err(|source| {
         boot::BootError::Read {
             what: "kernel",
             path: path.clone(),
             source,
         }
     })?;
-    let why = match super::kernel_cache::unpacked(&image, cfg.kernel_cache.as_deref()) {
-        Ok(u) => match boot::load_elf_image(mem, &u.vmlinux, path, low_end) {
-            Ok(kernel) => {
-                log::info!(
-                    "kernel {}: {} payload {} on the host ({} MiB vmlinux)",
-                    path.display(),
-                    u.format.name(),
-                    if u.cached {
-                        "read from the cache"
-                    } else {
-                        "unpacked"
-                    },
-                    u.vmlinux.len() >> 20
-                );
-                return Ok(kernel);
+    let unpacked =
+        super::kernel_cache::unpacked(image, boot::MAX_IMAGE, cfg.kernel_cache.as_deref());
+    let why = match unpacked {
+        Ok(u) => {
+            let (loaded, how, mib) = match u.vmlinux {
+                super::kernel_cache::Vmlinux::Memory(v) => (
+                    boot::load_elf_image(mem, &v, path, low_end),
+                    "unpacked on the host",
+                    v.len() >> 20,
+                ),
+                super::kernel_cache::Vmlinux::Cached(mut f) => {
+                    let len = f.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
+                    (
+                        boot::load_elf_file(mem, &mut f, len, path, low_end),
+                        "read from the cache",
+                        (len >> 20) as usize,
+                    )
+                }
+            };
+            match loaded {
+                Ok(kernel) => {
+                    log::info!(
+                        "kernel {}: {} payload {how} ({mib} MiB vmlinux)",
+                        path.display(),
+                        u.format.map_or("its", |f| f.name()),
+                    );
+                    return Ok(kernel);
+                }
+                Err(e) => e.to_string(),
             }
-            Err(e) => e.to_string(),
-        },
+        }
         Err(super::kernel_cache::Skip::NoPayload(why)) => {
             log::info!(
                 "kernel {}: not unpacked on the host ({why})",

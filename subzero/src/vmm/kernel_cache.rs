@@ -1,6 +1,13 @@
 //! bzImages unpacked on the host ([`crate::arch::x86_64::unpack`]), and a
-//! cache of the results keyed by the bzImage's SHA-256, so that a second
-//! boot of the same kernel reads its vmlinux instead of unpacking it.
+//! cache of the results, so that a second boot of the same kernel reads its
+//! vmlinux instead of unpacking it.
+//!
+//! An entry is keyed by the bzImage file's identity and stamps (device,
+//! inode, size, modification and change times, hashed with SHA-256), not by
+//! its contents: a hit then reads nothing of the bzImage, and the entry file
+//! itself is handed to the ELF loader, which reads its segments straight
+//! into guest memory. Any write to the bzImage, or a new file in its place,
+//! changes the change time or the inode and so the key.
 //!
 //! The cache is a directory only this user can write (created 0700; a
 //! directory or file that others could write, or that another user owns,
@@ -8,22 +15,29 @@
 //! so a reader never sees half of one. Anything that goes wrong with the
 //! cache costs only the cache: the kernel is unpacked in memory.
 
+use std::fs::File;
 use std::io::{Read, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
 use crate::arch::x86_64::unpack::{self, Compression, MAX_VMLINUX};
 
+/// Where a bzImage's vmlinux is.
+pub enum Vmlinux {
+    /// Unpacked now, in memory.
+    Memory(Vec<u8>),
+    /// The cache's entry, open (checked: ours, private, an ELF file).
+    Cached(File),
+}
+
 /// A bzImage's vmlinux, ready to load.
 pub struct Unpacked {
     /// The ELF vmlinux.
-    pub vmlinux: Vec<u8>,
-    /// How the payload was compressed.
-    pub format: Compression,
-    /// Read from the cache (else unpacked now).
-    pub cached: bool,
+    pub vmlinux: Vmlinux,
+    /// How the payload was compressed (not known for a cache hit).
+    pub format: Option<Compression>,
 }
 
 /// Why a bzImage is not unpacked on the host.
@@ -59,27 +73,47 @@ fn private(meta: &std::fs::Metadata) -> bool {
     meta.uid() == me && meta.mode() & 0o022 == 0
 }
 
-/// The unpacked vmlinux of the bzImage `image`, from the cache in `dir`
-/// when it holds it. `Err` says why the image must boot the ordinary way.
-pub fn unpacked(image: &[u8], dir: Option<&Path>) -> Result<Unpacked, Skip> {
-    let payload = unpack::payload(image).map_err(|e| Skip::NoPayload(e.to_string()))?;
-    let format = Compression::detect(payload);
-    let key = hex(&Sha256::digest(image));
-    // A cached entry must have the size the build appended.
-    let size = unpack::unpacked_size(payload);
-    if let (Some(dir), Some(format)) = (dir, format) {
-        if let Some(vmlinux) = read_entry(dir, &key).filter(|v| v.len() as u64 == size) {
+/// The cache key of the bzImage behind `meta`.
+fn stamp_key(meta: &std::fs::Metadata) -> String {
+    let stamps = format!(
+        "bzimage-v1:{}:{}:{}:{}.{}:{}.{}",
+        meta.dev(),
+        meta.ino(),
+        meta.size(),
+        meta.mtime(),
+        meta.mtime_nsec(),
+        meta.ctime(),
+        meta.ctime_nsec()
+    );
+    hex(&Sha256::digest(stamps.as_bytes()))
+}
+
+/// The unpacked vmlinux of the bzImage open as `image` (at most `max`
+/// bytes), from the cache in `dir` when it holds it. `Err` says why the
+/// image must boot the ordinary way.
+pub fn unpacked(image: File, max: u64, dir: Option<&Path>) -> Result<Unpacked, Skip> {
+    let key = image.metadata().ok().map(|m| stamp_key(&m));
+    if let (Some(dir), Some(key)) = (dir, &key) {
+        if let Some(entry) = read_entry(dir, key) {
             return Ok(Unpacked {
-                vmlinux,
-                format,
-                cached: true,
+                vmlinux: Vmlinux::Cached(entry),
+                format: None,
             });
         }
     }
+    let mut bytes = Vec::new();
+    image
+        .take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Skip::Failed(format!("reading it: {e}")))?;
+    if bytes.len() as u64 > max {
+        return Err(Skip::Failed(format!("it grew past {max} bytes while read")));
+    }
+    let payload = unpack::payload(&bytes).map_err(|e| Skip::NoPayload(e.to_string()))?;
+    let format = Compression::detect(payload);
     let vmlinux = unpack::unpack(payload).map_err(|e| Skip::Failed(e.to_string()))?;
-    let format = format.expect("unpack succeeded, so the format is known");
-    if let Some(dir) = dir {
-        if let Err(e) = write_entry(dir, &key, &vmlinux) {
+    if let (Some(dir), Some(key)) = (dir, &key) {
+        if let Err(e) = write_entry(dir, key, &vmlinux) {
             log::info!(
                 "kernel cache {}: not kept ({e}); the next boot unpacks again",
                 dir.display()
@@ -87,14 +121,14 @@ pub fn unpacked(image: &[u8], dir: Option<&Path>) -> Result<Unpacked, Skip> {
         }
     }
     Ok(Unpacked {
-        vmlinux,
+        vmlinux: Vmlinux::Memory(vmlinux),
         format,
-        cached: false,
     })
 }
 
-/// A cached vmlinux, if the cache holds a sound one for `key`.
-fn read_entry(dir: &Path, key: &str) -> Option<Vec<u8>> {
+/// A cached vmlinux, if the cache holds a sound one for `key`: a private
+/// regular file of ours that starts as an ELF file does.
+fn read_entry(dir: &Path, key: &str) -> Option<File> {
     let dir_meta = std::fs::symlink_metadata(dir).ok()?;
     if !dir_meta.is_dir() || !private(&dir_meta) {
         log::info!(
@@ -104,14 +138,13 @@ fn read_entry(dir: &Path, key: &str) -> Option<Vec<u8>> {
         return None;
     }
     let path = dir.join(format!("{key}.elf"));
-    let (file, len) = crate::files::open_regular(&path, MAX_VMLINUX).ok()?;
+    let (file, _len) = crate::files::open_regular(&path, MAX_VMLINUX).ok()?;
     if !private(&file.metadata().ok()?) {
         return None;
     }
-    // Read the file just checked, not the path again.
-    let mut data = Vec::with_capacity(len as usize);
-    file.take(MAX_VMLINUX + 1).read_to_end(&mut data).ok()?;
-    (data.len() as u64 <= MAX_VMLINUX && data.starts_with(b"\x7fELF")).then_some(data)
+    let mut magic = [0u8; 4];
+    file.read_exact_at(&mut magic, 0).ok()?;
+    (&magic == b"\x7fELF").then_some(file)
 }
 
 fn write_entry(dir: &Path, key: &str, vmlinux: &[u8]) -> std::io::Result<()> {
@@ -146,6 +179,29 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
+    /// `img` as a file in `dir`, open for `unpacked`.
+    fn file(dir: &Path, img: &[u8]) -> File {
+        std::fs::create_dir_all(dir).unwrap();
+        let path = dir.join("bzImage");
+        std::fs::write(&path, img).unwrap();
+        File::open(path).unwrap()
+    }
+
+    fn bytes(u: Unpacked) -> Vec<u8> {
+        match u.vmlinux {
+            Vmlinux::Memory(v) => v,
+            Vmlinux::Cached(mut f) => {
+                let mut v = Vec::new();
+                f.read_to_end(&mut v).unwrap();
+                v
+            }
+        }
+    }
+
+    fn cached(u: &Unpacked) -> bool {
+        matches!(u.vmlinux, Vmlinux::Cached(_))
+    }
+
     fn scratch(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("subzero-kcache-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
@@ -169,42 +225,56 @@ mod tests {
 
     #[test]
     fn the_second_boot_reads_the_cache_and_gets_the_same_vmlinux() {
-        let dir = scratch("hit").join("vmlinux");
+        let top = scratch("hit");
+        let dir = top.join("vmlinux");
         let elf = [b"\x7fELF".as_slice(), &[9u8; 5000]].concat();
         let img = image(&elf);
-        let first = unpacked(&img, Some(&dir)).unwrap();
-        assert!(!first.cached);
-        assert_eq!(first.format, Compression::Gzip);
-        let second = unpacked(&img, Some(&dir)).unwrap();
-        assert!(second.cached);
-        assert_eq!(second.vmlinux, elf);
+        let first = unpacked(file(&top, &img), 1 << 20, Some(&dir)).unwrap();
+        assert!(!cached(&first));
+        assert_eq!(first.format, Some(Compression::Gzip));
+        let second = unpacked(file(&top.join("same"), &img), 1 << 20, Some(&dir)).unwrap();
+        assert!(!cached(&second), "another file is another key");
+        let f = File::open(top.join("bzImage")).unwrap();
+        let third = unpacked(f, 1 << 20, Some(&dir)).unwrap();
+        assert!(cached(&third), "the same file, untouched, hits");
+        assert_eq!(bytes(third), elf);
         let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700, "the cache directory is private");
-        // Another kernel is another entry.
+        // Rewriting the bzImage (same path) changes its stamps: a miss.
         let other = [b"\x7fELF".as_slice(), &[3u8; 100]].concat();
-        assert_eq!(unpacked(&image(&other), Some(&dir)).unwrap().vmlinux, other);
-        let _ = std::fs::remove_dir_all(dir.parent().unwrap());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let again = unpacked(file(&top, &image(&other)), 1 << 20, Some(&dir)).unwrap();
+        assert!(!cached(&again));
+        assert_eq!(bytes(again), other);
+        let _ = std::fs::remove_dir_all(&top);
     }
 
     #[test]
     fn a_cache_others_can_write_is_not_trusted() {
-        let dir = scratch("open").join("vmlinux");
+        let top = scratch("open");
+        let dir = top.join("vmlinux");
         let elf = [b"\x7fELF".as_slice(), &[1u8; 300]].concat();
         let img = image(&elf);
-        unpacked(&img, Some(&dir)).unwrap();
+        unpacked(file(&top, &img), 1 << 20, Some(&dir)).unwrap();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
-        let again = unpacked(&img, Some(&dir)).unwrap();
-        assert!(!again.cached, "a world-writable cache is ignored");
-        assert_eq!(again.vmlinux, elf);
-        let _ = std::fs::remove_dir_all(dir.parent().unwrap());
+        let again = unpacked(
+            File::open(top.join("bzImage")).unwrap(),
+            1 << 20,
+            Some(&dir),
+        )
+        .unwrap();
+        assert!(!cached(&again), "a world-writable cache is ignored");
+        assert_eq!(bytes(again), elf);
+        let _ = std::fs::remove_dir_all(&top);
     }
 
     #[test]
     fn a_corrupt_entry_is_not_used() {
-        let dir = scratch("corrupt").join("vmlinux");
+        let top = scratch("corrupt");
+        let dir = top.join("vmlinux");
         let elf = [b"\x7fELF".as_slice(), &[2u8; 300]].concat();
         let img = image(&elf);
-        unpacked(&img, Some(&dir)).unwrap();
+        unpacked(file(&top, &img), 1 << 20, Some(&dir)).unwrap();
         let entry = std::fs::read_dir(&dir)
             .unwrap()
             .next()
@@ -212,12 +282,25 @@ mod tests {
             .unwrap()
             .path();
         std::fs::write(&entry, b"not an elf").unwrap();
-        let again = unpacked(&img, Some(&dir)).unwrap();
-        assert!(!again.cached);
-        assert_eq!(again.vmlinux, elf);
+        let again = unpacked(
+            File::open(top.join("bzImage")).unwrap(),
+            1 << 20,
+            Some(&dir),
+        )
+        .unwrap();
+        assert!(!cached(&again));
+        assert_eq!(bytes(again), elf);
         // An unwritable place costs only the cache.
-        let none = unpacked(&img, Some(Path::new("/proc/no-such-dir/vmlinux"))).unwrap();
-        assert_eq!(none.vmlinux, elf);
-        let _ = std::fs::remove_dir_all(dir.parent().unwrap());
+        let none = unpacked(
+            File::open(top.join("bzImage")).unwrap(),
+            1 << 20,
+            Some(Path::new("/proc/no-such-dir/vmlinux")),
+        )
+        .unwrap();
+        assert_eq!(bytes(none), elf);
+        // An image larger than allowed is refused, not unpacked.
+        let big = unpacked(File::open(top.join("bzImage")).unwrap(), 10, None);
+        assert!(matches!(big, Err(Skip::Failed(_))));
+        let _ = std::fs::remove_dir_all(&top);
     }
 }

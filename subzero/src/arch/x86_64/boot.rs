@@ -288,6 +288,25 @@ pub fn load_elf_image(
     load_elf(mem, &mut std::io::Cursor::new(image), path, low_ram_end)
 }
 
+/// Loads the ELF vmlinux open as `file` (`len` bytes): the loader reads
+/// its segments straight from the file into guest memory.
+pub fn load_elf_file(
+    mem: &GuestMemoryMmap,
+    file: &mut std::fs::File,
+    len: u64,
+    path: &Path,
+    low_ram_end: u64,
+) -> Result<LoadedKernel, BootError> {
+    if len.saturating_add(HIMEM_START) > low_ram_end {
+        return Err(BootError::KernelTooBig {
+            path: path.to_path_buf(),
+            need_mib: (len + HIMEM_START).div_ceil(MIB),
+            have_mib: low_ram_end / MIB,
+        });
+    }
+    load_elf(mem, file, path, low_ram_end)
+}
+
 fn load_elf<F>(
     mem: &GuestMemoryMmap,
     image: &mut F,
