@@ -3,8 +3,9 @@
 //! vmlinux instead of unpacking it.
 //!
 //! An entry is keyed by the bzImage file's identity and stamps (device,
-//! inode, size, modification and change times, hashed with SHA-256), not by
-//! its contents: a hit then reads nothing of the bzImage, and the entry file
+//! inode, size, modification and change times) and its first and last
+//! 64 KiB, hashed with SHA-256, not by all of its contents: a hit then reads
+//! 128 KiB of the bzImage, and the entry file
 //! itself is handed to the ELF loader, which reads its segments straight
 //! into guest memory. Any write to the bzImage, or a new file in its place,
 //! changes the change time or the inode and so the key.
@@ -73,10 +74,17 @@ fn private(meta: &std::fs::Metadata) -> bool {
     meta.uid() == me && meta.mode() & 0o022 == 0
 }
 
-/// The cache key of the bzImage behind `meta`.
-fn stamp_key(meta: &std::fs::Metadata) -> String {
+/// Bytes read from each end of the bzImage into its key: the setup header
+/// at the start, the payload's appended size near the end.
+const SAMPLE: u64 = 64 << 10;
+
+/// The cache key of the bzImage open as `file`: its stamps, and its first
+/// and last [`SAMPLE`] bytes (so that even a rewrite within the clock's
+/// granularity that changes the header or the payload's end misses).
+fn stamp_key(file: &File) -> Option<String> {
+    let meta = file.metadata().ok()?;
     let stamps = format!(
-        "bzimage-v1:{}:{}:{}:{}.{}:{}.{}",
+        "bzimage-v2:{}:{}:{}:{}.{}:{}.{}",
         meta.dev(),
         meta.ino(),
         meta.size(),
@@ -85,14 +93,22 @@ fn stamp_key(meta: &std::fs::Metadata) -> String {
         meta.ctime(),
         meta.ctime_nsec()
     );
-    hex(&Sha256::digest(stamps.as_bytes()))
+    let mut h = Sha256::new();
+    h.update(stamps.as_bytes());
+    let len = meta.size();
+    for at in [0, len.saturating_sub(SAMPLE)] {
+        let mut buf = vec![0u8; SAMPLE.min(len) as usize];
+        file.read_exact_at(&mut buf, at).ok()?;
+        h.update(&buf);
+    }
+    Some(hex(&h.finalize()))
 }
 
 /// The unpacked vmlinux of the bzImage open as `image` (at most `max`
 /// bytes), from the cache in `dir` when it holds it. `Err` says why the
 /// image must boot the ordinary way.
 pub fn unpacked(image: File, max: u64, dir: Option<&Path>) -> Result<Unpacked, Skip> {
-    let key = image.metadata().ok().map(|m| stamp_key(&m));
+    let key = stamp_key(&image);
     if let (Some(dir), Some(key)) = (dir, &key) {
         if let Some(entry) = read_entry(dir, key) {
             return Ok(Unpacked {
