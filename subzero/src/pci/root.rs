@@ -302,7 +302,8 @@ impl Slot {
 /// The root complex, shared by the bus entries that reach it.
 pub type SharedRoot = Arc<Mutex<PciRoot>>;
 
-fn lock(root: &SharedRoot) -> std::sync::MutexGuard<'_, PciRoot> {
+/// Locks the root, recovering it if a vCPU thread panicked holding it.
+pub fn lock(root: &SharedRoot) -> std::sync::MutexGuard<'_, PciRoot> {
     root.lock().unwrap_or_else(|p| p.into_inner())
 }
 

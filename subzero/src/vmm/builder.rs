@@ -357,10 +357,13 @@ pub fn build_linux(cfg: &VmConfig, console: Box<dyn Write + Send>) -> Result<Mac
     if let Some(initrd) = &cfg.initrd {
         boot::probe_initrd(initrd)?;
     }
-    for path in &cfg.devices.passthrough {
-        crate::devices::vfio::sysfs::check(path, std::path::Path::new("/dev/vfio"))
-            .map_err(crate::devices::vfio::host::OpenError::from)?;
-    }
+    let hosts = cfg
+        .devices
+        .passthrough
+        .iter()
+        .map(|path| crate::devices::vfio::sysfs::check(path, std::path::Path::new("/dev/vfio")))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(crate::devices::vfio::host::OpenError::from)?;
     let devices = open_devices(&cfg.devices, cfg.vcpus)?;
     let kvm = kvm::open(true)?;
     let vcpus = check_vcpus(cfg.vcpus, kvm::max_vcpus(&kvm) as u64)?;
@@ -378,7 +381,7 @@ pub fn build_linux(cfg: &VmConfig, console: Box<dyn Write + Send>) -> Result<Mac
         virtio.attach(&vm, &mem, &mut buses, device)?;
     }
     let mut pci = pci::attach(&mut buses, cfg.memory)?;
-    pci::passthrough(&vm, &mem, &mut pci, &cfg.devices.passthrough)?;
+    pci::passthrough(&vm, &mem, &mut pci, &hosts)?;
     let entry = load_guest(cfg, vcpus, &mem, &virtio, pci::windows(cfg.memory).mem64)?;
     let fds = create_vcpus(&kvm, &vm, vcpus)?;
     setup_boot_vcpu(&mem, &fds[0], &entry)?;

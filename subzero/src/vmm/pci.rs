@@ -6,8 +6,10 @@ use std::sync::{Arc, Mutex};
 use super::exit::Buses;
 use crate::arch::x86_64::layout::{self, ports};
 use crate::bus::BusError;
+use crate::devices::vfio::host::OpenError;
 use crate::devices::vfio::host::PassthroughContext;
-use crate::pci::root::{Decoder, RootPort, SharedRoot};
+use crate::devices::vfio::sysfs::HostDevice;
+use crate::pci::root::{lock, Decoder, RootPort, SharedRoot};
 use crate::pci::{BarAllocator, PciRoot, PciWindows};
 
 /// A VM's PCI bus.
@@ -68,36 +70,32 @@ pub fn attach(buses: &mut Buses, mem_size: u64) -> Result<PciBus, BusError> {
     Ok(PciBus { root, allocator })
 }
 
-/// Opens each `--device` and puts it on the bus.
+/// Opens each `--device`, already checked on the host, and puts it on the bus.
 pub fn passthrough(
     vm: &Arc<kvm_ioctls::VmFd>,
     mem: &vm_memory::GuestMemoryMmap,
     bus: &mut PciBus,
-    paths: &[std::path::PathBuf],
+    hosts: &[HostDevice],
 ) -> Result<(), super::BuildError> {
-    let Some(first) = paths.first() else {
+    let Some(first) = hosts.first() else {
         return Ok(());
     };
     let routes = Arc::new(Mutex::new(crate::kvm::irq_routes::GsiRoutes::new(
         vm.clone(),
     )));
-    let ctx = PassthroughContext::new(vm.clone(), routes, &first.display().to_string())?;
-    for path in paths {
-        let device = ctx.open(path, mem, &mut bus.allocator)?;
+    let ctx = PassthroughContext::new(vm.clone(), routes, &first.bdf)?;
+    for host in hosts {
+        let device = ctx.open(host, mem, &mut bus.allocator)?;
         let name = format!("vfio-{}", device.bdf());
         let slot = lock(&bus.root)
             .add(&name, Box::new(device))
-            .map_err(|e| super::BuildError::Restore(e.to_string()))?;
-        log::info!(
-            "--device {}: passed through as 00:{slot:02x}.0",
-            path.display()
-        );
+            .map_err(|source| OpenError::BusFull {
+                bdf: host.bdf.clone(),
+                source,
+            })?;
+        log::info!("--device {}: passed through as 00:{slot:02x}.0", host.bdf);
     }
     Ok(())
-}
-
-fn lock(root: &SharedRoot) -> std::sync::MutexGuard<'_, PciRoot> {
-    root.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The report rows of the passthrough devices on `root`.

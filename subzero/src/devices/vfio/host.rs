@@ -3,7 +3,6 @@
 //! MSI-X vectors.
 
 use std::os::fd::AsRawFd;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -17,7 +16,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::backend::{BarMapper, MsiVectors, MsixVectorsRef, RegionInfo, VfioBackend};
 use super::device::{PassthroughError, VfioPciDevice};
-use super::sysfs::{self, HostCheckError};
+use super::sysfs::{self, HostCheckError, HostDevice};
 use crate::kvm::irq_routes::GsiRoutes;
 use crate::pci::msix::MsiMessage;
 use crate::pci::BarAllocator;
@@ -62,6 +61,15 @@ pub enum OpenError {
     /// The device does not fit on the bus.
     #[error(transparent)]
     Device(#[from] PassthroughError),
+    /// The bus has no free slot.
+    #[error("--device {bdf}: {source}")]
+    BusFull {
+        /// The device.
+        bdf: String,
+        /// The bus's error.
+        #[source]
+        source: crate::pci::root::BusFull,
+    },
 }
 
 /// What every passthrough device of one VM shares: the KVM VM, the VFIO
@@ -111,14 +119,14 @@ impl PassthroughContext {
         })
     }
 
-    /// Opens the device at `path` and puts guest RAM in its IOMMU domain.
+    /// Opens `host` (a device [`sysfs::check`] passed) and puts guest RAM in
+    /// its IOMMU domain.
     pub fn open(
         &self,
-        path: &Path,
+        host: &HostDevice,
         mem: &GuestMemoryMmap,
         allocator: &mut BarAllocator,
     ) -> Result<VfioPciDevice, OpenError> {
-        let host = sysfs::check(path, Path::new("/dev/vfio"))?;
         let bdf = host.bdf.clone();
         let vfio_err = |what| {
             let bdf = bdf.clone();
