@@ -57,6 +57,12 @@ pub fn open_regular(path: &Path, max: u64) -> io::Result<(File, u64)> {
 /// Reads all of a regular file of at most `max` bytes.
 pub fn read_regular(path: &Path, max: u64) -> io::Result<Vec<u8>> {
     let (file, len) = open_regular(path, max)?;
+    read_opened(file, len, max)
+}
+
+/// Reads all of `file`, which [`open_regular`] opened and found `len`
+/// bytes long, failing if it has grown past `max` since.
+pub fn read_opened(file: File, len: u64, max: u64) -> io::Result<Vec<u8>> {
     let mut data = Vec::with_capacity(len as usize);
     // The file may grow after the check: read no more than the bound.
     file.take(max + 1).read_to_end(&mut data)?;

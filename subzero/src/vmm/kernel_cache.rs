@@ -17,7 +17,7 @@
 //! cache costs only the cache: the kernel is unpacked in memory.
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -117,14 +117,9 @@ pub fn unpacked(image: File, max: u64, dir: Option<&Path>) -> Result<Unpacked, S
             });
         }
     }
-    let mut bytes = Vec::new();
-    image
-        .take(max + 1)
-        .read_to_end(&mut bytes)
+    let len = image.metadata().map(|m| m.len()).unwrap_or(0);
+    let bytes = crate::files::read_opened(image, len, max)
         .map_err(|e| Skip::Failed(format!("reading it: {e}")))?;
-    if bytes.len() as u64 > max {
-        return Err(Skip::Failed(format!("it grew past {max} bytes while read")));
-    }
     let payload = unpack::payload(&bytes).map_err(|e| Skip::NoPayload(e.to_string()))?;
     let format = Compression::detect(payload);
     let vmlinux = unpack::unpack(payload).map_err(|e| Skip::Failed(e.to_string()))?;
@@ -193,6 +188,7 @@ fn write_entry(dir: &Path, key: &str, vmlinux: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
     use std::os::unix::fs::PermissionsExt;
 
     /// `img` as a file in `dir`, open for `unpacked`.
