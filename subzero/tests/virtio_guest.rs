@@ -121,7 +121,7 @@ fn linux_vm_describes_its_devices_in_acpi_and_on_request_the_command_line() {
             ..Default::default()
         },
         host_unpack: false,
-        kernel_cache: None,
+        unpack_cache: None,
     };
     for mmio_cmdline in [false, true] {
         let m = subzero::vmm::build_linux(&cfg(mmio_cmdline), Box::new(std::io::sink()))

@@ -119,9 +119,10 @@ pub struct RunArgs {
     /// the hardware exit reasons.
     #[arg(long)]
     no_trace: bool,
-    /// Boot a bzImage as given, letting it unpack itself in the guest,
-    /// instead of unpacking its payload on the host (and caching the
-    /// result in ~/.cache/subzero, or $SUBZERO_CACHE_DIR).
+    /// Boot a bzImage and an initramfs as given, letting them unpack in the
+    /// guest, instead of unpacking the kernel's payload and a compressed
+    /// initramfs on the host (and caching the results in ~/.cache/subzero,
+    /// or $SUBZERO_CACHE_DIR).
     #[arg(long)]
     no_host_decompress: bool,
 }

@@ -230,7 +230,7 @@ fn load_kernel(
         }
     })?;
     let unpacked =
-        super::kernel_cache::unpacked(image, boot::MAX_IMAGE, cfg.kernel_cache.as_deref());
+        super::kernel_cache::unpacked(image, boot::MAX_IMAGE, cfg.unpack_cache.as_deref());
     let why = match unpacked {
         Ok(u) => {
             let (loaded, how, mib) = match u.vmlinux {
@@ -270,10 +270,69 @@ fn load_kernel(
         Err(super::kernel_cache::Skip::Failed(why)) => why,
     };
     log::warn!(
-        "kernel {}: not unpacked on the host ({why}); it unpacks itself in the guest          (--no-host-decompress says so up front)",
+        "kernel {}: not unpacked on the host ({why}); it unpacks itself in the guest (--no-host-decompress says so up front)",
         path.display()
     );
     Ok(boot::load_kernel(mem, path, low_end)?)
+}
+
+/// Loads the initrd at `path`: a compressed initramfs unpacked on the host
+/// (or read from the unpack cache, see [`super::initrd_unpack`]), anything
+/// else as given. Returns its (address, size).
+fn load_initrd(
+    cfg: &VmConfig,
+    mem: &GuestMemoryMmap,
+    path: &std::path::Path,
+    kernel: &boot::LoadedKernel,
+    low_end: u64,
+) -> Result<(u64, u64), BuildError> {
+    use super::initrd_unpack::{unpacked, Cpio};
+    let (file, len) = boot::open_initrd(path)?;
+    let max = boot::initrd_max(kernel, low_end);
+    let why = match unpacked(file, len, max, cfg.unpack_cache.as_deref()) {
+        Ok(u) => {
+            let (placed, how) = match u.cpio {
+                Cpio::Memory(v) => {
+                    let placed =
+                        boot::place_initrd(mem, &v[..], v.len() as u64, path, kernel, low_end);
+                    (placed, "unpacked on the host")
+                }
+                Cpio::Cached(f) => {
+                    let size = f.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
+                    (
+                        boot::place_initrd(mem, f, size, path, kernel, low_end),
+                        "read from the cache",
+                    )
+                }
+            };
+            let names: Vec<&str> = u.formats.iter().map(|f| f.name()).collect();
+            match placed {
+                Ok((addr, size)) => {
+                    log::info!(
+                        "initrd {}: {} initramfs {how} ({} KiB of cpio)",
+                        path.display(),
+                        if names.is_empty() {
+                            "its".into()
+                        } else {
+                            names.join("+")
+                        },
+                        size >> 10
+                    );
+                    return Ok((addr, size));
+                }
+                Err(e) => e.to_string(),
+            }
+        }
+        Err(crate::arch::x86_64::initramfs::Skip::Plain) => {
+            return Ok(boot::load_initrd(mem, path, kernel, low_end)?);
+        }
+        Err(crate::arch::x86_64::initramfs::Skip::Other(why)) => why,
+    };
+    log::info!(
+        "initrd {}: not unpacked on the host ({why}); the kernel unpacks it in the guest",
+        path.display()
+    );
+    Ok(boot::load_initrd(mem, path, kernel, low_end)?)
 }
 
 /// Loads the kernel, initrd and command line, writes the firmware tables
@@ -288,6 +347,7 @@ fn load_guest(
     let low_end = low_ram_end(cfg.memory);
     let kernel = load_kernel(cfg, mem, low_end)?;
     let initrd = match &cfg.initrd {
+        Some(path) if cfg.host_unpack => Some(load_initrd(cfg, mem, path, &kernel, low_end)?),
         Some(path) => Some(boot::load_initrd(mem, path, &kernel, low_end)?),
         None => None,
     };

@@ -30,11 +30,13 @@ pub struct VmConfig {
     pub vcpus: u64,
     /// Virtio devices.
     pub devices: DevicesConfig,
-    /// Unpack a bzImage's payload on the host and boot the vmlinux (the
-    /// default; `--no-host-decompress` turns it off).
+    /// Unpack a bzImage's payload and a compressed initramfs on the host,
+    /// and boot the vmlinux and the plain cpio archive (the default;
+    /// `--no-host-decompress` turns it off).
     pub host_unpack: bool,
-    /// Where unpacked kernels are kept (none: unpack at every boot).
-    pub kernel_cache: Option<PathBuf>,
+    /// Where unpacked kernels and initramfs archives are kept
+    /// ([`super::kernel_cache::default_dir`]; none: unpack at every boot).
+    pub unpack_cache: Option<PathBuf>,
 }
 
 /// The virtio devices of a VM.

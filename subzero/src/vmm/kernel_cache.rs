@@ -54,21 +54,25 @@ pub enum Skip {
 }
 
 /// The cache directory: `$SUBZERO_CACHE_DIR`, else `$XDG_CACHE_HOME/subzero`,
-/// else `~/.cache/subzero`, each with `vmlinux/` under it.
+/// else `~/.cache/subzero`. Kernels go in its `vmlinux/` ([`VMLINUX_DIR`]),
+/// initramfs archives in its `initramfs/` ([`crate::vmm::initrd_unpack`]).
 pub fn default_dir() -> Option<PathBuf> {
     let base = std::env::var_os("SUBZERO_CACHE_DIR")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| Path::new(&d).join("subzero")))
         .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/subzero")))?;
-    base.is_absolute().then(|| base.join("vmlinux"))
+    base.is_absolute().then_some(base)
 }
+
+/// The cache's subdirectory for unpacked kernels.
+pub const VMLINUX_DIR: &str = "vmlinux";
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Whether `meta` is ours and no one else may write it.
-fn private(meta: &std::fs::Metadata) -> bool {
+pub(super) fn private(meta: &std::fs::Metadata) -> bool {
     // SAFETY: geteuid has no preconditions.
     let me = unsafe { libc::geteuid() };
     meta.uid() == me && meta.mode() & 0o022 == 0
@@ -78,13 +82,14 @@ fn private(meta: &std::fs::Metadata) -> bool {
 /// at the start, the payload's appended size near the end.
 const SAMPLE: u64 = 64 << 10;
 
-/// The cache key of the bzImage open as `file`: its stamps, and its first
-/// and last [`SAMPLE`] bytes (so that even a rewrite within the clock's
-/// granularity that changes the header or the payload's end misses).
-fn stamp_key(file: &File) -> Option<String> {
+/// The cache key of the file open as `file` (a bzImage, or an initramfs
+/// with another `kind`): its stamps, and its first and last [`SAMPLE`]
+/// bytes (so that even a rewrite within the clock's granularity that
+/// changes the header or the payload's end misses).
+pub(super) fn stamp_key(file: &File, kind: &str) -> Option<String> {
     let meta = file.metadata().ok()?;
     let stamps = format!(
-        "bzimage-v2:{}:{}:{}:{}.{}:{}.{}",
+        "{kind}:{}:{}:{}:{}.{}:{}.{}",
         meta.dev(),
         meta.ino(),
         meta.size(),
@@ -105,12 +110,14 @@ fn stamp_key(file: &File) -> Option<String> {
 }
 
 /// The unpacked vmlinux of the bzImage open as `image` (at most `max`
-/// bytes), from the cache in `dir` when it holds it. `Err` says why the
-/// image must boot the ordinary way.
-pub fn unpacked(image: File, max: u64, dir: Option<&Path>) -> Result<Unpacked, Skip> {
-    let key = stamp_key(&image);
+/// bytes), from the cache under `cache` ([`default_dir`]) when it holds it.
+/// `Err` says why the image must boot the ordinary way.
+pub fn unpacked(image: File, max: u64, cache: Option<&Path>) -> Result<Unpacked, Skip> {
+    let key = stamp_key(&image, "bzimage-v2");
+    let dir = cache.map(|c| c.join(VMLINUX_DIR));
+    let dir = dir.as_deref();
     if let (Some(dir), Some(key)) = (dir, &key) {
-        if let Some(entry) = read_entry(dir, key) {
+        if let Some(entry) = read_entry(dir, key, "elf", MAX_VMLINUX, b"\x7fELF") {
             return Ok(Unpacked {
                 vmlinux: Vmlinux::Cached(entry),
                 format: None,
@@ -124,7 +131,7 @@ pub fn unpacked(image: File, max: u64, dir: Option<&Path>) -> Result<Unpacked, S
     let format = Compression::detect(payload);
     let vmlinux = unpack::unpack(payload).map_err(|e| Skip::Failed(e.to_string()))?;
     if let (Some(dir), Some(key)) = (dir, &key) {
-        if let Err(e) = write_entry(dir, key, &vmlinux) {
+        if let Err(e) = write_entry(dir, key, "elf", &vmlinux) {
             log::info!(
                 "kernel cache {}: not kept ({e}); the next boot unpacks again",
                 dir.display()
@@ -137,28 +144,31 @@ pub fn unpacked(image: File, max: u64, dir: Option<&Path>) -> Result<Unpacked, S
     })
 }
 
-/// A cached vmlinux, if the cache holds a sound one for `key`: a private
-/// regular file of ours that starts as an ELF file does.
-fn read_entry(dir: &Path, key: &str) -> Option<File> {
+/// A cached entry `key.ext` in `dir`, if the cache holds a sound one: a
+/// private regular file of ours, at most `max` bytes, that starts with
+/// `magic`.
+pub(super) fn read_entry(dir: &Path, key: &str, ext: &str, max: u64, magic: &[u8]) -> Option<File> {
     let dir_meta = std::fs::symlink_metadata(dir).ok()?;
     if !dir_meta.is_dir() || !private(&dir_meta) {
         log::info!(
-            "kernel cache {}: ignored (not a directory of ours that only we can write)",
+            "unpack cache {}: ignored (not a directory of ours that only we can write)",
             dir.display()
         );
         return None;
     }
-    let path = dir.join(format!("{key}.elf"));
-    let (file, _len) = crate::files::open_regular(&path, MAX_VMLINUX).ok()?;
+    let path = dir.join(format!("{key}.{ext}"));
+    let (file, _len) = crate::files::open_regular(&path, max).ok()?;
     if !private(&file.metadata().ok()?) {
         return None;
     }
-    let mut magic = [0u8; 4];
-    file.read_exact_at(&mut magic, 0).ok()?;
-    (&magic == b"\x7fELF").then_some(file)
+    let mut head = vec![0u8; magic.len()];
+    file.read_exact_at(&mut head, 0).ok()?;
+    (head == magic).then_some(file)
 }
 
-fn write_entry(dir: &Path, key: &str, vmlinux: &[u8]) -> std::io::Result<()> {
+/// Keeps `bytes` as the entry `key.ext` in `dir` (created private), written
+/// to a temporary name and renamed.
+pub(super) fn write_entry(dir: &Path, key: &str, ext: &str, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -176,8 +186,8 @@ fn write_entry(dir: &Path, key: &str, vmlinux: &[u8]) -> std::io::Result<()> {
             .create_new(true)
             .mode(0o600)
             .open(&tmp)?;
-        f.write_all(vmlinux)?;
-        std::fs::rename(&tmp, dir.join(format!("{key}.elf")))
+        f.write_all(bytes)?;
+        std::fs::rename(&tmp, dir.join(format!("{key}.{ext}")))
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -238,16 +248,17 @@ mod tests {
     #[test]
     fn the_second_boot_reads_the_cache_and_gets_the_same_vmlinux() {
         let top = scratch("hit");
-        let dir = top.join("vmlinux");
+        let base = top.join("cache");
+        let dir = base.join(VMLINUX_DIR);
         let elf = [b"\x7fELF".as_slice(), &[9u8; 5000]].concat();
         let img = image(&elf);
-        let first = unpacked(file(&top, &img), 1 << 20, Some(&dir)).unwrap();
+        let first = unpacked(file(&top, &img), 1 << 20, Some(&base)).unwrap();
         assert!(!cached(&first));
         assert_eq!(first.format, Some(Compression::Gzip));
-        let second = unpacked(file(&top.join("same"), &img), 1 << 20, Some(&dir)).unwrap();
+        let second = unpacked(file(&top.join("same"), &img), 1 << 20, Some(&base)).unwrap();
         assert!(!cached(&second), "another file is another key");
         let f = File::open(top.join("bzImage")).unwrap();
-        let third = unpacked(f, 1 << 20, Some(&dir)).unwrap();
+        let third = unpacked(f, 1 << 20, Some(&base)).unwrap();
         assert!(cached(&third), "the same file, untouched, hits");
         assert_eq!(bytes(third), elf);
         let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
@@ -255,7 +266,7 @@ mod tests {
         // Rewriting the bzImage (same path) changes its stamps: a miss.
         let other = [b"\x7fELF".as_slice(), &[3u8; 100]].concat();
         std::thread::sleep(std::time::Duration::from_millis(20));
-        let again = unpacked(file(&top, &image(&other)), 1 << 20, Some(&dir)).unwrap();
+        let again = unpacked(file(&top, &image(&other)), 1 << 20, Some(&base)).unwrap();
         assert!(!cached(&again));
         assert_eq!(bytes(again), other);
         let _ = std::fs::remove_dir_all(&top);
@@ -264,15 +275,16 @@ mod tests {
     #[test]
     fn a_cache_others_can_write_is_not_trusted() {
         let top = scratch("open");
-        let dir = top.join("vmlinux");
+        let base = top.join("cache");
+        let dir = base.join(VMLINUX_DIR);
         let elf = [b"\x7fELF".as_slice(), &[1u8; 300]].concat();
         let img = image(&elf);
-        unpacked(file(&top, &img), 1 << 20, Some(&dir)).unwrap();
+        unpacked(file(&top, &img), 1 << 20, Some(&base)).unwrap();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
         let again = unpacked(
             File::open(top.join("bzImage")).unwrap(),
             1 << 20,
-            Some(&dir),
+            Some(&base),
         )
         .unwrap();
         assert!(!cached(&again), "a world-writable cache is ignored");
@@ -283,10 +295,11 @@ mod tests {
     #[test]
     fn a_corrupt_entry_is_not_used() {
         let top = scratch("corrupt");
-        let dir = top.join("vmlinux");
+        let base = top.join("cache");
+        let dir = base.join(VMLINUX_DIR);
         let elf = [b"\x7fELF".as_slice(), &[2u8; 300]].concat();
         let img = image(&elf);
-        unpacked(file(&top, &img), 1 << 20, Some(&dir)).unwrap();
+        unpacked(file(&top, &img), 1 << 20, Some(&base)).unwrap();
         let entry = std::fs::read_dir(&dir)
             .unwrap()
             .next()
@@ -297,7 +310,7 @@ mod tests {
         let again = unpacked(
             File::open(top.join("bzImage")).unwrap(),
             1 << 20,
-            Some(&dir),
+            Some(&base),
         )
         .unwrap();
         assert!(!cached(&again));

@@ -9,6 +9,7 @@ pub mod device_config;
 pub mod event_loop;
 pub mod exit;
 pub mod hw_trace;
+pub mod initrd_unpack;
 pub mod kernel_cache;
 pub mod legacy;
 pub mod machine;

@@ -534,7 +534,7 @@ impl VmResources {
                 passthrough: Vec::new(),
             },
             host_unpack: true,
-            kernel_cache: super::kernel_cache::default_dir(),
+            unpack_cache: super::kernel_cache::default_dir(),
         })
     }
 }

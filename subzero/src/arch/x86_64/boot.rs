@@ -373,36 +373,66 @@ fn check_bzimage_length(file: &File, len: u64, path: &Path) -> Result<(), BootEr
     Ok(())
 }
 
-/// Loads the initrd as high as the kernel allows, below `low_ram_end` and
-/// above the kernel. Returns its (address, size).
-pub fn load_initrd(
-    mem: &GuestMemoryMmap,
-    path: &Path,
-    kernel: &LoadedKernel,
-    low_ram_end: u64,
-) -> Result<(u64, u64), BootError> {
-    let (mut file, size) = open("initrd", path)?;
+/// Opens the initrd at `path`: a regular file of at most [`MAX_IMAGE`]
+/// bytes. Returns it and its size.
+pub fn open_initrd(path: &Path) -> Result<(File, u64), BootError> {
+    open("initrd", path)
+}
+
+/// The room for an initrd: from the page after the kernel to
+/// `low_ram_end` or the kernel's `initrd_addr_max`, whichever is lower.
+/// Returns (bottom, top).
+fn initrd_room(kernel: &LoadedKernel, low_ram_end: u64) -> (u64, u64) {
     let top = low_ram_end.min(kernel.initrd_addr_max.saturating_add(1));
     // A kernel ending in the last page of the address space leaves no room.
     let bottom = kernel
         .end
         .checked_next_multiple_of(PAGE_SIZE)
         .unwrap_or(u64::MAX);
-    let room = top.saturating_sub(bottom);
-    if size > room {
-        return Err(BootError::InitrdTooBig {
-            path: path.to_path_buf(),
-            size_mib: size.div_ceil(MIB),
-            room_mib: room / MIB,
-        });
-    }
-    let addr = (top - size) & !(PAGE_SIZE - 1);
-    let count = usize::try_from(size).map_err(|_| BootError::InitrdTooBig {
+    (bottom, top)
+}
+
+/// The largest initrd that fits (see [`initrd_room`]).
+pub fn initrd_max(kernel: &LoadedKernel, low_ram_end: u64) -> u64 {
+    let (bottom, top) = initrd_room(kernel, low_ram_end);
+    top.saturating_sub(bottom)
+}
+
+/// Loads the initrd at `path` as high as the kernel allows, below
+/// `low_ram_end` and above the kernel. Returns its (address, size).
+pub fn load_initrd(
+    mem: &GuestMemoryMmap,
+    path: &Path,
+    kernel: &LoadedKernel,
+    low_ram_end: u64,
+) -> Result<(u64, u64), BootError> {
+    let (file, size) = open_initrd(path)?;
+    place_initrd(mem, file, size, path, kernel, low_ram_end)
+}
+
+/// Loads `size` bytes of `src` (the initrd at `path`, or what it unpacked
+/// to) as [`load_initrd`] does. Returns its (address, size).
+pub fn place_initrd(
+    mem: &GuestMemoryMmap,
+    mut src: impl vm_memory::ReadVolatile,
+    size: u64,
+    path: &Path,
+    kernel: &LoadedKernel,
+    low_ram_end: u64,
+) -> Result<(u64, u64), BootError> {
+    let (_, top) = initrd_room(kernel, low_ram_end);
+    let room = initrd_max(kernel, low_ram_end);
+    let too_big = || BootError::InitrdTooBig {
         path: path.to_path_buf(),
         size_mib: size.div_ceil(MIB),
         room_mib: room / MIB,
-    })?;
-    mem.read_exact_volatile_from(GuestAddress(addr), &mut file, count)
+    };
+    if size > room {
+        return Err(too_big());
+    }
+    let addr = (top - size) & !(PAGE_SIZE - 1);
+    let count = usize::try_from(size).map_err(|_| too_big())?;
+    mem.read_exact_volatile_from(GuestAddress(addr), &mut src, count)
         .map_err(|e| match e {
             vm_memory::GuestMemoryError::IOError(source) => BootError::Read {
                 what: "initrd",

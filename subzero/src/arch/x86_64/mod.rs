@@ -7,6 +7,7 @@ pub mod bootinfo;
 pub mod cpuid;
 pub mod e820;
 pub mod gdt;
+pub mod initramfs;
 pub mod layout;
 pub mod mptable;
 pub mod msr;

@@ -180,6 +180,53 @@ pub fn unpack(payload: &[u8]) -> Result<Vec<u8>, UnpackError> {
     Ok(out)
 }
 
+/// Unpacks the one compressed stream of `format` at the start of `input`
+/// (an initramfs segment: more may follow it), refusing more than `max`
+/// bytes out. Returns the data and how many bytes of `input` the stream
+/// took, trailer included.
+pub fn unpack_stream(
+    format: Compression,
+    input: &[u8],
+    max: u64,
+) -> Result<(Vec<u8>, usize), String> {
+    let mut rest = input;
+    let out = match format {
+        Compression::Gzip => read_capped(flate2::bufread::GzDecoder::new(&mut rest), max),
+        Compression::Bzip2 => read_capped(bzip2::bufread::BzDecoder::new(&mut rest), max),
+        Compression::Xz => read_capped(liblzma::bufread::XzDecoder::new(&mut rest), max),
+        Compression::Lzma => {
+            let stream = liblzma::stream::Stream::new_lzma_decoder(MAX_VMLINUX)
+                .map_err(|e| e.to_string())?;
+            read_capped(
+                liblzma::bufread::XzDecoder::new_stream(&mut rest, stream),
+                max,
+            )
+        }
+        Compression::Zstd => {
+            let decoder =
+                ruzstd::decoding::StreamingDecoder::new(&mut rest).map_err(|e| e.to_string())?;
+            read_capped(decoder, max)
+        }
+        // LZ4's legacy frame does not say where it ends.
+        Compression::Lz4 | Compression::Lzo => {
+            return Err(format!("{} is not unpacked on the host", format.name()))
+        }
+    }?;
+    Ok((out, input.len() - rest.len()))
+}
+
+/// Reads `r` to its end, refusing more than `max` bytes.
+fn read_capped(r: impl Read, max: u64) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    r.take(max.saturating_add(1))
+        .read_to_end(&mut out)
+        .map_err(|e| e.to_string())?;
+    if out.len() as u64 > max {
+        return Err(format!("unpacks to more than {max} bytes"));
+    }
+    Ok(out)
+}
+
 /// Reads `r` to its end, refusing more than `size` bytes.
 fn read_all(r: impl Read, size: u64) -> Result<Vec<u8>, String> {
     let mut out = Vec::with_capacity(size as usize);
