@@ -689,7 +689,10 @@ Total Samples:1000, Total events handled time:23000.00us.
         let b = boots(&sc);
         let rows = summarize(&b, &vmms(&sc, &b));
         let sz = &rows[0];
-        assert_eq!(sz.rounds, [Some(Some(1.5)), Some(Some(1.0)), None]);
+        assert_eq!(
+            sz.rounds,
+            [Some(Some(1.5)), Some(Some(1.0)), None, None, None]
+        );
         assert_eq!(sz.median_total, Some(1.25));
         // (1.5 - 1.25, 1.0 - 0.25): 0.25 and 0.75.
         assert_eq!(sz.median_before_kernel, Some(0.5));
@@ -703,12 +706,12 @@ Total Samples:1000, Total events handled time:23000.00us.
         let fc = &rows[2];
         assert_eq!(fc.median_total, None);
         assert_eq!(fc.error, None);
-        assert_eq!(fc.rounds, [Some(None), None, None]);
+        assert_eq!(fc.rounds, [Some(None), None, None, None, None]);
         let t = table(&rows);
         let sz_line: Vec<&str> = t.lines().nth(1).unwrap().split_whitespace().collect();
         assert_eq!(
             sz_line,
-            ["subzero", "1.50", "1.00", "-", "1.25", "0.50", "0.75", "3.0", "-", "-"]
+            ["subzero", "1.50", "1.00", "-", "-", "-", "1.25", "0.50", "0.75", "3.0", "-", "-"]
         );
         assert!(
             t.contains("subzero-guest-decompress: 1 of 1 boots failed: error: unexpected argument")
@@ -719,7 +722,7 @@ Total Samples:1000, Total events handled time:23000.00us.
         rows[3].median_total = Some(2.5);
         let t = table(&rows);
         let sz_line: Vec<&str> = t.lines().nth(1).unwrap().split_whitespace().collect();
-        assert_eq!(sz_line[8..], ["2.50", "0.50"]);
+        assert_eq!(sz_line[10..], ["2.50", "0.50"]);
         let list = boot_list(&b);
         assert!(list.contains("stderr: error: unexpected argument"));
         assert!(list.contains("own 3.1 MiB, guest RAM 146.5 MiB resident in 1 of 60 mappings"));

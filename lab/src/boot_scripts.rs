@@ -75,7 +75,7 @@ pub const GUEST_DECOMPRESS: &str = "subzero-guest-decompress";
 pub const GUEST_DECOMPRESS_FLAG: &str = "--no-host-decompress";
 
 /// Timed rounds after the warm-up.
-pub const ROUNDS: u32 = 3;
+pub const ROUNDS: u32 = 5;
 
 /// The guest's vCPUs and memory, for every VMM.
 pub const VCPUS: u32 = 3;
@@ -109,6 +109,8 @@ pub const DMESG_KEYS: &[(&str, &str)] = &[
         "Calibrating delay loop|tsc: Refined|tsc: Detected",
     ),
     ("clocksource", "clocksource: Switched to clocksource"),
+    ("unpack-initrd", "Trying to unpack rootfs image"),
+    ("free-initrd", "Freeing initrd memory"),
     ("free-initmem", "Freeing unused kernel image"),
     ("run-init", r"Run \/init as init process"),
 ];
@@ -121,7 +123,7 @@ BIOS=/usr/share/seabios/bios-microvm.bin
 PERF=/usr/bin/perf
 BOOT_SECS=90
 REBOOT_GRACE=10
-ROUNDS="1 2 3"
+ROUNDS="1 2 3 4 5"
 DIAG_CMDLINE="initcall_debug printk.time=1 log_buf_len=4M sz_bb=diag"
 B=/tmp/bb
 rm -f $B.*

@@ -236,6 +236,8 @@ boot-bench)
         msg ~ /Linux version/ { key = "linux-version" }
         msg ~ /Calibrating delay loop|tsc: Refined|tsc: Detected/ { key = "calibration" }
         msg ~ /clocksource: Switched to clocksource/ { key = "clocksource" }
+        msg ~ /Trying to unpack rootfs image/ { key = "unpack-initrd" }
+        msg ~ /Freeing initrd memory/ { key = "free-initrd" }
         msg ~ /Freeing unused kernel image/ { key = "free-initmem" }
         msg ~ /Run \/init as init process/ { key = "run-init" }
         key != "" {
