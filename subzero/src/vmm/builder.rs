@@ -335,6 +335,19 @@ fn load_initrd(
     Ok(boot::load_initrd(mem, path, kernel, low_end)?)
 }
 
+/// Hands the heap's free memory back to the system. glibc keeps what the
+/// buffers of a host-side unpack leave behind (a 2 MB initramfs left
+/// 10 MiB resident in the lab), which would count against the VMM's own
+/// memory for the VM's whole life.
+fn trim_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free memory the allocator holds;
+    // no pointer the program holds is affected.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Loads the kernel, initrd and command line, writes the firmware tables
 /// and boot information, and returns how to enter the kernel.
 fn load_guest(
@@ -351,6 +364,9 @@ fn load_guest(
         Some(path) => Some(boot::load_initrd(mem, path, &kernel, low_end)?),
         None => None,
     };
+    if cfg.host_unpack {
+        trim_heap();
+    }
     let mut cmdline = cfg.cmdline.clone();
     if cfg.devices.mmio_cmdline {
         for slot in &virtio.slots {
