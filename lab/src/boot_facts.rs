@@ -370,6 +370,10 @@ pub struct Diag {
     pub stamps: Vec<(String, String, String)>,
     /// Lines `dmesg` gave.
     pub dmesg_lines: Option<u64>,
+    /// The first CPU's flags in /proc/cpuinfo.
+    pub cpu_flags: Option<Vec<String>>,
+    /// (vulnerability, the kernel's status line) from sysfs.
+    pub vulns: Vec<(String, String)>,
 }
 
 /// The diagnostic facts of a boot.
@@ -396,6 +400,11 @@ pub fn diag(boot: &Boot) -> Diag {
             }
         } else if let Some(rest) = after(l, "@@L2 DMESG_LINES ") {
             d.dmesg_lines = rest.trim().parse().ok();
+        } else if let Some(rest) = after(l, "@@L2 CPU_FLAGS ") {
+            d.cpu_flags = Some(rest.split_whitespace().map(String::from).collect());
+        } else if let Some(rest) = after(l, "@@L2 VULN ") {
+            let (name, status) = rest.split_once(' ').unwrap_or((rest, ""));
+            d.vulns.push((name.into(), status.trim().into()));
         }
     }
     d
@@ -480,7 +489,45 @@ pub fn diag_side_by_side(names: [&str; 2], d: [&Diag; 2]) -> String {
         lines(d[0]),
         lines(d[1])
     );
+    s.push_str(&cpu_side_by_side(names, d));
     trim_lines(&s)
+}
+
+/// The CPU flags only one of two guests saw, and the mitigation status
+/// lines that differ between them.
+fn cpu_side_by_side(names: [&str; 2], d: [&Diag; 2]) -> String {
+    let mut s = String::new();
+    if let (Some(a), Some(b)) = (&d[0].cpu_flags, &d[1].cpu_flags) {
+        for (i, (mine, theirs)) in [(a, b), (b, a)].into_iter().enumerate() {
+            let only: Vec<&str> = mine
+                .iter()
+                .filter(|f| !theirs.contains(f))
+                .map(String::as_str)
+                .collect();
+            let list = if only.is_empty() {
+                "none".to_string()
+            } else {
+                only.join(" ")
+            };
+            let _ = writeln!(s, "  cpu flags only under {}: {list}", names[i]);
+        }
+    }
+    let mut same = 0;
+    for (name, status) in &d[0].vulns {
+        let other = d[1].vulns.iter().find(|(n, _)| n == name).map(|(_, st)| st);
+        if other == Some(status) {
+            same += 1;
+            continue;
+        }
+        let other = other.map_or("-", String::as_str);
+        let _ = writeln!(s, "  vulnerability {name}:");
+        let _ = writeln!(s, "    {:<12} {status}", names[0]);
+        let _ = writeln!(s, "    {:<12} {other}", names[1]);
+    }
+    if !d[0].vulns.is_empty() {
+        let _ = writeln!(s, "  vulnerabilities with the same status: {same}");
+    }
+    s
 }
 
 /// Two `perf kvm stat report` tables merged by reason (busiest first):
@@ -607,6 +654,9 @@ SeaBIOS (version 1.16.2)
 @@L2 INITCALL 500000 pci_subsys_init+0x0/0x80 ret=0
 @@L2 INITCALL 250000 acpi_init+0x0/0x490 ret=-19
 @@L2 DMESG_LINES 3100
+@@L2 CPU_FLAGS  fpu vme erms x2apic
+@@L2 VULN meltdown Not affected
+@@L2 VULN spectre_v2 Mitigation: Retpolines; IBPB: conditional
 @@L2 REBOOT
 @@L1 BB_BOOT 6 subzero diag end rc=0 how=exited mem=none
 @@L1 PERF_REPORT subzero begin
@@ -767,6 +817,27 @@ Total Samples:1000, Total events handled time:23000.00us.
         assert!(line("all initcalls").contains("2345678 us in 1234 initcalls"));
         // The second calibration line has a row of its own.
         assert!(t.contains("0.120000 Calibrating delay loop"));
+        // CPU flags and mitigations, against a guest that saw others.
+        assert_eq!(d.cpu_flags.as_deref().map(<[String]>::len), Some(4));
+        let other = Diag {
+            cpu_flags: Some(vec!["fpu".into(), "vme".into(), "pdpe1gb".into()]),
+            vulns: vec![
+                ("meltdown".into(), "Not affected".into()),
+                ("spectre_v2".into(), "Mitigation: Retpolines".into()),
+            ],
+            ..Diag::default()
+        };
+        let t = diag_side_by_side(["subzero", "firecracker"], [&d, &other]);
+        assert!(
+            t.contains("cpu flags only under subzero: erms x2apic"),
+            "{t}"
+        );
+        assert!(
+            t.contains("cpu flags only under firecracker: pdpe1gb"),
+            "{t}"
+        );
+        assert!(t.contains("vulnerability spectre_v2:\n    subzero      Mitigation: Retpolines; IBPB: conditional\n    firecracker  Mitigation: Retpolines\n"), "{t}");
+        assert!(t.contains("vulnerabilities with the same status: 1"), "{t}");
     }
 
     #[test]

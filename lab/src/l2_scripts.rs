@@ -250,6 +250,12 @@ boot-bench)
             echo "@@L2 INITCALL $us $fn ret=$ret"
         done
         echo "@@L2 DMESG_LINES $(wc -l </tmp/dmesg)"
+        # What the guest sees of the CPU: its flags, and the mitigations
+        # it chose from them (some cost an MSR write per switch).
+        echo "@@L2 CPU_FLAGS $(grep -m 1 '^flags' /proc/cpuinfo | cut -d: -f2)"
+        for v in /sys/devices/system/cpu/vulnerabilities/*; do
+            [ -f "$v" ] && echo "@@L2 VULN ${v##*/} $(cat "$v")"
+        done
     else
         echo "@@L2 HOLD"
         sleep 1.5
