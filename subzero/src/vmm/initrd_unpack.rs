@@ -19,6 +19,10 @@ use crate::arch::x86_64::unpack::Compression;
 /// The cache's subdirectory for unpacked initramfs archives.
 pub const INITRAMFS_DIR: &str = "initramfs";
 
+/// The most an initramfs is unpacked to on the host (in Subzero's memory,
+/// before it goes to the guest); a larger one boots as given.
+pub const MAX_UNPACKED: u64 = 1 << 30;
+
 /// Where an unpacked initramfs is.
 pub enum Cpio {
     /// Unpacked now, in memory.
@@ -36,9 +40,11 @@ pub struct Unpacked {
 }
 
 /// The unpacked form of the initrd open as `file` (`len` bytes), if it is
-/// a compressed initramfs that unpacks to at most `max` bytes; from the
+/// a compressed initramfs that unpacks to at most `max` bytes (and
+/// [`MAX_UNPACKED`]); from the
 /// cache under `cache` when it holds it. `Err` says why it boots as given.
 pub fn unpacked(file: File, len: u64, max: u64, cache: Option<&Path>) -> Result<Unpacked, Skip> {
+    let max = max.min(MAX_UNPACKED);
     let key = stamp_key(&file, "initramfs-v1");
     let dir = cache.map(|c| c.join(INITRAMFS_DIR));
     let dir = dir.as_deref();

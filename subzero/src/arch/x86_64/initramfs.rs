@@ -93,7 +93,8 @@ pub fn unpack(image: &[u8], max: u64) -> Result<Unpacked, Skip> {
     while at < image.len() {
         let rest = &image[at..];
         if rest[0] == 0 {
-            at += 1; // padding between segments
+            // Padding between segments.
+            at += rest.iter().take_while(|&&b| b == 0).count();
             continue;
         }
         if is_newc(rest) {
