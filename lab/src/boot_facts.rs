@@ -357,6 +357,21 @@ pub fn boot_list(boots: &[Boot]) -> String {
     s
 }
 
+/// The largest mappings outside guest RAM that the driver listed for a
+/// boot (round 1 only): (Rss KiB, anonymous huge pages KiB, size KiB, name).
+pub fn maps(boot: &Boot) -> Vec<(u64, u64, u64, String)> {
+    boot.console
+        .iter()
+        .filter_map(|l| after(l, "@@L1 BB_MAP "))
+        .filter_map(|rest| {
+            let mut w = rest.splitn(4, ' ');
+            let mut num = || w.next()?.trim().parse().ok();
+            let (rss, thp, size) = (num()?, num()?, num()?);
+            Some((rss, thp, size, w.next().unwrap_or("").trim().to_string()))
+        })
+        .collect()
+}
+
 /// What a diagnostic boot's guest printed from `dmesg`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Diag {
@@ -642,6 +657,8 @@ SeaBIOS (version 1.16.2)
 [    0.1] i8042: PNP: No PS/2 controller found.
 @@L2 INIT scenario=boot-bench
 @@L2 UPTIME 0.25
+@@L1 BB_MAP 2048 2048 2048 [anon]
+@@L1 BB_MAP 1500 0 5200 /bin/subzero
 @@L1 BB_BOOT 5 subzero round2 end rc=0 how=killed-after-reboot mem=2048,1,1,50
 @@L1 BB_BOOT 6 subzero diag start
 @@L2 INIT scenario=boot-bench
@@ -776,6 +793,21 @@ Total Samples:1000, Total events handled time:23000.00us.
         let list = boot_list(&b);
         assert!(list.contains("stderr: error: unexpected argument"));
         assert!(list.contains("own 3.1 MiB, guest RAM 146.5 MiB resident in 1 of 60 mappings"));
+    }
+
+    #[test]
+    fn the_largest_mappings_are_read_from_the_boot() {
+        let sc = run();
+        let b = boots(&sc);
+        let m = maps(&b[4]);
+        assert_eq!(
+            m,
+            [
+                (2048, 2048, 2048, "[anon]".to_string()),
+                (1500, 0, 5200, "/bin/subzero".to_string())
+            ]
+        );
+        assert!(maps(&b[0]).is_empty());
     }
 
     #[test]

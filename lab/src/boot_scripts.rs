@@ -166,6 +166,26 @@ sz_mem() {
         $1 == "Rss:" { rss = $2; next }
         END { done(); if (n) printf "%d %d %d %d\n", own, g, gn, n }' /proc/$1/smaps 2>/dev/null
 }
+# sz_maps PID: the 6 mappings outside guest RAM with the most Rss, as
+# "@@L1 BB_MAP RSS_KB ANON_HUGE_KB SIZE_KB NAME" (L1 runs THP "always": a
+# huge page in a small mapping shows here).
+sz_maps() {
+    awk -v min=$((SZ_MEM_MIB * 1024)) '
+        function done() {
+            if (open && !(anon && size >= min) && rss > 0)
+                printf "%d %d %d %s\n", rss, thp, size, (p == "" ? "[anon]" : p)
+        }
+        /^[0-9a-f]+-[0-9a-f]+ / {
+            done()
+            open = 1; size = 0; rss = 0; thp = 0; p = $6
+            anon = (p == "" || p ~ /^\[anon/ || p ~ /^\/memfd:/ || p ~ /^\/dev\/zero/ || p ~ /^\/anon_hugepage/)
+            next
+        }
+        $1 == "Size:" { size = $2; next }
+        $1 == "Rss:" { rss = $2; next }
+        $1 == "AnonHugePages:" { thp = $2; next }
+        END { done() }' /proc/$1/smaps 2>/dev/null | sort -n -r | head -n 6 | sed 's/^/@@L1 BB_MAP /'
+}
 # sz_kill_tree PID: SIGKILL to PID and its descendants.
 sz_kill_tree() {
     for c in $(awk -v p=$1 '$4 == p { print $1 }' /proc/[0-9]*/stat 2>/dev/null); do sz_kill_tree $c; done
@@ -213,7 +233,12 @@ sz_boot() {
     while IFS= read -r l || [ -n "$l" ]; do
         printf '%s\n' "$l"
         case "$l" in
-        *"@@L2 HOLD"*) [ $phase = perf ] || [ -s $B.mem ] || sz_mem $pid >$B.mem ;;
+        *"@@L2 HOLD"*)
+            if [ $phase != perf ] && [ ! -s $B.mem ]; then
+                sz_mem $pid >$B.mem
+                [ $phase = round1 ] && sz_maps $pid
+            fi
+            ;;
         *"@@L2 REBOOT"*)
             if [ -z "$grace" ]; then
                 (

@@ -1277,6 +1277,22 @@ fn boot_bench_times_each_vmm_to_init_with_its_memory_and_the_kernels_own_timings
                 .map_or_else(|| "no end".to_string(), |rc| format!("exit {rc}"))
         );
     }
+    for b in boots.iter().filter(|b| b.phase == "round1") {
+        let maps = boot_facts::maps(b);
+        if maps.is_empty() {
+            continue;
+        }
+        let mut text = String::new();
+        for (rss, thp, size, name) in maps {
+            text.push_str(&format!(
+                "    {rss:>7} KiB resident ({thp} KiB in huge pages) of {size:>8} KiB  {name}\n"
+            ));
+        }
+        eprintln!(
+            "lab: boot-bench: {}'s largest mappings outside guest RAM (round 1):\n{text}",
+            b.vmm
+        );
+    }
     let diag = |vmm: &str| {
         boots
             .iter()
