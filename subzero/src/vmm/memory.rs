@@ -56,14 +56,25 @@ fn reap(mappings: &mut Vec<Owned>) {
     });
 }
 
+/// The size of the inaccessible page kept below each guest RAM mapping.
+const GAP: usize = 4096;
+
 /// An anonymous private mapping of `len` bytes starting on a 2 MiB
 /// boundary, marked for transparent huge pages. With guest-physical and
 /// host-virtual addresses congruent modulo 2 MiB, KVM can map each 2 MiB
 /// of guest RAM with one nested page table entry: one fault where there
 /// would be 512.
-fn huge_aligned(len: usize) -> std::io::Result<*mut u8> {
+///
+/// One inaccessible page is kept below it. Without it, the next mapping
+/// the kernel places below guest RAM, usually a thread's 2 MiB stack, ends
+/// on that 2 MiB boundary, and under THP "always" the stack's first touch
+/// takes a whole huge page: 2 MiB of memory for a few KiB of stack (seen
+/// in the lab's boot-bench, where L1 runs THP "always").
+///
+/// Returns the aligned start and the whole range kept, gap page included.
+fn huge_aligned(len: usize) -> std::io::Result<(*mut u8, usize, usize)> {
     let total = len
-        .checked_add(HUGE)
+        .checked_add(HUGE + GAP)
         .ok_or_else(|| std::io::Error::other("size overflows"))?;
     // SAFETY: a new anonymous mapping; no existing memory is affected.
     let p = unsafe {
@@ -80,10 +91,11 @@ fn huge_aligned(len: usize) -> std::io::Result<*mut u8> {
         return Err(std::io::Error::last_os_error());
     }
     let start = p as usize;
-    let aligned = start.next_multiple_of(HUGE);
-    let (head, tail) = (aligned - start, total - (aligned - start) - len);
-    // SAFETY: both trims lie inside the mapping just made, outside
-    // [aligned, aligned + len), which is kept.
+    let aligned = (start + GAP).next_multiple_of(HUGE);
+    let keep = aligned - GAP;
+    let (head, tail) = (keep - start, total - (keep - start) - GAP - len);
+    // SAFETY: the trims and the gap page lie inside the mapping just made,
+    // outside [aligned, aligned + len), which is kept for guest RAM.
     unsafe {
         if head > 0 {
             libc::munmap(p, head);
@@ -91,10 +103,11 @@ fn huge_aligned(len: usize) -> std::io::Result<*mut u8> {
         if tail > 0 {
             libc::munmap((aligned + len) as *mut libc::c_void, tail);
         }
+        libc::mprotect(keep as *mut libc::c_void, GAP, libc::PROT_NONE);
         // Advice only: without THP (or with it off) this fails harmlessly.
         libc::madvise(aligned as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
     }
-    Ok(aligned as *mut u8)
+    Ok((aligned as *mut u8, keep, len + GAP))
 }
 
 /// Allocates `size` bytes of guest RAM laid out around the MMIO gap.
@@ -109,10 +122,10 @@ pub fn create(size: u64) -> Result<GuestMemoryMmap, MemoryError> {
     for (start, len) in ram_ranges(size) {
         let len = usize::try_from(len)
             .map_err(|_| alloc_err("size does not fit this host's address space".into()))?;
-        let addr = huge_aligned(len).map_err(|e| alloc_err(e.to_string()))?;
+        let (addr, kept, kept_len) = huge_aligned(len).map_err(|e| alloc_err(e.to_string()))?;
         let owned = Owned {
-            addr: addr as usize,
-            len,
+            addr: kept,
+            len: kept_len,
             users: Weak::new(),
         };
         // SAFETY: `addr` is a live mapping of `len` bytes made above,
@@ -228,7 +241,7 @@ mod tests {
                 .iter()
                 .any(|m| m.addr == addr && m.users.strong_count() > 0)
         };
-        assert!(live(host), "kept while a clone uses it");
+        assert!(live(host - GAP), "kept while a clone uses it");
         drop(clone);
         // The next allocation unmaps it.
         let next = create(32 << 20).unwrap();
@@ -236,7 +249,38 @@ mod tests {
             .lock()
             .unwrap()
             .iter()
-            .any(|m| m.addr == host && m.users.strong_count() == 0));
+            .any(|m| m.addr == host - GAP && m.users.strong_count() == 0));
         drop(next);
+    }
+
+    /// The line of /proc/self/maps whose range ends at `end`, if any.
+    fn mapping_ending_at(end: usize) -> Option<String> {
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        maps.lines()
+            .find(|l| {
+                let range = l.split_whitespace().next().unwrap_or("");
+                let hi = range.split('-').nth(1).unwrap_or("");
+                usize::from_str_radix(hi, 16).ok() == Some(end)
+            })
+            .map(String::from)
+    }
+
+    #[test]
+    fn an_inaccessible_page_sits_below_guest_ram_so_no_stack_ends_on_its_boundary() {
+        let mem = create(64 << 20).unwrap();
+        let host = mem
+            .iter()
+            .next()
+            .unwrap()
+            .get_host_address(vm_memory::MemoryRegionAddress(0))
+            .unwrap() as usize;
+        let below = mapping_ending_at(host).expect("a mapping just below guest RAM");
+        let mut w = below.split_whitespace();
+        let (range, perms) = (w.next().unwrap(), w.next().unwrap());
+        let lo = usize::from_str_radix(range.split('-').next().unwrap(), 16).unwrap();
+        // Nothing writable ends on guest RAM's 2 MiB boundary: the next
+        // mapping below (a thread stack, say) ends a page lower.
+        assert_eq!((host - lo, perms), (GAP, "---p"), "{below}");
+        drop(mem);
     }
 }
