@@ -288,7 +288,10 @@ fn load_initrd(
 ) -> Result<(u64, u64), BuildError> {
     use super::initrd_unpack::{unpacked, Cpio};
     let (file, len) = boot::open_initrd(path)?;
-    let max = boot::initrd_max(kernel, low_end);
+    // The guest holds the archive and the files it unpacks from it at
+    // once: a plain archive may take a quarter of guest RAM at most, or
+    // it boots compressed, as given.
+    let max = boot::initrd_max(kernel, low_end).min(cfg.memory / 4);
     let why = match unpacked(file, len, max, cfg.unpack_cache.as_deref()) {
         Ok(u) => {
             let (placed, how) = match u.cpio {
@@ -296,6 +299,16 @@ fn load_initrd(
                     let placed =
                         boot::place_initrd(mem, &v[..], v.len() as u64, path, kernel, low_end);
                     (placed, "unpacked on the host")
+                }
+                Cpio::Plain(v) => {
+                    return Ok(boot::place_initrd(
+                        mem,
+                        &v[..],
+                        v.len() as u64,
+                        path,
+                        kernel,
+                        low_end,
+                    )?);
                 }
                 Cpio::Cached(f) => {
                     let size = f.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
@@ -328,8 +341,9 @@ fn load_initrd(
         }
         Err(crate::arch::x86_64::initramfs::Skip::Other(why)) => why,
     };
-    log::info!(
-        "initrd {}: not unpacked on the host ({why}); the kernel unpacks it in the guest",
+    log::warn!(
+        "initrd {}: not unpacked on the host ({why}); the kernel unpacks it in the guest \
+         (--no-host-decompress says so up front)",
         path.display()
     );
     Ok(boot::load_initrd(mem, path, kernel, low_end)?)

@@ -29,6 +29,8 @@ pub enum Cpio {
     Memory(Vec<u8>),
     /// The cache's entry, open (checked: ours, private, a cpio archive).
     Cached(File),
+    /// Not compressed: the initrd itself, already read, to load as given.
+    Plain(Vec<u8>),
 }
 
 /// An initramfs, unpacked.
@@ -41,8 +43,9 @@ pub struct Unpacked {
 
 /// The unpacked form of the initrd open as `file` (`len` bytes), if it is
 /// a compressed initramfs that unpacks to at most `max` bytes (and
-/// [`MAX_UNPACKED`]); from the
-/// cache under `cache` when it holds it. `Err` says why it boots as given.
+/// [`MAX_UNPACKED`]); from the cache under `cache` when it holds it; the
+/// initrd's own bytes ([`Cpio::Plain`]) if it is not compressed. `Err`
+/// says why it boots as given.
 pub fn unpacked(file: File, len: u64, max: u64, cache: Option<&Path>) -> Result<Unpacked, Skip> {
     let max = max.min(MAX_UNPACKED);
     let key = stamp_key(&file, "initramfs-v1");
@@ -56,9 +59,23 @@ pub fn unpacked(file: File, len: u64, max: u64, cache: Option<&Path>) -> Result<
             });
         }
     }
+    if len > max {
+        return Err(Skip::Other(format!(
+            "it is {len} bytes, more than the {max} it may unpack to"
+        )));
+    }
     let bytes = crate::files::read_opened(file, len, max)
         .map_err(|e| Skip::Other(format!("reading it: {e}")))?;
-    let out = initramfs::unpack(&bytes, max)?;
+    let out = match initramfs::unpack(&bytes, max) {
+        Ok(out) => out,
+        Err(Skip::Plain) => {
+            return Ok(Unpacked {
+                cpio: Cpio::Plain(bytes),
+                formats: Vec::new(),
+            })
+        }
+        Err(e) => return Err(e),
+    };
     drop(bytes);
     if let (Some(dir), Some(key)) = (dir, &key) {
         if let Err(e) = write_entry(dir, key, "cpio", &out.cpio) {
@@ -93,6 +110,7 @@ mod tests {
         let u = unpacked(f, len, max, cache)?;
         Ok(match u.cpio {
             Cpio::Memory(v) => (v, false),
+            Cpio::Plain(_) => return Err(Skip::Plain),
             Cpio::Cached(mut f) => {
                 let mut v = Vec::new();
                 f.read_to_end(&mut v).unwrap();

@@ -187,6 +187,9 @@ pub(super) fn write_entry(dir: &Path, key: &str, ext: &str, bytes: &[u8]) -> std
             .mode(0o600)
             .open(&tmp)?;
         f.write_all(bytes)?;
+        // On disk before it has its name: a crash never leaves a named
+        // entry cut short.
+        f.sync_all()?;
         std::fs::rename(&tmp, dir.join(format!("{key}.{ext}")))
     })();
     if result.is_err() {

@@ -85,6 +85,29 @@ pub fn archive_len(data: &[u8]) -> Result<usize, String> {
     }
 }
 
+/// Checks that `data`, what a compressed stream held, is cpio archives and
+/// zero padding and nothing else, each archive whole and on a 4-byte
+/// boundary: the kernel stops at anything else ("junk within compressed
+/// archive", "broken padding"), so passing it on would hand the guest
+/// something its kernel would not have unpacked.
+fn check_archives(data: &[u8]) -> Result<(), String> {
+    if !is_newc(data) {
+        return Err("holds no cpio archive (a ramdisk image?)".into());
+    }
+    let mut at = 0;
+    while at < data.len() {
+        if data[at] == 0 {
+            at += data[at..].iter().take_while(|&&b| b == 0).count();
+            continue;
+        }
+        if !is_newc(&data[at..]) || at % 4 != 0 {
+            return Err(format!("holds junk at byte {at} of what it unpacks to"));
+        }
+        at += archive_len(&data[at..]).map_err(|e| format!("holds {e}"))?;
+    }
+    Ok(())
+}
+
 /// Unpacks `image`, refusing to make more than `max` bytes.
 pub fn unpack(image: &[u8], max: u64) -> Result<Unpacked, Skip> {
     let mut cpio = Vec::new();
@@ -107,17 +130,11 @@ pub fn unpack(image: &[u8], max: u64) -> Result<Unpacked, Skip> {
                     "byte {at} starts neither a cpio archive nor a known compressed stream"
                 ))
             })?;
-            let room = max.saturating_sub(cpio.len() as u64);
-            let (data, used) = unpack_stream(format, rest, room).map_err(|e| {
-                Skip::Other(format!("its {} stream at byte {at}: {e}", format.name()))
-            })?;
-            if !is_newc(&data) {
-                return Err(Skip::Other(format!(
-                    "its {} stream at byte {at} holds no cpio archive (a ramdisk image?)",
-                    format.name()
-                )));
-            }
-            cpio.extend_from_slice(&data);
+            let start = cpio.len();
+            let stream =
+                |e: String| Skip::Other(format!("its {} stream at byte {at}: {e}", format.name()));
+            let used = unpack_stream(format, rest, &mut cpio, max).map_err(stream)?;
+            check_archives(&cpio[start..]).map_err(stream)?;
             formats.push(format);
             at += used.max(1);
         }

@@ -180,51 +180,70 @@ pub fn unpack(payload: &[u8]) -> Result<Vec<u8>, UnpackError> {
     Ok(out)
 }
 
+/// The most memory a decoder may use for one initramfs stream (an xz or
+/// lzma dictionary); the kernel's own decoders allow far less.
+const STREAM_MEMLIMIT: u64 = 256 << 20;
+
 /// Unpacks the one compressed stream of `format` at the start of `input`
-/// (an initramfs segment: more may follow it), refusing more than `max`
-/// bytes out. Returns the data and how many bytes of `input` the stream
-/// took, trailer included.
+/// (an initramfs segment: more may follow it), appending what it holds to
+/// `out`, which may not grow past `max` bytes. Returns how many bytes of
+/// `input` the stream took, trailer included.
 pub fn unpack_stream(
     format: Compression,
     input: &[u8],
+    out: &mut Vec<u8>,
     max: u64,
-) -> Result<(Vec<u8>, usize), String> {
+) -> Result<usize, String> {
+    let room = max.saturating_sub(out.len() as u64);
     let mut rest = input;
-    let out = match format {
-        Compression::Gzip => read_capped(flate2::bufread::GzDecoder::new(&mut rest), max),
-        Compression::Bzip2 => read_capped(bzip2::bufread::BzDecoder::new(&mut rest), max),
-        Compression::Xz => read_capped(liblzma::bufread::XzDecoder::new(&mut rest), max),
-        Compression::Lzma => {
-            let stream = liblzma::stream::Stream::new_lzma_decoder(MAX_VMLINUX)
-                .map_err(|e| e.to_string())?;
-            read_capped(
-                liblzma::bufread::XzDecoder::new_stream(&mut rest, stream),
-                max,
-            )
+    match format {
+        Compression::Gzip => read_capped(flate2::bufread::GzDecoder::new(&mut rest), out, room)?,
+        Compression::Bzip2 => read_capped(bzip2::bufread::BzDecoder::new(&mut rest), out, room)?,
+        Compression::Xz | Compression::Lzma => {
+            let stream = if format == Compression::Xz {
+                liblzma::stream::Stream::new_stream_decoder(STREAM_MEMLIMIT, 0)
+            } else {
+                liblzma::stream::Stream::new_lzma_decoder(STREAM_MEMLIMIT)
+            }
+            .map_err(|e| e.to_string())?;
+            let decoder = liblzma::bufread::XzDecoder::new_stream(&mut rest, stream);
+            read_capped(decoder, out, room)?
         }
         Compression::Zstd => {
-            let decoder =
+            let mut decoder =
                 ruzstd::decoding::StreamingDecoder::new(&mut rest).map_err(|e| e.to_string())?;
-            read_capped(decoder, max)
+            read_capped(&mut decoder, out, room)?;
+            // ruzstd reads a frame's checksum but leaves the check to us.
+            let sums = (
+                decoder.decoder.get_checksum_from_data(),
+                decoder.decoder.get_calculated_checksum(),
+            );
+            if let (Some(stored), Some(computed)) = sums {
+                if stored != computed {
+                    return Err(format!(
+                        "has checksum {stored:#010x}, but its data sums to {computed:#010x}"
+                    ));
+                }
+            }
         }
         // LZ4's legacy frame does not say where it ends.
         Compression::Lz4 | Compression::Lzo => {
             return Err(format!("{} is not unpacked on the host", format.name()))
         }
-    }?;
-    Ok((out, input.len() - rest.len()))
+    }
+    Ok(input.len() - rest.len())
 }
 
-/// Reads `r` to its end, refusing more than `max` bytes.
-fn read_capped(r: impl Read, max: u64) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
-    r.take(max.saturating_add(1))
-        .read_to_end(&mut out)
+/// Reads `r` to its end onto `out`, refusing more than `room` bytes.
+fn read_capped(r: impl Read, out: &mut Vec<u8>, room: u64) -> Result<(), String> {
+    let before = out.len();
+    r.take(room.saturating_add(1))
+        .read_to_end(out)
         .map_err(|e| e.to_string())?;
-    if out.len() as u64 > max {
-        return Err(format!("unpacks to more than {max} bytes"));
+    if (out.len() - before) as u64 > room {
+        return Err(format!("unpacks to more than the {room} bytes allowed"));
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Reads `r` to its end, refusing more than `size` bytes.

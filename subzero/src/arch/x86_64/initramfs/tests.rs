@@ -79,8 +79,11 @@ fn a_plain_archive_then_a_compressed_one_become_two_plain_ones() {
         assert_eq!(out.cpio, want, "{format:?}");
         assert_eq!(out.formats, [format]);
     }
-    // Two compressed streams back to back, and an archive not padded to 4.
-    let odd = &archive(&[("a", b"1")])[..113];
+    // Two compressed streams back to back, the second holding an archive
+    // whose trailer is not padded to 4 bytes.
+    let whole = archive(&[("a", b"1")]);
+    let odd = &whole[..archive_len(&whole).unwrap() - 3];
+    assert_ne!(odd.len() % 4, 0);
     let image = [gzip(&main), gzip(odd)].concat();
     let out = unpack(&image, 1 << 30).unwrap();
     assert_eq!(out.formats, [Compression::Gzip, Compression::Gzip]);
@@ -111,7 +114,28 @@ fn what_is_not_a_compressed_cpio_archive_boots_as_given() {
     why(&bad, 1 << 30);
     // More than the room.
     let w = why(&gz, 100);
-    assert!(w.contains("more than 100 bytes"), "{w}");
+    assert!(w.contains("more than the 100 bytes allowed"), "{w}");
+    // A stream that holds an archive cut short, or junk after an archive,
+    // or an archive off the 4-byte grid: the kernel would stop there.
+    let w = why(&gzip(&cpio[..200]), 1 << 30);
+    assert!(
+        w.contains("past the end") || w.contains("no cpio header"),
+        "{w}"
+    );
+    let w = why(&gzip(&[cpio.as_slice(), b"junk"].concat()), 1 << 30);
+    assert!(w.contains("holds junk at byte 512"), "{w}");
+    let w = why(&gzip(&[cpio.as_slice(), &[0, 0], &cpio].concat()), 1 << 30);
+    assert!(w.contains("holds junk at byte 514"), "{w}");
+    let two = gzip(&[cpio.as_slice(), &[0; 4], &cpio].concat());
+    assert_eq!(unpack(&two, 1 << 30).unwrap().formats, [Compression::Gzip]);
+    // A zstd frame whose content checksum does not match its data.
+    let mut zst =
+        ruzstd::encoding::compress_to_vec(&cpio[..], ruzstd::encoding::CompressionLevel::Fastest);
+    let n = zst.len();
+    assert_ne!(zst[4] & 0x04, 0, "the encoder writes a content checksum");
+    zst[n - 1] ^= 0xff; // the checksum is the frame's last 4 bytes
+    let w = why(&zst, 1 << 30);
+    assert!(w.contains("checksum"), "{w}");
     // LZ4's legacy frame does not say where it ends.
     let w = why(&[0x02, 0x21, 0x4c, 0x18, 1, 0, 0, 0, 0], 1 << 30);
     assert!(w.contains("lz4"), "{w}");
