@@ -12,7 +12,7 @@
 use std::fs::File;
 use std::path::Path;
 
-use super::kernel_cache::{read_entry, stamp_key, write_entry};
+use super::kernel_cache::Entry;
 use crate::arch::x86_64::initramfs::{self, Skip};
 use crate::arch::x86_64::unpack::Compression;
 
@@ -48,16 +48,19 @@ pub struct Unpacked {
 /// says why it boots as given.
 pub fn unpacked(file: File, len: u64, max: u64, cache: Option<&Path>) -> Result<Unpacked, Skip> {
     let max = max.min(MAX_UNPACKED);
-    let key = stamp_key(&file, "initramfs-v1");
-    let dir = cache.map(|c| c.join(INITRAMFS_DIR));
-    let dir = dir.as_deref();
-    if let (Some(dir), Some(key)) = (dir, &key) {
-        if let Some(entry) = read_entry(dir, key, "cpio", max, b"07070") {
-            return Ok(Unpacked {
-                cpio: Cpio::Cached(entry),
-                formats: Vec::new(),
-            });
-        }
+    let entry = Entry::new(
+        cache,
+        INITRAMFS_DIR,
+        &file,
+        "initramfs-v1",
+        "cpio",
+        "initramfs",
+    );
+    if let Some(hit) = entry.as_ref().and_then(|e| e.read(max, b"07070")) {
+        return Ok(Unpacked {
+            cpio: Cpio::Cached(hit),
+            formats: Vec::new(),
+        });
     }
     if len > max {
         return Err(Skip::Other(format!(
@@ -77,13 +80,8 @@ pub fn unpacked(file: File, len: u64, max: u64, cache: Option<&Path>) -> Result<
         Err(e) => return Err(e),
     };
     drop(bytes);
-    if let (Some(dir), Some(key)) = (dir, &key) {
-        if let Err(e) = write_entry(dir, key, "cpio", &out.cpio) {
-            log::info!(
-                "initramfs cache {}: not kept ({e}); the next boot unpacks again",
-                dir.display()
-            );
-        }
+    if let Some(entry) = &entry {
+        entry.keep(&out.cpio);
     }
     Ok(Unpacked {
         cpio: Cpio::Memory(out.cpio),

@@ -72,7 +72,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// Whether `meta` is ours and no one else may write it.
-pub(super) fn private(meta: &std::fs::Metadata) -> bool {
+fn private(meta: &std::fs::Metadata) -> bool {
     // SAFETY: geteuid has no preconditions.
     let me = unsafe { libc::geteuid() };
     meta.uid() == me && meta.mode() & 0o022 == 0
@@ -86,7 +86,7 @@ const SAMPLE: u64 = 64 << 10;
 /// with another `kind`): its stamps, and its first and last [`SAMPLE`]
 /// bytes (so that even a rewrite within the clock's granularity that
 /// changes the header or the payload's end misses).
-pub(super) fn stamp_key(file: &File, kind: &str) -> Option<String> {
+fn stamp_key(file: &File, kind: &str) -> Option<String> {
     let meta = file.metadata().ok()?;
     let stamps = format!(
         "{kind}:{}:{}:{}:{}.{}:{}.{}",
@@ -109,20 +109,64 @@ pub(super) fn stamp_key(file: &File, kind: &str) -> Option<String> {
     Some(hex(&h.finalize()))
 }
 
+/// A file's entry in the unpack cache: the directory and key it would
+/// have there.
+pub(super) struct Entry {
+    dir: PathBuf,
+    key: String,
+    ext: &'static str,
+    /// What it holds, for messages ("kernel", "initramfs").
+    what: &'static str,
+}
+
+impl Entry {
+    /// The entry, in `cache`'s subdirectory `sub`, of the file open as
+    /// `file`, keyed as a `kind`; none without a cache or a key.
+    pub(super) fn new(
+        cache: Option<&Path>,
+        sub: &str,
+        file: &File,
+        kind: &str,
+        ext: &'static str,
+        what: &'static str,
+    ) -> Option<Entry> {
+        Some(Entry {
+            dir: cache?.join(sub),
+            key: stamp_key(file, kind)?,
+            ext,
+            what,
+        })
+    }
+
+    /// The cached file, if the cache holds a sound one of at most `max`
+    /// bytes that starts with `magic`.
+    pub(super) fn read(&self, max: u64, magic: &[u8]) -> Option<File> {
+        read_entry(&self.dir, &self.key, self.ext, max, magic)
+    }
+
+    /// Keeps `bytes` as the entry. A failure costs only the cache, and
+    /// says so.
+    pub(super) fn keep(&self, bytes: &[u8]) {
+        if let Err(e) = write_entry(&self.dir, &self.key, self.ext, bytes) {
+            log::info!(
+                "{} cache {}: not kept ({e}); the next boot unpacks again",
+                self.what,
+                self.dir.display()
+            );
+        }
+    }
+}
+
 /// The unpacked vmlinux of the bzImage open as `image` (at most `max`
 /// bytes), from the cache under `cache` ([`default_dir`]) when it holds it.
 /// `Err` says why the image must boot the ordinary way.
 pub fn unpacked(image: File, max: u64, cache: Option<&Path>) -> Result<Unpacked, Skip> {
-    let key = stamp_key(&image, "bzimage-v2");
-    let dir = cache.map(|c| c.join(VMLINUX_DIR));
-    let dir = dir.as_deref();
-    if let (Some(dir), Some(key)) = (dir, &key) {
-        if let Some(entry) = read_entry(dir, key, "elf", MAX_VMLINUX, b"\x7fELF") {
-            return Ok(Unpacked {
-                vmlinux: Vmlinux::Cached(entry),
-                format: None,
-            });
-        }
+    let entry = Entry::new(cache, VMLINUX_DIR, &image, "bzimage-v2", "elf", "kernel");
+    if let Some(hit) = entry.as_ref().and_then(|e| e.read(MAX_VMLINUX, b"\x7fELF")) {
+        return Ok(Unpacked {
+            vmlinux: Vmlinux::Cached(hit),
+            format: None,
+        });
     }
     let len = image.metadata().map(|m| m.len()).unwrap_or(0);
     let bytes = crate::files::read_opened(image, len, max)
@@ -130,13 +174,8 @@ pub fn unpacked(image: File, max: u64, cache: Option<&Path>) -> Result<Unpacked,
     let payload = unpack::payload(&bytes).map_err(|e| Skip::NoPayload(e.to_string()))?;
     let format = Compression::detect(payload);
     let vmlinux = unpack::unpack(payload).map_err(|e| Skip::Failed(e.to_string()))?;
-    if let (Some(dir), Some(key)) = (dir, &key) {
-        if let Err(e) = write_entry(dir, key, "elf", &vmlinux) {
-            log::info!(
-                "kernel cache {}: not kept ({e}); the next boot unpacks again",
-                dir.display()
-            );
-        }
+    if let Some(entry) = &entry {
+        entry.keep(&vmlinux);
     }
     Ok(Unpacked {
         vmlinux: Vmlinux::Memory(vmlinux),
@@ -147,7 +186,7 @@ pub fn unpacked(image: File, max: u64, cache: Option<&Path>) -> Result<Unpacked,
 /// A cached entry `key.ext` in `dir`, if the cache holds a sound one: a
 /// private regular file of ours, at most `max` bytes, that starts with
 /// `magic`.
-pub(super) fn read_entry(dir: &Path, key: &str, ext: &str, max: u64, magic: &[u8]) -> Option<File> {
+fn read_entry(dir: &Path, key: &str, ext: &str, max: u64, magic: &[u8]) -> Option<File> {
     let dir_meta = std::fs::symlink_metadata(dir).ok()?;
     if !dir_meta.is_dir() || !private(&dir_meta) {
         log::info!(
@@ -168,7 +207,7 @@ pub(super) fn read_entry(dir: &Path, key: &str, ext: &str, max: u64, magic: &[u8
 
 /// Keeps `bytes` as the entry `key.ext` in `dir` (created private), written
 /// to a temporary name and renamed.
-pub(super) fn write_entry(dir: &Path, key: &str, ext: &str, bytes: &[u8]) -> std::io::Result<()> {
+fn write_entry(dir: &Path, key: &str, ext: &str, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
