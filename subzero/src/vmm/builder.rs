@@ -292,24 +292,13 @@ fn load_initrd(
     // once: a plain archive may take a quarter of guest RAM at most, or
     // it boots compressed, as given.
     let max = boot::initrd_max(kernel, low_end).min(cfg.memory / 4);
+    let place = |v: &[u8]| boot::place_initrd(mem, v, v.len() as u64, path, kernel, low_end);
     let why = match unpacked(file, len, max, cfg.unpack_cache.as_deref()) {
         Ok(u) => {
             let (placed, how) = match u.cpio {
-                Cpio::Memory(v) => {
-                    let placed =
-                        boot::place_initrd(mem, &v[..], v.len() as u64, path, kernel, low_end);
-                    (placed, "unpacked on the host")
-                }
-                Cpio::Plain(v) => {
-                    return Ok(boot::place_initrd(
-                        mem,
-                        &v[..],
-                        v.len() as u64,
-                        path,
-                        kernel,
-                        low_end,
-                    )?);
-                }
+                // Not compressed: loaded as given, from the bytes already read.
+                Cpio::Plain(v) => return Ok(place(&v)?),
+                Cpio::Memory(v) => (place(&v), "unpacked on the host"),
                 Cpio::Cached(f) => {
                     let size = f.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
                     (
@@ -336,10 +325,8 @@ fn load_initrd(
                 Err(e) => e.to_string(),
             }
         }
-        Err(crate::arch::x86_64::initramfs::Skip::Plain) => {
-            return Ok(boot::load_initrd(mem, path, kernel, low_end)?);
-        }
-        Err(crate::arch::x86_64::initramfs::Skip::Other(why)) => why,
+        // Skip::Plain comes back as Cpio::Plain above.
+        Err(why) => why.to_string(),
     };
     log::warn!(
         "initrd {}: not unpacked on the host ({why}); the kernel unpacks it in the guest \

@@ -420,8 +420,8 @@ pub fn place_initrd(
     kernel: &LoadedKernel,
     low_ram_end: u64,
 ) -> Result<(u64, u64), BootError> {
-    let (_, top) = initrd_room(kernel, low_ram_end);
-    let room = initrd_max(kernel, low_ram_end);
+    let (bottom, top) = initrd_room(kernel, low_ram_end);
+    let room = top.saturating_sub(bottom);
     let too_big = || BootError::InitrdTooBig {
         path: path.to_path_buf(),
         size_mib: size.div_ceil(MIB),
