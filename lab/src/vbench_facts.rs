@@ -10,13 +10,26 @@ use crate::api_facts::median;
 use crate::parse::{after, bench_figure, ScenarioRun};
 use crate::vbench_scripts::ROWS;
 
-/// The ratios the table shows: (numerator VMM, denominator VMM, header).
-pub const RATIOS: &[(&str, &str, &str)] = &[
-    ("subzero-uring", "firecracker", "uring/fc"),
-    ("subzero-uring", "qemu-microvm", "uring/qemu"),
-    ("subzero-sync", "firecracker", "sync/fc"),
-    ("subzero-sync", "qemu-microvm", "sync/qemu"),
-];
+/// The peers subzero's figures are divided by, with their short names.
+const PEERS: &[(&str, &str)] = &[("firecracker", "fc"), ("qemu-microvm", "qemu")];
+
+/// The ratios the table shows, (numerator VMM, denominator VMM, header):
+/// every subzero variant in `vmms` over every peer in it, e.g.
+/// `uring/fc` for `subzero-uring` / `firecracker`.
+pub fn ratios(vmms: &[String]) -> Vec<(String, String, String)> {
+    let mut v = Vec::new();
+    for num in vmms {
+        let Some(variant) = num.strip_prefix("subzero-") else {
+            continue;
+        };
+        for (den, short) in PEERS {
+            if vmms.iter().any(|x| x == den) {
+                v.push((num.clone(), den.to_string(), format!("{variant}/{short}")));
+            }
+        }
+    }
+    v
+}
 
 /// One of the driver's boots.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -209,24 +222,26 @@ fn ratio(s: &[VmmSummary], i: usize, num: &str, den: &str) -> Option<f64> {
     (b > 0.0).then(|| a / b)
 }
 
-/// The table: per row each VMM's median and the [`RATIOS`], then the
+/// The table: per row each VMM's median and the [`ratios`], then the
 /// median of each ratio over the rows, then what failed.
 pub fn table(s: &[VmmSummary]) -> String {
+    let names: Vec<String> = s.iter().map(|v| v.vmm.clone()).collect();
+    let shown = ratios(&names);
     let mut out = format!("  {:<34}", "row (unit)");
     for v in s {
         let _ = write!(out, " {:>14}", v.vmm);
     }
-    for (_, _, h) in RATIOS {
+    for (_, _, h) in &shown {
         let _ = write!(out, " {h:>10}");
     }
     out.push('\n');
-    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); RATIOS.len()];
+    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); shown.len()];
     for (i, (_, what, unit)) in ROWS.iter().enumerate() {
         let _ = write!(out, "  {:<34}", format!("{what} ({unit})"));
         for v in s {
             let _ = write!(out, " {:>14}", fmt_figure(v.medians[i], unit));
         }
-        for (j, (num, den, _)) in RATIOS.iter().enumerate() {
+        for (j, (num, den, _)) in shown.iter().enumerate() {
             let r = ratio(s, i, num, den);
             ratios[j].extend(r);
             let _ = write!(out, " {:>10}", fmt_ratio(r));
@@ -366,6 +381,23 @@ mod tests {
     }
 
     #[test]
+    fn every_subzero_variant_is_divided_by_every_peer_present() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let r = ratios(&names(&[
+            "subzero-uring",
+            "subzero-uring-q1",
+            "firecracker",
+        ]));
+        let heads: Vec<&str> = r.iter().map(|(_, _, h)| h.as_str()).collect();
+        assert_eq!(heads, ["uring/fc", "uring-q1/fc"]);
+        assert_eq!(
+            (r[1].0.as_str(), r[1].1.as_str()),
+            ("subzero-uring-q1", "firecracker")
+        );
+        assert!(ratios(&names(&["subzero-sync", "subzero-uring"])).is_empty());
+    }
+
+    #[test]
     fn each_boot_has_its_rows_and_a_failed_one_its_reason() {
         let sc = run();
         let b = boots(&sc);
@@ -412,10 +444,10 @@ mod tests {
         );
         let seq_write = lines[1].split_whitespace().collect::<Vec<_>>();
         // subzero-sync -, subzero-uring 20.0, firecracker 10.0, qemu 40.0,
-        // then uring/fc 2.00, uring/qemu 0.50, sync/fc -, sync/qemu -.
+        // then sync/fc -, sync/qemu -, uring/fc 2.00, uring/qemu 0.50.
         assert_eq!(
             seq_write[seq_write.len() - 8..],
-            ["-", "20.0", "10.0", "40.0", "2.00", "0.50", "-", "-"],
+            ["-", "20.0", "10.0", "40.0", "-", "-", "2.00", "0.50"],
             "{t}"
         );
         let tail = |l: &str, n: usize| {
@@ -424,14 +456,14 @@ mod tests {
         };
         assert_eq!(
             tail(lines[3], 8),
-            ["-", "60", "30", "120", "2.00", "0.50", "-", "-"],
+            ["-", "60", "30", "120", "-", "-", "2.00", "0.50"],
             "{t}"
         );
         let med = lines
             .iter()
             .find(|l| l.contains("median of the rows' ratios"))
             .unwrap();
-        assert_eq!(tail(med, 5), ["ratios", "2.00", "0.50", "-", "-"], "{t}");
+        assert_eq!(tail(med, 5), ["ratios", "-", "-", "2.00", "0.50"], "{t}");
         assert!(
             t.contains("subzero-sync: 4 of 4 boots failed: error: invalid value"),
             "{t}"

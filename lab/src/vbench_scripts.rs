@@ -129,8 +129,53 @@ pub(crate) fn vbench_assets() -> Result<Vec<(String, Vec<u8>, u32)>, crate::LabE
             "SUBZERO_LAB_VBENCH_DISK={disk:?}: only --disk keys and values, e.g. queues=1"
         )));
     }
-    let env = format!("{}SZ_DISK_EXTRA=\"{disk}\"\n", rounds_env(rounds));
+    let vmms = match std::env::var("SUBZERO_LAB_VBENCH_VMMS") {
+        Ok(v) if !v.trim().is_empty() => vmm_list(&v).map_err(crate::LabError::Failed)?,
+        _ => VMMS.join(" "),
+    };
+    let env = format!(
+        "{}SZ_DISK_EXTRA=\"{disk}\"\nSZ_VMMS=\"{vmms}\"\n",
+        rounds_env(rounds)
+    );
     Ok(vec![("/l2/vbench.env".into(), env.into_bytes(), 0o644)])
+}
+
+/// The VMMs of `SUBZERO_LAB_VBENCH_VMMS`, checked: `firecracker`,
+/// `qemu-microvm`, and subzero variants `subzero-<engine>[-q<N>]` (engine
+/// `sync`, `uring` or `auto`; N request queues, 1 to 16), e.g.
+/// `subzero-uring subzero-uring-q1 firecracker` for an A/B of the queue
+/// count against one peer.
+pub fn vmm_list(v: &str) -> Result<String, String> {
+    let bad = |w: &str| {
+        format!(
+            "SUBZERO_LAB_VBENCH_VMMS: {w:?} is not a VMM here: firecracker, qemu-microvm, \
+             or subzero-<sync|uring|auto>[-q<1-16>], e.g. subzero-uring-q1"
+        )
+    };
+    let mut out: Vec<&str> = Vec::new();
+    for w in v.split_whitespace() {
+        let ok = match w.strip_prefix("subzero-") {
+            None => w == "firecracker" || w == "qemu-microvm",
+            Some(rest) => {
+                let (engine, queues) = match rest.split_once("-q") {
+                    Some((e, q)) => (e, Some(q)),
+                    None => (rest, None),
+                };
+                ["sync", "uring", "auto"].contains(&engine)
+                    && queues.is_none_or(|q| {
+                        !q.starts_with('0') && q.parse::<u32>().is_ok_and(|n| (1..=16).contains(&n))
+                    })
+            }
+        };
+        if !ok {
+            return Err(bad(w));
+        }
+        if out.contains(&w) {
+            return Err(format!("SUBZERO_LAB_VBENCH_VMMS: {w} is listed twice"));
+        }
+        out.push(w);
+    }
+    Ok(out.join(" "))
 }
 
 fn rounds_env(rounds: u32) -> String {
@@ -150,23 +195,29 @@ BOOT_SECS=110
 REBOOT_GRACE=10
 ROUNDS="1 2 3"
 SZ_DISK_EXTRA=
-[ -r /l2/vbench.env ] && . /l2/vbench.env
 B=/tmp/vb
 rm -f $B.*
 
-vmms="subzero-sync subzero-uring"
+SZ_VMMS="subzero-sync subzero-uring firecracker qemu-microvm"
+[ -r /l2/vbench.env ] && . /l2/vbench.env
 if [ -x $FC ]; then
-    vmms="$vmms firecracker"
     sz_check FIRECRACKER "$($FC --version 2>&1 | head -n 1)"
 else
     sz_check FIRECRACKER "skipped: not in L1 (the host has no peer Firecracker, see SUBZERO_LAB_FIRECRACKER)"
 fi
 if [ -x $QEMU ]; then
-    vmms="$vmms qemu-microvm"
     sz_check QEMU "$($QEMU --version 2>&1 | head -n 1)"
 else
     sz_check QEMU "skipped: not in L1"
 fi
+vmms=
+for v in $SZ_VMMS; do
+    case $v in
+    firecracker) [ -x $FC ] || continue ;;
+    qemu-microvm) [ -x $QEMU ] || continue ;;
+    esac
+    vmms="${vmms:+$vmms }$v"
+done
 sz_check VMMS $vmms
 sz_check ROUNDS $ROUNDS
 sz_check CMDLINE "$SZ_CMDLINE"
@@ -190,9 +241,16 @@ sz_boot() {
     seq=$1 vmm=$2 phase=$3
     case $vmm in
     subzero-*)
+        # subzero-<engine>[-q<N>]: the disk's engine and request queues.
+        v=${vmm#subzero-}
+        disk="path=$IMG,engine=${v%%-q*}"
+        case $v in *-q*) disk="$disk,queues=${v##*-q}" ;; esac
         set -- /bin/subzero run --kernel "$SZ_KERNEL" --initrd "$SZ_INITRD" --cmdline "$SZ_CMDLINE" \
             --memory "${SZ_MEM_MIB}M" --vcpus "$SZ_VCPUS" \
-            --disk "path=$IMG,engine=${vmm#subzero-}${SZ_DISK_EXTRA:+,$SZ_DISK_EXTRA}" --net "tap=sztap0,mac=$MAC"
+            --disk "$disk${SZ_DISK_EXTRA:+,$SZ_DISK_EXTRA}" --net "tap=sztap0,mac=$MAC"
+        # The warm-up, which is not timed, also counts exits and the
+        # devices' kicks and interrupts.
+        [ $phase = warmup ] && set -- "$@" --stats --no-trace --stats-out $B.stats
         ;;
     firecracker)
         printf '{\n  "boot-source": {"kernel_image_path": "%s", "initrd_path": "%s", "boot_args": "%s"},\n  "machine-config": {"vcpu_count": %s, "mem_size_mib": %s},\n  "drives": [{"drive_id": "d0", "path_on_host": "%s", "is_root_device": false, "is_read_only": false}],\n  "network-interfaces": [{"iface_id": "eth0", "guest_mac": "%s", "host_dev_name": "sztap0"}]\n}\n' \
@@ -251,6 +309,8 @@ sz_boot() {
     elif [ $rc = 137 ]; then
         how=timeout
     fi
+    [ -s $B.stats ] && sed "s/^/@@L1 VB_STATS $seq /" $B.stats
+    rm -f $B.stats
     echo "@@L1 VB_BOOT $seq $vmm $phase end rc=$rc how=$how"
     [ $rc = 0 ] || sz_check BOOT_ERR "$seq $(head -n 1 $B.err)"
     head -n 20 $B.err | sed "s/^/boot $seq ($vmm): /" >&2
@@ -350,9 +410,12 @@ mod tests {
         for (vmm, engine) in SUBZERO_ENGINES {
             assert_eq!(vmm.strip_prefix("subzero-"), Some(*engine));
         }
-        assert!(
-            d.contains("--disk \"path=$IMG,engine=${vmm#subzero-}${SZ_DISK_EXTRA:+,$SZ_DISK_EXTRA}\" --net \"tap=sztap0,mac=$MAC\"")
-        );
+        assert!(d.contains(
+            "--disk \"$disk${SZ_DISK_EXTRA:+,$SZ_DISK_EXTRA}\" --net \"tap=sztap0,mac=$MAC\""
+        ));
+        assert!(d.contains(
+            "[ $phase = warmup ] && set -- \"$@\" --stats --no-trace --stats-out $B.stats"
+        ));
         assert!(
             d.contains("set -- $FC --no-api --no-seccomp --config-file $B.fc.json --level Warning")
         );
@@ -369,18 +432,52 @@ mod tests {
             .unwrap();
         assert!(fresh < start);
         assert!(d.contains("dd if=/dev/zero of=$IMG bs=1M count=0 seek=64"));
-        // The VMMs in VMMS's order, and the rounds rotate.
-        let lists = [
-            format!("vmms=\"{} {}\"\n", VMMS[0], VMMS[1]),
-            format!("vmms=\"$vmms {}\"\n", VMMS[2]),
-            format!("vmms=\"$vmms {}\"\n", VMMS[3]),
-        ];
-        let at: Vec<usize> = lists.iter().map(|l| d.find(l.as_str()).unwrap()).collect();
-        assert!(at.windows(2).all(|w| w[0] < w[1]), "{at:?}");
+        // The VMMs in VMMS's order unless the env file says otherwise, and
+        // the rounds rotate.
+        let default = d
+            .find(&format!("SZ_VMMS=\"{}\"\n", VMMS.join(" ")))
+            .unwrap();
+        let env = d
+            .find("[ -r /l2/vbench.env ] && . /l2/vbench.env\n")
+            .unwrap();
+        let pick = d.find("for v in $SZ_VMMS; do\n").unwrap();
+        assert!(default < env && env < pick);
         assert!(d.contains("order=$(rotate $order)"));
         let warm = d.find("sz_boot $seq $vmm warmup\n").unwrap();
         let round = d.find("sz_boot $seq $vmm round$round\n").unwrap();
         assert!(warm < round);
+    }
+
+    #[test]
+    fn the_vmm_list_takes_peers_and_subzero_variants_only() {
+        assert_eq!(
+            vmm_list(" subzero-uring  subzero-uring-q1 firecracker\n").unwrap(),
+            "subzero-uring subzero-uring-q1 firecracker"
+        );
+        assert_eq!(
+            vmm_list("subzero-sync-q16 qemu-microvm").unwrap(),
+            "subzero-sync-q16 qemu-microvm"
+        );
+        for bad in [
+            "subzero",
+            "subzero-fast",
+            "subzero-uring-q0",
+            "subzero-uring-q17",
+            "subzero-uring-q01",
+            "subzero-uring-qx",
+            "qemu",
+            "subzero-sync;reboot",
+        ] {
+            let e = vmm_list(bad).unwrap_err();
+            assert!(e.contains(bad) && e.contains("subzero-uring-q1"), "{e}");
+        }
+        assert!(vmm_list("firecracker firecracker")
+            .unwrap_err()
+            .contains("twice"));
+        // The driver splits a variant's name as vmm_list reads it.
+        let d = VIRTIO_BENCH_DRIVER;
+        assert!(d.contains("disk=\"path=$IMG,engine=${v%%-q*}\"\n"));
+        assert!(d.contains("case $v in *-q*) disk=\"$disk,queues=${v##*-q}\" ;; esac\n"));
     }
 
     #[test]
