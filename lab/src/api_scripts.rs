@@ -66,6 +66,11 @@ sz_check() {
 sz_step() { echo "@@L1 STEP $name $* (L1 uptime $(cut -d' ' -f1 /proc/uptime))"; }
 # sz_track PID: a process L1's sz_reap stops if the driver did not.
 sz_track() { echo "$1" >>/tmp/sz.pids; }
+# sz_kill_tree PID: SIGKILL to PID and its descendants.
+sz_kill_tree() {
+    for c in $(awk -v p=$1 '$4 == p { print $1 }' /proc/[0-9]*/stat 2>/dev/null); do sz_kill_tree $c; done
+    kill -9 $1 2>/dev/null
+}
 # sz_alive PID: the process exists and is not a zombie.
 sz_alive() {
     case "$(cut -d' ' -f3 /proc/$1/stat 2>/dev/null)" in "" | Z) return 1 ;; esac

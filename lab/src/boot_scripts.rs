@@ -186,12 +186,6 @@ sz_maps() {
         $1 == "AnonHugePages:" { thp = $2; next }
         END { done() }' /proc/$1/smaps 2>/dev/null | sort -n -r | head -n 6 | sed 's/^/@@L1 BB_MAP /'
 }
-# sz_kill_tree PID: SIGKILL to PID and its descendants.
-sz_kill_tree() {
-    for c in $(awk -v p=$1 '$4 == p { print $1 }' /proc/[0-9]*/stat 2>/dev/null); do sz_kill_tree $c; done
-    kill -9 $1 2>/dev/null
-}
-
 # sz_boot SEQ VMM PHASE [WORDS]: one boot of VMM (WORDS added to the
 # command line) between BB_BOOT start and end markers. A reader copies the
 # VMM's console to L1's line by line, reads the VMM's smaps when the guest

@@ -283,7 +283,12 @@ rm -f /tmp/rootfs.img
         driver: crate::vbench_scripts::VIRTIO_BENCH_DRIVER,
         before: crate::vbench_scripts::VIRTIO_BENCH_BEFORE,
         after: crate::vbench_scripts::VIRTIO_BENCH_AFTER,
-        assets: &[Asset::Qemu, Asset::Firecracker, Asset::VirtioBench],
+        assets: &[
+            Asset::Qemu,
+            Asset::Firecracker,
+            Asset::Perf,
+            Asset::VirtioBench,
+        ],
         opt_in: true,
         min_timeout: crate::vbench_scripts::TIMEOUT_SECS,
         ..BOOT

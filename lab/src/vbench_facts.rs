@@ -124,6 +124,25 @@ pub fn boots(sc: &ScenarioRun) -> Vec<Boot> {
     v
 }
 
+/// The lines the driver printed as `@@L1 <marker> <seq> <line>` (marker
+/// `VB_PERF` or `VB_STATS`), per boot: (seq, lines), in order.
+pub fn reports(sc: &ScenarioRun, marker: &str) -> Vec<(u32, Vec<String>)> {
+    let tag = format!("@@L1 {marker} ");
+    let mut v: Vec<(u32, Vec<String>)> = Vec::new();
+    for l in &sc.output {
+        let Some(rest) = after(&l.text, &tag) else {
+            continue;
+        };
+        let (seq, line) = rest.split_once(' ').unwrap_or((rest, ""));
+        let Ok(seq) = seq.parse() else { continue };
+        match v.last_mut() {
+            Some((s, lines)) if *s == seq => lines.push(line.to_string()),
+            _ => v.push((seq, vec![line.to_string()])),
+        }
+    }
+    v
+}
+
 /// The VMMs the driver ran (`@@L1 CHECK virtio-bench VMMS ...`), or those
 /// that booted, in order of their first boot.
 pub fn vmms(sc: &ScenarioRun, boots: &[Boot]) -> Vec<String> {
@@ -378,6 +397,39 @@ mod tests {
             .scenarios
             .remove("virtio-bench")
             .unwrap()
+    }
+
+    #[test]
+    fn reports_are_grouped_by_boot() {
+        let text = [
+            "@@L1 BEGIN virtio-bench",
+            "@@L1 VB_PERF 1 Analyze events for all VMs, all VCPUs:",
+            "@@L1 VB_PERF 1        npf      632",
+            "@@L1 VB_STATS 1 == subzero stats ==",
+            "@@L1 VB_PERF 2        msr     3000",
+            "@@L1 VB_PERF x junk",
+        ];
+        let output: Vec<Line> = text
+            .iter()
+            .enumerate()
+            .map(|(i, t)| Line::new(Duration::from_millis(i as u64), t.to_string()))
+            .collect();
+        let sc = crate::parse::parse(&output)
+            .scenarios
+            .remove("virtio-bench")
+            .unwrap();
+        let r = reports(&sc, "VB_PERF");
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0].0, 1);
+        assert_eq!(
+            r[0].1,
+            [
+                "Analyze events for all VMs, all VCPUs:",
+                "       npf      632"
+            ]
+        );
+        assert_eq!(r[1], (2, vec!["       msr     3000".to_string()]));
+        assert_eq!(reports(&sc, "VB_STATS")[0].1, ["== subzero stats =="]);
     }
 
     #[test]

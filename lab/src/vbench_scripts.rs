@@ -29,6 +29,13 @@
 //! [`crate::scripts::BENCH_TCP_BYTES`] zeros on port 9001 (`lab-peer listen`,
 //! one connection each); they are stopped after the boot.
 //!
+//! The warm-up boots, which are not timed, count exits: each runs under
+//! `perf kvm stat record` when L1 has perf (`@@L1 CHECK virtio-bench PERF`,
+//! or `PERF_UNAVAILABLE`), and its `perf kvm stat report --event=vmexit`
+//! follows as `@@L1 VB_PERF <seq> <line>`; a subzero warm-up also runs with
+//! `--stats --no-trace`, its report as `@@L1 VB_STATS <seq> <line>`. See
+//! [`crate::vbench_facts::reports`].
+//!
 //! Protocol: one warm-up boot of each VMM, then [`ROUNDS`] timed rounds in
 //! which every VMM boots once, the order rotating by one each round (as in
 //! `boot-bench`). `SUBZERO_LAB_VBENCH_ROUNDS=N` runs N rounds instead (a
@@ -188,6 +195,7 @@ fn rounds_env(rounds: u32) -> String {
 /// `SZ_BENCH_BYTES`, `SZ_BENCH_TCP_BYTES`.
 pub const VIRTIO_BENCH_DRIVER: &str = r#"FC=/usr/bin/firecracker
 QEMU=/usr/bin/qemu-system-x86_64
+PERF=/usr/bin/perf
 BIOS=/usr/share/seabios/bios-microvm.bin
 IMG=/tmp/bench.img
 MAC=52:54:00:12:34:56
@@ -209,6 +217,12 @@ if [ -x $QEMU ]; then
     sz_check QEMU "$($QEMU --version 2>&1 | head -n 1)"
 else
     sz_check QEMU "skipped: not in L1"
+fi
+if [ -x $PERF ]; then
+    grep -q '^[^ ]* /sys/kernel/tracing tracefs ' /proc/mounts || mount -t tracefs none /sys/kernel/tracing
+    sz_check PERF "warm-up boots under perf kvm stat record"
+else
+    sz_check PERF_UNAVAILABLE "$PERF is not in L1: the host has no $PERF (apt-get install linux-perf)"
 fi
 vmms=
 for v in $SZ_VMMS; do
@@ -265,8 +279,14 @@ sz_boot() {
             -netdev tap,id=n0,ifname=sztap0,script=no,downscript=no -device virtio-net-device,netdev=n0,mac=$MAC
         ;;
     esac
-    # busybox timeout execs the command in its own process: $! is the VMM.
+    # busybox timeout execs the command in its own process: $! is the VMM,
+    # or perf, which counts the warm-up's exits by reason for every VMM.
     set -- timeout -s KILL $BOOT_SECS "$@"
+    perfed=
+    if [ $phase = warmup ] && [ -x $PERF ]; then
+        set -- $PERF kvm stat record -o $B.perf -- "$@"
+        perfed=1
+    fi
     sz_fresh
     rm -f $B.fifo $B.err $B.grace
     mkfifo $B.fifo
@@ -288,7 +308,7 @@ sz_boot() {
                         sleep $REBOOT_GRACE
                         kill -0 $pid 2>/dev/null || exit 0
                         echo >$B.grace
-                        kill -9 $pid
+                        if [ -n "$perfed" ]; then sz_kill_tree $pid; else kill -9 $pid; fi
                     ) &
                     grace=$!
                 fi
@@ -310,7 +330,10 @@ sz_boot() {
         how=timeout
     fi
     [ -s $B.stats ] && sed "s/^/@@L1 VB_STATS $seq /" $B.stats
-    rm -f $B.stats
+    if [ -s $B.perf ]; then
+        $PERF --no-pager kvm -i $B.perf stat report --event=vmexit --key=sample 2>&1 | sed "s/^/@@L1 VB_PERF $seq /"
+    fi
+    rm -f $B.stats $B.perf
     echo "@@L1 VB_BOOT $seq $vmm $phase end rc=$rc how=$how"
     [ $rc = 0 ] || sz_check BOOT_ERR "$seq $(head -n 1 $B.err)"
     head -n 20 $B.err | sed "s/^/boot $seq ($vmm): /" >&2
@@ -370,7 +393,12 @@ mod tests {
         assert!(sc.opt_in);
         assert_eq!((sc.vcpus, sc.memory_mib), (VCPUS, MEMORY_MIB));
         assert_eq!(sc.min_timeout, TIMEOUT_SECS);
-        for a in [Asset::Qemu, Asset::Firecracker, Asset::VirtioBench] {
+        for a in [
+            Asset::Qemu,
+            Asset::Firecracker,
+            Asset::Perf,
+            Asset::VirtioBench,
+        ] {
             assert!(sc.assets.contains(&a), "{a:?}");
         }
         let words: Vec<String> = sc.cmdline().split(' ').map(str::to_string).collect();
@@ -416,6 +444,11 @@ mod tests {
         assert!(d.contains(
             "[ $phase = warmup ] && set -- \"$@\" --stats --no-trace --stats-out $B.stats"
         ));
+        assert!(d.contains("        set -- $PERF kvm stat record -o $B.perf -- \"$@\"\n"));
+        assert!(d.contains(
+            "stat report --event=vmexit --key=sample 2>&1 | sed \"s/^/@@L1 VB_PERF $seq /\""
+        ));
+        assert!(d.contains("sed \"s/^/@@L1 VB_STATS $seq /\" $B.stats"));
         assert!(
             d.contains("set -- $FC --no-api --no-seccomp --config-file $B.fc.json --level Warning")
         );

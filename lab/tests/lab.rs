@@ -885,6 +885,21 @@ fn virtio_bench_measures_disk_and_tcp_under_each_vmm_in_one_l1() {
         "lab: virtio-bench: every boot:\n{}",
         vbench_facts::boot_list(&boots)
     );
+    for (marker, what) in [
+        ("VB_PERF", "perf kvm stat report --event=vmexit"),
+        ("VB_STATS", "subzero --stats"),
+    ] {
+        for (seq, lines) in vbench_facts::reports(sc, marker) {
+            let vmm = boots
+                .iter()
+                .find(|b| b.seq == seq)
+                .map_or("?", |b| b.vmm.as_str());
+            eprintln!(
+                "lab: virtio-bench: boot {seq} ({vmm}, warm-up), {what}:\n{}",
+                lines.join("\n")
+            );
+        }
+    }
     if sc.exit_code != Some(0) {
         eprintln!(
             "lab: virtio-bench: the driver did not finish ({}): the figures above are what it got to",
