@@ -148,15 +148,16 @@ pub(crate) fn vbench_assets() -> Result<Vec<(String, Vec<u8>, u32)>, crate::LabE
 }
 
 /// The VMMs of `SUBZERO_LAB_VBENCH_VMMS`, checked: `firecracker`,
-/// `qemu-microvm`, and subzero variants `subzero-<engine>[-q<N>]` (engine
-/// `sync`, `uring` or `auto`; N request queues, 1 to 16), e.g.
+/// `qemu-microvm`, and subzero variants `subzero-<engine>[-q<N>][-nosec]`
+/// (engine `sync`, `uring` or `auto`; N request queues, 1 to 16; `-nosec`
+/// runs it with `--no-seccomp`, as the lab runs Firecracker), e.g.
 /// `subzero-uring subzero-uring-q1 firecracker` for an A/B of the queue
 /// count against one peer.
 pub fn vmm_list(v: &str) -> Result<String, String> {
     let bad = |w: &str| {
         format!(
             "SUBZERO_LAB_VBENCH_VMMS: {w:?} is not a VMM here: firecracker, qemu-microvm, \
-             or subzero-<sync|uring|auto>[-q<1-16>], e.g. subzero-uring-q1"
+             or subzero-<sync|uring|auto>[-q<1-16>][-nosec], e.g. subzero-uring-q1"
         )
     };
     let mut out: Vec<&str> = Vec::new();
@@ -164,6 +165,7 @@ pub fn vmm_list(v: &str) -> Result<String, String> {
         let ok = match w.strip_prefix("subzero-") {
             None => w == "firecracker" || w == "qemu-microvm",
             Some(rest) => {
+                let rest = rest.strip_suffix("-nosec").unwrap_or(rest);
                 let (engine, queues) = match rest.split_once("-q") {
                     Some((e, q)) => (e, Some(q)),
                     None => (rest, None),
@@ -255,13 +257,16 @@ sz_boot() {
     seq=$1 vmm=$2 phase=$3
     case $vmm in
     subzero-*)
-        # subzero-<engine>[-q<N>]: the disk's engine and request queues.
+        # subzero-<engine>[-q<N>][-nosec]: the disk's engine and request
+        # queues, and --no-seccomp.
         v=${vmm#subzero-}
+        nosec=
+        case $v in *-nosec) v=${v%-nosec} nosec=--no-seccomp ;; esac
         disk="path=$IMG,engine=${v%%-q*}"
         case $v in *-q*) disk="$disk,queues=${v##*-q}" ;; esac
         set -- /bin/subzero run --kernel "$SZ_KERNEL" --initrd "$SZ_INITRD" --cmdline "$SZ_CMDLINE" \
             --memory "${SZ_MEM_MIB}M" --vcpus "$SZ_VCPUS" \
-            --disk "$disk${SZ_DISK_EXTRA:+,$SZ_DISK_EXTRA}" --net "tap=sztap0,mac=$MAC"
+            --disk "$disk${SZ_DISK_EXTRA:+,$SZ_DISK_EXTRA}" --net "tap=sztap0,mac=$MAC" $nosec
         # The warm-up, which is not timed, also counts exits and the
         # devices' kicks and interrupts.
         [ $phase = warmup ] && set -- "$@" --stats --no-trace --stats-out $B.stats
@@ -488,8 +493,9 @@ mod tests {
             "subzero-uring subzero-uring-q1 firecracker"
         );
         assert_eq!(
-            vmm_list("subzero-sync-q16 qemu-microvm").unwrap(),
-            "subzero-sync-q16 qemu-microvm"
+            vmm_list("subzero-sync-q16 qemu-microvm subzero-uring-nosec subzero-sync-q2-nosec")
+                .unwrap(),
+            "subzero-sync-q16 qemu-microvm subzero-uring-nosec subzero-sync-q2-nosec"
         );
         for bad in [
             "subzero",
@@ -500,6 +506,8 @@ mod tests {
             "subzero-uring-qx",
             "qemu",
             "subzero-sync;reboot",
+            "subzero-nosec",
+            "subzero-uring-nosec-q1",
         ] {
             let e = vmm_list(bad).unwrap_err();
             assert!(e.contains(bad) && e.contains("subzero-uring-q1"), "{e}");
@@ -511,6 +519,7 @@ mod tests {
         let d = VIRTIO_BENCH_DRIVER;
         assert!(d.contains("disk=\"path=$IMG,engine=${v%%-q*}\"\n"));
         assert!(d.contains("case $v in *-q*) disk=\"$disk,queues=${v##*-q}\" ;; esac\n"));
+        assert!(d.contains("case $v in *-nosec) v=${v%-nosec} nosec=--no-seccomp ;; esac\n"));
     }
 
     #[test]
