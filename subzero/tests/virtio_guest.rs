@@ -67,10 +67,13 @@ fn stats_report_lists_eventfd_kicks_in_every_format() {
         "{row}"
     );
     assert_eq!(cols.get(6), Some(&"0"), "nothing throttled: {row}");
+    // Each of the 50 requests was completed, and each came with a kick.
+    assert_eq!(cols.get(7..9), Some(&["50", "1.00"][..]), "{row}");
     let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
     assert_eq!(json["virtio"][0]["eventfd_kicks"], 50);
     assert_eq!(json["virtio"][0]["mmio_kicks"], 0);
     assert_eq!(json["virtio"][0]["throttled"], 0);
+    assert_eq!(json["virtio"][0]["completed"], 50);
     let prom = report.to_prometheus();
     assert!(
         prom.contains("subzero_virtio_eventfd_kicks_total{device=\"virtio-rng0\"} 50"),
@@ -78,6 +81,10 @@ fn stats_report_lists_eventfd_kicks_in_every_format() {
     );
     assert!(
         prom.contains("subzero_virtio_throttled_total{device=\"virtio-rng0\"} 0"),
+        "{prom}"
+    );
+    assert!(
+        prom.contains("subzero_virtio_completed_total{device=\"virtio-rng0\"} 50"),
         "{prom}"
     );
 }

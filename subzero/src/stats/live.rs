@@ -355,6 +355,7 @@ mod tests {
                 interrupts: kicks,
                 needs_reset: 0,
                 throttled: 0,
+                completed: kicks,
             }];
             r
         };

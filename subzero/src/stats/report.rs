@@ -130,6 +130,12 @@ pub struct VirtioRow {
     /// refilled (absent in reports from before rate limiters).
     #[serde(default)]
     pub throttled: u64,
+    /// Chains the device completed (put on its used rings): requests for
+    /// a disk, frames for a network card. Kicks and interrupts per
+    /// completed chain say how well notifications were batched (absent in
+    /// reports from before this count).
+    #[serde(default)]
+    pub completed: u64,
 }
 
 impl From<&VirtioDeviceCounts> for VirtioRow {
@@ -142,6 +148,7 @@ impl From<&VirtioDeviceCounts> for VirtioRow {
             interrupts: c.interrupts,
             needs_reset: c.needs_reset,
             throttled: c.throttled,
+            completed: c.used,
         }
     }
 }
@@ -374,11 +381,12 @@ impl StatsReport {
                 .map(|v| (format!("device=\"{}\"", v.device), pick(v).to_string()))
                 .collect()
         };
-        let (eventfd, mmio, irqs, throttled) = (
+        let (eventfd, mmio, irqs, throttled, completed) = (
             virtio(|v| v.eventfd_kicks),
             virtio(|v| v.mmio_kicks),
             virtio(|v| v.interrupts),
             virtio(|v| v.throttled),
+            virtio(|v| v.completed),
         );
         if !self.virtio.is_empty() {
             family(
@@ -404,6 +412,12 @@ impl StatsReport {
                 "counter",
                 "Virtio requests and frames a rate limiter held back until its buckets refilled.",
                 throttled,
+            );
+            family(
+                "subzero_virtio_completed_total",
+                "counter",
+                "Virtio descriptor chains a device completed (put on its used rings): disk requests, network frames.",
+                completed,
             );
         }
         if !self.log.is_empty() {
@@ -554,26 +568,32 @@ impl StatsReport {
         let _ = writeln!(
             o,
             "\nvirtio queue notifications (eventfd kicks never exit to userspace)\n\
-             {:<14} {:<12} {:>14} {:>14} {:>12} {:>11} {:>10}",
+             {:<14} {:<12} {:>14} {:>14} {:>12} {:>11} {:>10} {:>10} {:>8} {:>8}",
             "device",
             "mmio base",
             "eventfd kicks",
             "mmio kicks",
             "interrupts",
             "needs reset",
-            "throttled"
+            "throttled",
+            "completed",
+            "kicks/c",
+            "irqs/c"
         );
         for v in &self.virtio {
             let _ = writeln!(
                 o,
-                "{:<14} {:<12} {:>14} {:>14} {:>12} {:>11} {:>10}",
+                "{:<14} {:<12} {:>14} {:>14} {:>12} {:>11} {:>10} {:>10} {:>8} {:>8}",
                 v.device,
                 format!("{:#x}", v.base),
                 v.eventfd_kicks,
                 v.mmio_kicks,
                 v.interrupts,
                 v.needs_reset,
-                v.throttled
+                v.throttled,
+                v.completed,
+                per(v.eventfd_kicks + v.mmio_kicks, v.completed),
+                per(v.interrupts, v.completed)
             );
         }
     }
@@ -645,6 +665,14 @@ fn addr(t: &TargetRow) -> String {
     match t.space.as_str() {
         "pio" => format!("{:#x}", t.addr),
         _ => format!("mmio {:#x}", t.addr),
+    }
+}
+
+/// `n / of` with two decimals, or "-" when nothing was completed.
+fn per(n: u64, of: u64) -> String {
+    match of {
+        0 => "-".into(),
+        _ => format!("{:.2}", n as f64 / of as f64),
     }
 }
 

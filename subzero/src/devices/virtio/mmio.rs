@@ -93,6 +93,8 @@ pub struct VirtioCounters {
     pub needs_reset: AtomicU64,
     /// Requests and frames its rate limiter held back until tokens refilled.
     pub throttled: AtomicU64,
+    /// Chains the device put on its used rings: requests completed.
+    pub used: AtomicU64,
 }
 
 /// The registers, what the vCPU threads lock.

@@ -83,6 +83,8 @@ pub struct VirtioDeviceCounts {
     pub needs_reset: u64,
     /// Requests and frames its rate limiter held back.
     pub throttled: u64,
+    /// Chains put on the used rings: requests and frames completed.
+    pub used: u64,
 }
 
 /// The device's interrupt line: the ISR bits the driver reads, and the
@@ -145,6 +147,9 @@ pub struct QueueCtx<'a> {
     /// Requests a rate limiter held back (the transport's counter, which
     /// `--stats` shows).
     pub throttled: &'a AtomicU64,
+    /// Chains completed through [`QueueCtx::add_used`] (the transport's
+    /// counter).
+    pub used: &'a AtomicU64,
     /// A queue that looked non-empty but yielded nothing.
     pub(crate) stalled: Option<usize>,
     /// Bit `q`: queue `q` got used entries since its last notify.
@@ -211,6 +216,7 @@ impl QueueCtx<'_> {
             .add_used(self.mem, head, len)
             .map_err(|e| DeviceError::Queue(q, e.to_string()))?;
         self.added |= 1u64 << (q % 64);
+        self.used.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
