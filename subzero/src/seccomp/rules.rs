@@ -304,6 +304,18 @@ pub fn allowed_with(kind: ThreadKind, passthrough: bool) -> Result<Rules, Backen
         libc::SYS_mprotect,
         vec![rule(vec![not_exec(2)?])?],
     );
+    // A device thread puts itself under SCHED_BATCH as it starts (see
+    // virtio::worker::set_batch_scheduling), under the filter it inherited:
+    // only the calling thread, and only that policy, which can only lower
+    // its own priority.
+    add_rules(
+        &mut rules,
+        libc::SYS_sched_setscheduler,
+        vec![rule(vec![
+            cond(0, SeccompCmpOp::Eq, 0)?,
+            cond(1, SeccompCmpOp::Eq, libc::SCHED_BATCH as u64)?,
+        ])?],
+    );
     // F_GETFD: Rust's standard library checks a descriptor is open before
     // it closes it (in debug builds).
     add_rules(
