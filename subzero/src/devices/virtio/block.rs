@@ -49,7 +49,6 @@ use crate::devices::rate_limiter::{RateLimiter, RateLimiterConfig};
 pub use open::BlockError;
 pub use request::{parse_request, Request, RequestError};
 use request::{ID_BYTES, MAX_DATA, MAX_RANGE_SECTORS, SECTOR_SIZE};
-pub use serve::set_poll_in_flight;
 use uring::{Pending, Uring};
 
 /// Size of each queue.
@@ -183,12 +182,6 @@ pub struct Block {
     reaped: Vec<(Pending, i32)>,
     /// Bit `q`: queue `q` stopped because no more requests fit in flight.
     starved: u64,
-    /// Bit `q`: queue `q` was left with notifications off because requests
-    /// were in flight; the next completion serves it (see `serve_queue`).
-    polled: u64,
-    /// Whether served queues are left polled while requests are in flight
-    /// ([`set_poll_in_flight`] when the disk was opened).
-    poll: bool,
     stats: Arc<BlockStats>,
     limiter: RateLimiter,
 }
@@ -275,8 +268,6 @@ impl Block {
             engine,
             reaped: Vec::new(),
             starved: 0,
-            polled: 0,
-            poll: serve::poll_in_flight(),
             stats: Arc::default(),
             limiter,
         })
@@ -432,18 +423,13 @@ impl VirtioDevice for Block {
         }
         self.reaped.clear();
         self.starved = 0;
-        self.polled = 0;
     }
 
     fn quiesce(&mut self, ctx: &mut QueueCtx) -> Result<(), DeviceError> {
         if let Engine::Uring(ring) = &mut self.engine {
             ring.wait_all(&mut self.reaped);
         }
-        self.finish_reaped(ctx)?;
-        // Nothing is in flight now to bring a polled queue back: the driver
-        // must kick again (a snapshot keeps notifications on). What it added
-        // meanwhile is served when the device thread resumes.
-        self.unpoll(ctx)
+        self.finish_reaped(ctx)
     }
 
     fn event_fds(&self) -> Vec<RawFd> {
@@ -471,14 +457,6 @@ impl VirtioDevice for Block {
                 if ctx.active && self.starved != 0 {
                     self.starved = 0;
                     self.serve_all(ctx)?;
-                } else if ctx.active {
-                    // Polled queues: what the driver added without a kick.
-                    let polled = std::mem::take(&mut self.polled);
-                    for q in 0..self.sizes.len() {
-                        if polled & (1 << q) != 0 && ctx.ready(q) {
-                            self.serve_queue(q, ctx)?;
-                        }
-                    }
                 }
                 Ok(())
             }

@@ -15,7 +15,7 @@ pub const MEM_SIZE: usize = 16 << 20;
 /// Queue size the driver uses (unless the device allows less).
 pub const QSIZE: u16 = 16;
 /// Queue `q`'s rings live at `RINGS + q * 0x1_0000`.
-pub const RINGS: u64 = 0x10_0000;
+const RINGS: u64 = 0x10_0000;
 /// Free memory for buffers starts here.
 pub const DATA: u64 = 0x20_0000;
 

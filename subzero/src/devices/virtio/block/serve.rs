@@ -2,7 +2,7 @@
 //! done on the spot (the synchronous engine; GET_ID; refused requests) or
 //! handed to io_uring and finished when their completions come back.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 use virtio_queue::desc::split::Descriptor;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
@@ -15,22 +15,6 @@ use crate::devices::virtio::{DescChain, DeviceError, QueueCtx};
 
 /// How a request ended: its status and the data bytes it put in the guest.
 type Outcome = (u8, u64);
-
-/// Whether io_uring disks leave a queue's notifications off while requests
-/// are in flight (experiment, see [`set_poll_in_flight`]).
-static POLL_IN_FLIGHT: AtomicBool = AtomicBool::new(false);
-
-/// io_uring disks opened from now on leave a served queue's notifications
-/// off while requests are in flight, and look at it again at each
-/// completion.
-pub fn set_poll_in_flight(on: bool) {
-    POLL_IN_FLIGHT.store(on, Ordering::Relaxed);
-}
-
-/// See [`set_poll_in_flight`].
-pub(super) fn poll_in_flight() -> bool {
-    POLL_IN_FLIGHT.load(Ordering::Relaxed)
-}
 
 impl Block {
     /// Serves queue `q` until it is empty, the rate limiter says wait, or no
@@ -78,39 +62,11 @@ impl Block {
                 self.dispatch(q, ctx, &chain, request)?;
             }
             self.submit(ctx)?;
-            if self.poll_while_in_flight() {
-                // A completion will come and serve this queue again: the
-                // driver need not kick (one exit each) for what it adds
-                // meanwhile.
-                self.polled |= 1 << q;
-                return ctx.notify(q);
-            }
-            self.polled &= !(1 << q);
             if !ctx.enable_notification(q)? {
                 break;
             }
         }
         ctx.notify(q)
-    }
-
-    /// Whether to leave a served queue's notifications off: with requests
-    /// in flight on io_uring, their completions bring the device back.
-    fn poll_while_in_flight(&self) -> bool {
-        match &self.engine {
-            Engine::Uring(ring) => self.poll && ring.in_flight() > 0,
-            Engine::Sync => false,
-        }
-    }
-
-    /// Turns notifications back on for every polled queue.
-    pub(super) fn unpoll(&mut self, ctx: &mut QueueCtx) -> Result<(), DeviceError> {
-        let polled = std::mem::take(&mut self.polled);
-        for q in 0..self.sizes.len() {
-            if polled & (1 << q) != 0 && ctx.ready(q) {
-                ctx.enable_notification(q)?;
-            }
-        }
-        Ok(())
     }
 
     /// Starts or serves one parsed request.
