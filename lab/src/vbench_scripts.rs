@@ -149,17 +149,17 @@ pub(crate) fn vbench_assets() -> Result<Vec<(String, Vec<u8>, u32)>, crate::LabE
 
 /// The VMMs of `SUBZERO_LAB_VBENCH_VMMS`, checked: `firecracker`,
 /// `qemu-microvm`, and subzero variants
-/// `subzero-<engine>[-q<N>][-nosec][-batch][-poll]` (engine `sync`, `uring`
-/// or `auto`; N request queues, 1 to 16; `-nosec` runs it with
-/// `--no-seccomp`, as the lab runs Firecracker; `-batch` and `-poll` with
-/// the experiments `--x-device-batch` and `--x-blk-poll`), e.g.
+/// `subzero-<engine>[-q<N>][-nosec][-normal]` (engine `sync`, `uring` or
+/// `auto`; N request queues, 1 to 16; `-nosec` runs it with
+/// `--no-seccomp`, as the lab runs Firecracker; `-normal` with
+/// `--device-sched normal`), e.g.
 /// `subzero-uring subzero-uring-q1 firecracker` for an A/B of the queue
 /// count against one peer.
 pub fn vmm_list(v: &str) -> Result<String, String> {
     let bad = |w: &str| {
         format!(
             "SUBZERO_LAB_VBENCH_VMMS: {w:?} is not a VMM here: firecracker, qemu-microvm, \
-             or subzero-<sync|uring|auto>[-q<1-16>][-nosec][-batch][-poll], e.g. subzero-uring-q1"
+             or subzero-<sync|uring|auto>[-q<1-16>][-nosec][-normal], e.g. subzero-uring-q1"
         )
     };
     let mut out: Vec<&str> = Vec::new();
@@ -167,8 +167,8 @@ pub fn vmm_list(v: &str) -> Result<String, String> {
         let ok = match w.strip_prefix("subzero-") {
             None => w == "firecracker" || w == "qemu-microvm",
             Some(rest) => {
-                let rest = rest.strip_suffix("-poll").unwrap_or(rest);
-                let rest = rest.strip_suffix("-batch").unwrap_or(rest);
+                // The flags in this order (the driver strips them so).
+                let rest = rest.strip_suffix("-normal").unwrap_or(rest);
                 let rest = rest.strip_suffix("-nosec").unwrap_or(rest);
                 let (engine, queues) = match rest.split_once("-q") {
                     Some((e, q)) => (e, Some(q)),
@@ -261,18 +261,17 @@ sz_boot() {
     seq=$1 vmm=$2 phase=$3
     case $vmm in
     subzero-*)
-        # subzero-<engine>[-q<N>][-nosec][-batch][-poll]: the disk's engine
-        # and request queues, --no-seccomp, --x-device-batch, --x-blk-poll.
+        # subzero-<engine>[-q<N>][-nosec][-normal]: the disk's engine and
+        # request queues, --no-seccomp, --device-sched normal.
         v=${vmm#subzero-}
-        nosec=
-        case $v in *-poll) v=${v%-poll} nosec=--x-blk-poll ;; esac
-        case $v in *-batch) v=${v%-batch} nosec="$nosec --x-device-batch" ;; esac
-        case $v in *-nosec) v=${v%-nosec} nosec="$nosec --no-seccomp" ;; esac
+        flags=
+        case $v in *-normal) v=${v%-normal} flags="$flags --device-sched normal" ;; esac
+        case $v in *-nosec) v=${v%-nosec} flags="$flags --no-seccomp" ;; esac
         disk="path=$IMG,engine=${v%%-q*}"
         case $v in *-q*) disk="$disk,queues=${v##*-q}" ;; esac
         set -- /bin/subzero run --kernel "$SZ_KERNEL" --initrd "$SZ_INITRD" --cmdline "$SZ_CMDLINE" \
             --memory "${SZ_MEM_MIB}M" --vcpus "$SZ_VCPUS" \
-            --disk "$disk${SZ_DISK_EXTRA:+,$SZ_DISK_EXTRA}" --net "tap=sztap0,mac=$MAC" $nosec
+            --disk "$disk${SZ_DISK_EXTRA:+,$SZ_DISK_EXTRA}" --net "tap=sztap0,mac=$MAC" $flags
         # The warm-up, which is not timed, also counts exits and the
         # devices' kicks and interrupts.
         [ $phase = warmup ] && set -- "$@" --stats --no-trace --stats-out $B.stats
@@ -500,10 +499,10 @@ mod tests {
         );
         assert_eq!(
             vmm_list(
-                "subzero-sync-q16 qemu-microvm subzero-uring-nosec subzero-sync-q2-nosec-batch subzero-uring-poll"
+                "subzero-sync-q16 qemu-microvm subzero-uring-nosec subzero-sync-q2-nosec-normal"
             )
             .unwrap(),
-            "subzero-sync-q16 qemu-microvm subzero-uring-nosec subzero-sync-q2-nosec-batch subzero-uring-poll"
+            "subzero-sync-q16 qemu-microvm subzero-uring-nosec subzero-sync-q2-nosec-normal"
         );
         for bad in [
             "subzero",
@@ -516,6 +515,7 @@ mod tests {
             "subzero-sync;reboot",
             "subzero-nosec",
             "subzero-uring-nosec-q1",
+            "subzero-uring-normal-nosec",
         ] {
             let e = vmm_list(bad).unwrap_err();
             assert!(e.contains(bad) && e.contains("subzero-uring-q1"), "{e}");
@@ -527,12 +527,11 @@ mod tests {
         let d = VIRTIO_BENCH_DRIVER;
         assert!(d.contains("disk=\"path=$IMG,engine=${v%%-q*}\"\n"));
         assert!(d.contains("case $v in *-q*) disk=\"$disk,queues=${v##*-q}\" ;; esac\n"));
-        assert!(d.contains("case $v in *-poll) v=${v%-poll} nosec=--x-blk-poll ;; esac\n"));
         assert!(d.contains(
-            "case $v in *-batch) v=${v%-batch} nosec=\"$nosec --x-device-batch\" ;; esac\n"
+            "case $v in *-normal) v=${v%-normal} flags=\"$flags --device-sched normal\" ;; esac\n"
         ));
         assert!(
-            d.contains("case $v in *-nosec) v=${v%-nosec} nosec=\"$nosec --no-seccomp\" ;; esac\n")
+            d.contains("case $v in *-nosec) v=${v%-nosec} flags=\"$flags --no-seccomp\" ;; esac\n")
         );
     }
 

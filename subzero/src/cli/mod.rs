@@ -9,6 +9,25 @@ pub mod vmm;
 
 use subzero::seccomp::{self, ThreadKind};
 
+/// How the virtio device threads are scheduled (`--device-sched`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeviceSched {
+    /// SCHED_BATCH: a device thread woken by a guest kick does not preempt
+    /// the vCPU thread, which goes on adding requests the device then
+    /// serves together.
+    #[default]
+    Batch,
+    /// The host's ordinary scheduling: a woken device thread may preempt.
+    Normal,
+}
+
+impl DeviceSched {
+    /// Applies to the device threads started from now on.
+    pub fn apply(self) {
+        subzero::devices::virtio::worker::set_batch_scheduling(self == DeviceSched::Batch);
+    }
+}
+
 /// Confines the process with Subzero's seccomp filters (see
 /// `subzero::seccomp`): compiles them, and filters the calling (main)
 /// thread; every thread started afterwards filters itself as it starts.

@@ -115,13 +115,12 @@ pub struct RunArgs {
     /// Run without the seccomp filters that confine each thread.
     #[arg(long)]
     no_seccomp: bool,
-    /// Experiment: run the virtio device threads under SCHED_BATCH.
-    #[arg(long, hide = true)]
-    x_device_batch: bool,
-    /// Experiment: io_uring disks leave notifications off while requests
-    /// are in flight.
-    #[arg(long, hide = true)]
-    x_blk_poll: bool,
+    /// How the virtio device threads are scheduled: batch (SCHED_BATCH: a
+    /// device thread a guest kick wakes does not preempt the vCPU thread,
+    /// so a guest sharing a host CPU with its devices hands over requests
+    /// in batches) or normal.
+    #[arg(long, value_enum, default_value_t = super::DeviceSched::Batch)]
+    device_sched: super::DeviceSched,
     /// With --stats or --stats-socket, do not read KVM's tracepoints for
     /// the hardware exit reasons.
     #[arg(long)]
@@ -237,8 +236,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if !args.device.is_empty() {
         subzero::seccomp::allow_passthrough();
     }
-    subzero::devices::virtio::worker::set_batch_scheduling(args.x_device_batch);
-    subzero::devices::virtio::block::set_poll_in_flight(args.x_blk_poll);
+    args.device_sched.apply();
     super::confine(args.no_seccomp)?;
     let symbols = args.symbols.as_deref().map(Symbols::load).transpose()?;
     // Opened now, so that a bad path fails before the VM runs, not after.

@@ -31,6 +31,10 @@ pub struct VmmArgs {
     /// Firecracker's --no-seccomp).
     #[arg(long)]
     pub no_seccomp: bool,
+    /// How the virtio device threads are scheduled (as `run
+    /// --device-sched`): batch or normal.
+    #[arg(long, value_enum, default_value_t = super::DeviceSched::Batch)]
+    pub device_sched: super::DeviceSched,
     /// Read KVM's tracepoints, so that `GET /stats` has the hardware exit
     /// reasons (as `run --stats` does).
     #[arg(long)]
@@ -77,6 +81,7 @@ pub fn run(args: VmmArgs) -> anyhow::Result<ExitCode> {
     if let Some(path) = &args.log_path {
         subzero::logger::set_path(path)?;
     }
+    args.device_sched.apply();
     super::confine(args.no_seccomp)?;
     let mut ctl = Controller::new(args.id.clone(), Box::new(|| Box::new(std::io::stdout())))
         .context("creating the VMM's eventfd")?;

@@ -151,12 +151,11 @@ impl Gate {
         self.lock().0
     }
 
-    /// Parks the calling device thread while a pause is asked for; true if
-    /// it parked.
-    fn wait_while_paused(&self, stop: &AtomicBool) -> bool {
+    /// Parks the calling device thread while a pause is asked for.
+    fn wait_while_paused(&self, stop: &AtomicBool) {
         let mut g = self.lock();
         if !g.0 {
-            return false;
+            return;
         }
         g.1 = true;
         self.cond.notify_all();
@@ -164,18 +163,21 @@ impl Gate {
             g = self.cond.wait(g).unwrap_or_else(|p| p.into_inner());
         }
         g.1 = false;
-        true
     }
 }
 
-/// Whether device threads run under `SCHED_BATCH` (experiment, see
-/// [`set_batch_scheduling`]).
-static BATCH: AtomicBool = AtomicBool::new(false);
+/// Whether device threads run under `SCHED_BATCH` (see
+/// [`set_batch_scheduling`]); on unless turned off.
+static BATCH: AtomicBool = AtomicBool::new(true);
 
-/// Device threads started from now on run under `SCHED_BATCH`: a woken
-/// device thread does not preempt the vCPU thread that kicked it, so on a
-/// host CPU shared by both the guest goes on adding requests, and the
-/// device serves them in one pass.
+/// Whether device threads started from now on run under `SCHED_BATCH`
+/// (the default). A woken SCHED_BATCH thread does not preempt the thread
+/// running on its CPU, so where a vCPU thread and a device thread share a
+/// host CPU, the vCPU that kicked goes on adding requests (without more
+/// kicks, as the device has not turned notifications back on) and the
+/// device serves them in one pass, with one interrupt. Where the device
+/// thread has a CPU to itself nothing changes. Off, the host's ordinary
+/// scheduling lets a woken device thread preempt the vCPU at once.
 pub fn set_batch_scheduling(on: bool) {
     BATCH.store(on, Ordering::Relaxed);
 }
@@ -251,18 +253,9 @@ impl WorkerThread {
                         // the VM is paused or saved.
                         worker.lock().unwrap_or_else(|p| p.into_inner()).quiesce();
                     }
-                    let parked = parking.wait_while_paused(&flag);
+                    parking.wait_while_paused(&flag);
                     if flag.load(Ordering::Acquire) {
                         break;
-                    }
-                    if parked {
-                        // What the driver added while the thread was parked
-                        // may have come without a kick (a queue its device
-                        // left with notifications off): serve every queue.
-                        worker
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .handle_activated();
                     }
                     if let Err(e) = em.run() {
                         log::error!("virtio device loop: {e:?}");
@@ -347,6 +340,31 @@ mod tests {
             1,
             "the kick made while paused is served after"
         );
+        drop(thread);
+    }
+
+    #[test]
+    fn device_threads_run_under_sched_batch_by_default() {
+        let d = TestDriver::new(Box::new(Rng::default()));
+        let kick = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let worker = DeviceWorker::new(d.shared.clone(), vec![kick]);
+        let thread = WorkerThread::start("sz-sched-test", ThreadKind::Rng, worker, false).unwrap();
+        let policy = || {
+            for t in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+                let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+                if comm.trim() == "sz-sched-test" {
+                    let tid: i32 = t.file_name().to_str().unwrap().parse().unwrap();
+                    // SAFETY: sched_getscheduler only reads the thread's policy.
+                    return Some(unsafe { libc::sched_getscheduler(tid) });
+                }
+            }
+            None
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while policy() != Some(libc::SCHED_BATCH) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(policy(), Some(libc::SCHED_BATCH));
         drop(thread);
     }
 
