@@ -222,8 +222,17 @@ impl Block {
             });
         }
         let (file, size) = open::open_image(path, opts.readonly)?;
-        let ring = match opts.engine {
-            EngineChoice::Sync => None,
+        // `auto` serves an image in memory synchronously: io_uring has no
+        // storage wait to overlap there, and a kernel that cannot do a
+        // file system's reads and writes without blocking hands each one
+        // to a worker thread (in the lab's Linux 6.1, tmpfs: a thread
+        // switch per request).
+        let memory = match opts.engine {
+            EngineChoice::Auto => open::in_memory(&file),
+            _ => None,
+        };
+        let ring = match (opts.engine, memory) {
+            (EngineChoice::Sync, _) | (_, Some(_)) => None,
             _ => Some(Uring::new()),
         };
         let engine = match (opts.engine, ring) {
@@ -250,10 +259,13 @@ impl Block {
         let n = id.len().min(ID_BYTES);
         serial[..n].copy_from_slice(&id[..n]);
         log::info!(
-            "virtio-blk: {}: {} sectors, {} engine, {} queue{}{}",
+            "virtio-blk: {}: {} sectors, {} engine{}, {} queue{}{}",
             path.display(),
             size / SECTOR_SIZE,
             engine.name(),
+            memory.map_or(String::new(), |fs| format!(
+                " (the image is on {fs}, in memory: engine=uring to use io_uring)"
+            )),
             opts.queues,
             if opts.queues == 1 { "" } else { "s" },
             if opts.readonly { ", read-only" } else { "" }

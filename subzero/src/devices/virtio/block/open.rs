@@ -163,6 +163,27 @@ pub fn open_image(path: &Path, readonly: bool) -> Result<(File, u64), BlockError
 }
 
 /// Accepts regular files and block devices.
+/// The memory file system holding `file` (tmpfs, ramfs, hugetlbfs), if it
+/// is on one: there is no storage to wait for, and reads and writes are
+/// memory copies.
+pub fn in_memory(file: &File) -> Option<&'static str> {
+    const TMPFS: i64 = 0x0102_1994;
+    const RAMFS: i64 = 0x8584_58f6_u32 as i64;
+    const HUGETLBFS: i64 = 0x9584_58f6_u32 as i64;
+    // SAFETY: statfs is plain data; fstatfs fills it for an open fd.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid statfs for the kernel to write.
+    if unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) } != 0 {
+        return None;
+    }
+    match st.f_type as i64 {
+        TMPFS => Some("tmpfs"),
+        RAMFS => Some("ramfs"),
+        HUGETLBFS => Some("hugetlbfs"),
+        _ => None,
+    }
+}
+
 fn check_kind(path: &Path, kind: std::fs::FileType) -> Result<(), BlockError> {
     if kind.is_dir() {
         Err(BlockError::IsDirectory {

@@ -618,3 +618,26 @@ fn a_rate_limited_disk_defers_requests_and_serves_them_when_tokens_refill() {
     assert_eq!(d.used(0).len(), 3, "an oversized request completes");
     assert_eq!(mem_bytes(&d, STATUS, 1), [S_OK]);
 }
+
+#[test]
+fn auto_serves_an_image_in_memory_synchronously_and_others_on_io_uring() {
+    let shm = PathBuf::from(format!("/dev/shm/subzero-blk-{}-auto", std::process::id()));
+    std::fs::write(&shm, vec![0u8; 4096]).unwrap();
+    let in_memory = super::open::in_memory(&std::fs::File::open(&shm).unwrap());
+    let auto = Block::open(&shm, false, None).map(|b| b.engine());
+    let explicit = open_engine(&shm, false, true).engine();
+    let _ = std::fs::remove_file(&shm);
+    assert_eq!(in_memory, Some("tmpfs"), "/dev/shm is a tmpfs");
+    assert_eq!(auto.unwrap(), "sync", "auto on tmpfs");
+    assert_eq!(explicit, "io_uring", "engine=uring still means io_uring");
+    // The build directory is on a disk's file system (unless it is not:
+    // then auto must say sync there too).
+    let disk = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("target-blk-auto-{}.img", std::process::id()));
+    std::fs::write(&disk, vec![0u8; 4096]).unwrap();
+    let kind = super::open::in_memory(&std::fs::File::open(&disk).unwrap());
+    let auto = Block::open(&disk, false, None).map(|b| b.engine());
+    let _ = std::fs::remove_file(&disk);
+    let want = if kind.is_some() { "sync" } else { "io_uring" };
+    assert_eq!(auto.unwrap(), want, "auto on {kind:?}");
+}
