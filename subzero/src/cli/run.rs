@@ -74,21 +74,25 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH")]
     symbols: Option<PathBuf>,
     /// Attach a raw disk image as a virtio-blk device (repeatable; the first
-    /// is /dev/vda): path=FILE[,readonly=on][,id=NAME][,bw=BYTES/s][,iops=N].
+    /// is /dev/vda):
+    /// path=FILE[,readonly=on][,id=NAME][,bw=BYTES/s][,iops=N][,engine=E][,queues=N].
     /// bw (e.g. 4M: 4 MiB/s) and iops limit the disk, with bursts of one
-    /// second's worth.
+    /// second's worth; engine is auto (io_uring, or sync for an image in
+    /// memory or where io_uring is refused), uring or sync; queues is the
+    /// number of request queues (default: one per vCPU).
     #[arg(
         long,
-        value_name = "path=FILE[,readonly=on][,id=NAME][,bw=RATE][,iops=N]",
+        value_name = "path=FILE[,readonly=on][,id=NAME][,bw=RATE][,iops=N][,engine=E][,queues=N]",
         value_parser = parse_disk
     )]
     disk: Vec<DiskConfig>,
     /// Attach a virtio-net device on a host TAP device (created if absent):
-    /// tap=NAME[,mac=XX:XX:XX:XX:XX:XX][,bw=BYTES/s][,pps=N]. bw and pps
-    /// limit each direction, with bursts of one second's worth.
+    /// tap=NAME[,mac=XX:XX:XX:XX:XX:XX][,bw=BYTES/s][,pps=N][,queues=N]. bw
+    /// and pps limit each direction, with bursts of one second's worth;
+    /// queues is the number of queue pairs (default 1).
     #[arg(
         long,
-        value_name = "tap=NAME[,mac=MAC][,bw=RATE][,pps=N]",
+        value_name = "tap=NAME[,mac=MAC][,bw=RATE][,pps=N][,queues=N]",
         value_parser = parse_net
     )]
     net: Vec<NetConfig>,
