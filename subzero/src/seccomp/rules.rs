@@ -192,6 +192,9 @@ const VMM: &[i64] = &[
     libc::SYS_openat,
     libc::SYS_open,
     libc::SYS_fstat,
+    // A disk image's file system: engine=auto serves one in memory
+    // synchronously.
+    libc::SYS_fstatfs,
     libc::SYS_newfstatat,
     libc::SYS_statx,
     libc::SYS_lseek,
