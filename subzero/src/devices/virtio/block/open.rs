@@ -162,7 +162,6 @@ pub fn open_image(path: &Path, readonly: bool) -> Result<(File, u64), BlockError
     Ok((file, size))
 }
 
-/// Accepts regular files and block devices.
 /// The memory file system holding `file` (tmpfs, ramfs, hugetlbfs), if it
 /// is on one: there is no storage to wait for, and reads and writes are
 /// memory copies.
@@ -184,6 +183,7 @@ pub fn in_memory(file: &File) -> Option<&'static str> {
     }
 }
 
+/// Accepts regular files and block devices.
 fn check_kind(path: &Path, kind: std::fs::FileType) -> Result<(), BlockError> {
     if kind.is_dir() {
         Err(BlockError::IsDirectory {
