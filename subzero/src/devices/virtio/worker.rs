@@ -183,7 +183,7 @@ pub fn set_batch_scheduling(on: bool) {
 }
 
 /// Puts the calling thread under `SCHED_BATCH`, if asked for.
-fn batch_if_asked(name: &str) {
+fn batch_if_asked() {
     if !BATCH.load(Ordering::Relaxed) {
         return;
     }
@@ -192,6 +192,8 @@ fn batch_if_asked(name: &str) {
     // the calling thread.
     if unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) } != 0 {
         let e = std::io::Error::last_os_error();
+        let me = std::thread::current();
+        let name = me.name().unwrap_or("a device thread");
         log::warn!("{name}: cannot run under SCHED_BATCH: {e}");
     }
 }
@@ -241,11 +243,10 @@ impl WorkerThread {
         let gate = Arc::new(Gate::default());
         gate.lock().0 = paused;
         let (flag, parking) = (stop.clone(), gate.clone());
-        let thread_name = name.to_string();
         let handle = std::thread::Builder::new()
             .name(name.into())
             .spawn(move || {
-                batch_if_asked(&thread_name);
+                batch_if_asked();
                 crate::seccomp::enter_or_exit(kind);
                 while !flag.load(Ordering::Acquire) {
                     if parking.pausing() {
