@@ -148,7 +148,7 @@ impl From<&VirtioDeviceCounts> for VirtioRow {
             interrupts: c.interrupts,
             needs_reset: c.needs_reset,
             throttled: c.throttled,
-            completed: c.used,
+            completed: c.completed,
         }
     }
 }

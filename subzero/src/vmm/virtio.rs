@@ -79,7 +79,7 @@ impl VirtioSlot {
             interrupts: self.irq.sent(),
             needs_reset: c.needs_reset.load(Ordering::Relaxed),
             throttled: c.throttled.load(Ordering::Relaxed),
-            used: c.used.load(Ordering::Relaxed),
+            completed: c.completed.load(Ordering::Relaxed),
         }
     }
 

@@ -94,7 +94,7 @@ pub struct VirtioCounters {
     /// Requests and frames its rate limiter held back until tokens refilled.
     pub throttled: AtomicU64,
     /// Chains the device put on its used rings: requests completed.
-    pub used: AtomicU64,
+    pub completed: AtomicU64,
 }
 
 /// The registers, what the vCPU threads lock.

@@ -84,7 +84,7 @@ pub struct VirtioDeviceCounts {
     /// Requests and frames its rate limiter held back.
     pub throttled: u64,
     /// Chains put on the used rings: requests and frames completed.
-    pub used: u64,
+    pub completed: u64,
 }
 
 /// The device's interrupt line: the ISR bits the driver reads, and the
@@ -149,7 +149,7 @@ pub struct QueueCtx<'a> {
     pub throttled: &'a AtomicU64,
     /// Chains completed through [`QueueCtx::add_used`] (the transport's
     /// counter).
-    pub used: &'a AtomicU64,
+    pub completed: &'a AtomicU64,
     /// A queue that looked non-empty but yielded nothing.
     pub(crate) stalled: Option<usize>,
     /// Bit `q`: queue `q` got used entries since its last notify.
@@ -216,7 +216,7 @@ impl QueueCtx<'_> {
             .add_used(self.mem, head, len)
             .map_err(|e| DeviceError::Queue(q, e.to_string()))?;
         self.added |= 1u64 << (q % 64);
-        self.used.fetch_add(1, Ordering::Relaxed);
+        self.completed.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 

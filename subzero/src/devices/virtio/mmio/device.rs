@@ -121,7 +121,7 @@ impl DeviceState {
             active,
             bad_chains: &self.counters.bad_chains,
             throttled: &self.counters.throttled,
-            used: &self.counters.used,
+            completed: &self.counters.completed,
             stalled: None,
             added: 0,
         };
