@@ -66,6 +66,13 @@ sz_check() {
 sz_step() { echo "@@L1 STEP $name $* (L1 uptime $(cut -d' ' -f1 /proc/uptime))"; }
 # sz_track PID: a process L1's sz_reap stops if the driver did not.
 sz_track() { echo "$1" >>/tmp/sz.pids; }
+# sz_tracefs: mounts tracefs, for perf's KVM tracepoints, unless it is.
+sz_tracefs() {
+    grep -q '^[^ ]* /sys/kernel/tracing tracefs ' /proc/mounts || mount -t tracefs none /sys/kernel/tracing
+}
+# sz_perf_report DATA: perf kvm stat's table of VM exits by reason in the
+# recording DATA ($PERF), with perf's exit status.
+sz_perf_report() { $PERF --no-pager kvm -i "$1" stat report --event=vmexit --key=sample 2>&1; }
 # sz_kill_tree PID: SIGKILL to PID and its descendants.
 sz_kill_tree() {
     for c in $(awk -v p=$1 '$4 == p { print $1 }' /proc/[0-9]*/stat 2>/dev/null); do sz_kill_tree $c; done
@@ -402,6 +409,16 @@ mod tests {
 
     fn scenario(name: &str) -> &'static Scenario {
         SCENARIOS.iter().find(|s| s.name == name).unwrap()
+    }
+
+    #[test]
+    fn the_helpers_mount_tracefs_and_read_perf_kvm_stat() {
+        assert!(HELPERS.contains(
+            "grep -q '^[^ ]* /sys/kernel/tracing tracefs ' /proc/mounts || mount -t tracefs none /sys/kernel/tracing\n"
+        ));
+        assert!(HELPERS.contains(
+            "$PERF --no-pager kvm -i \"$1\" stat report --event=vmexit --key=sample 2>&1;"
+        ));
     }
 
     #[test]

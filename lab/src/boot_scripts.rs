@@ -291,12 +291,12 @@ for vmm in $diag_vmms; do
 done
 
 if [ -x $PERF ]; then
-    grep -q '^[^ ]* /sys/kernel/tracing tracefs ' /proc/mounts || mount -t tracefs none /sys/kernel/tracing
+    sz_tracefs
     for vmm in $diag_vmms; do
         seq=$((seq + 1))
         sz_boot $seq $vmm perf
         sz_step "perf kvm stat report: $vmm"
-        $PERF --no-pager kvm -i $B.perf.$vmm stat report --event=vmexit --key=sample >$B.report 2>&1
+        sz_perf_report $B.perf.$vmm >$B.report
         sz_check REPORT_RC "$vmm $?"
         echo "@@L1 PERF_REPORT $vmm begin"
         cat $B.report
@@ -361,9 +361,7 @@ mod tests {
         assert!(d.contains(
             "[ $phase = perf ] && set -- $PERF kvm stat record -o $B.perf.$vmm -- \"$@\""
         ));
-        assert!(d.contains(
-            "$PERF --no-pager kvm -i $B.perf.$vmm stat report --event=vmexit --key=sample"
-        ));
+        assert!(d.contains("sz_perf_report $B.perf.$vmm >$B.report\n"));
         // The VMMs in VMMS's order, and the rounds rotate.
         let lists = [
             format!("vmms=\"{} {}\"\n", VMMS[0], VMMS[1]),

@@ -52,7 +52,7 @@ BOOT_SECS=90
 BOOT_ORDER="traced no-trace no-trace traced traced no-trace"
 rm -f $DATA $JSON /tmp/hw.*
 
-grep -q '^[^ ]* /sys/kernel/tracing tracefs ' /proc/mounts || mount -t tracefs none /sys/kernel/tracing
+sz_tracefs
 if [ -e /sys/kernel/tracing/events/kvm/kvm_exit/format ]; then sz_check TRACEFS_KVM yes; else sz_check TRACEFS_KVM no; fi
 
 if [ -x $PERF ]; then
@@ -66,7 +66,7 @@ if [ -x $PERF ]; then
     echo "@@L1 HW_BOOT 0 perf end rc=$rc"
     sz_check RECORD_RC $rc
     sed 's/^/perf record: /' /tmp/hw.record.err >&2
-    $PERF --no-pager kvm -i $DATA stat report --event=vmexit --key=sample >/tmp/hw.report 2>&1
+    sz_perf_report $DATA >/tmp/hw.report
     sz_check REPORT_RC $?
     sz_step "perf kvm stat report done"
     echo "@@L1 PERF_REPORT begin"
@@ -285,8 +285,6 @@ Analyze events for all VMs, all VCPUs:
         assert!(
             HW_EXITS_DRIVER.contains("--stats --stats-format json --stats-out $JSON </dev/null")
         );
-        assert!(HW_EXITS_DRIVER.contains(
-            "$PERF --no-pager kvm -i $DATA stat report --event=vmexit --key=sample >/tmp/hw.report 2>&1"
-        ));
+        assert!(HW_EXITS_DRIVER.contains("sz_perf_report $DATA >/tmp/hw.report\n"));
     }
 }

@@ -225,7 +225,7 @@ else
     sz_check QEMU "skipped: not in L1"
 fi
 if [ -x $PERF ]; then
-    grep -q '^[^ ]* /sys/kernel/tracing tracefs ' /proc/mounts || mount -t tracefs none /sys/kernel/tracing
+    sz_tracefs
     sz_check PERF "warm-up boots under perf kvm stat record"
 else
     sz_check PERF_UNAVAILABLE "$PERF is not in L1: the host has no $PERF (apt-get install linux-perf)"
@@ -341,7 +341,7 @@ sz_boot() {
     fi
     [ -s $B.stats ] && sed "s/^/@@L1 VB_STATS $seq /" $B.stats
     if [ -s $B.perf ]; then
-        $PERF --no-pager kvm -i $B.perf stat report --event=vmexit --key=sample 2>&1 | sed "s/^/@@L1 VB_PERF $seq /"
+        sz_perf_report $B.perf | sed "s/^/@@L1 VB_PERF $seq /"
     fi
     rm -f $B.stats $B.perf
     echo "@@L1 VB_BOOT $seq $vmm $phase end rc=$rc how=$how"
@@ -455,9 +455,7 @@ mod tests {
             "[ $phase = warmup ] && set -- \"$@\" --stats --no-trace --stats-out $B.stats"
         ));
         assert!(d.contains("        set -- $PERF kvm stat record -o $B.perf -- \"$@\"\n"));
-        assert!(d.contains(
-            "stat report --event=vmexit --key=sample 2>&1 | sed \"s/^/@@L1 VB_PERF $seq /\""
-        ));
+        assert!(d.contains("sz_perf_report $B.perf | sed \"s/^/@@L1 VB_PERF $seq /\""));
         assert!(d.contains("sed \"s/^/@@L1 VB_STATS $seq /\" $B.stats"));
         assert!(
             d.contains("set -- $FC --no-api --no-seccomp --config-file $B.fc.json --level Warning")
